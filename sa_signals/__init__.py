@@ -1,0 +1,37 @@
+"""Transaction-aware blinker signals and on_commit callbacks for SQLAlchemy sessions."""
+
+from __future__ import annotations
+
+from . import signals
+from ._bridge import install
+from ._bridge import uninstall
+from ._runner import current_session
+from .exceptions import CoroutineMisuseError
+from .exceptions import InstallError
+from .exceptions import NotInstalledError
+from .exceptions import OutsideCallbackError
+from .exceptions import SaSignalsError
+from .exceptions import ScopeError
+from .exceptions import SessionLeftOpenError
+from .on_commit import on_commit
+from .scope import distinct_session
+from .scope import session_scope
+from .scope import SessionScope
+
+__all__ = [
+    "CoroutineMisuseError",
+    "InstallError",
+    "NotInstalledError",
+    "OutsideCallbackError",
+    "SaSignalsError",
+    "ScopeError",
+    "SessionLeftOpenError",
+    "SessionScope",
+    "current_session",
+    "distinct_session",
+    "install",
+    "on_commit",
+    "session_scope",
+    "signals",
+    "uninstall",
+]

@@ -1,0 +1,144 @@
+"""The blinker ``Signal`` subclass behind every sa_signals signal, and robust sending."""
+
+from __future__ import annotations
+
+import collections.abc as c
+import inspect
+import logging
+import threading
+import typing as t
+import weakref
+
+import blinker
+from blinker._utilities import make_id as _make_id
+
+logger = logging.getLogger("sa_signals")
+"""The library's logger: failing receivers and callbacks are reported here at ERROR."""
+
+Receiver = c.Callable[..., t.Any]
+
+_ANY_ID = blinker.base.ANY_ID
+
+
+class Signal(blinker.NamedSignal):
+    """A blinker signal that calls receivers in connection order and matches classes by MRO.
+
+    ``send()`` keeps blinker's behaviour. The layer sends through :meth:`receivers_in_order`,
+    cached per sender and rebuilt only after a connect or disconnect.
+    """
+
+    def __init__(self, name: str, doc: str | None = None) -> None:
+        super().__init__(name, doc)
+        self._cache: dict[type | None, tuple[tuple[t.Any, bool], ...]] = {}
+        self._lock = threading.Lock()
+        self._version = 0
+
+    def connect(self, receiver: t.Any, sender: t.Any = blinker.ANY, weak: bool = True) -> t.Any:
+        """Connect ``receiver`` as blinker does; see :meth:`blinker.Signal.connect`."""
+        with self._lock:
+            self._invalidate()
+            result = super().connect(receiver, sender, weak)
+            self._invalidate()
+        return result
+
+    def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
+        # Also reached from blinker's weakref cleanup when a weak receiver is collected.
+        super()._disconnect(receiver_id, sender_id)
+        self._invalidate()
+
+    def _make_cleanup_sender(
+        self, sender_id: c.Hashable
+    ) -> c.Callable[[weakref.ref[t.Any]], None]:
+        cleanup = super()._make_cleanup_sender(sender_id)
+
+        def invalidating_cleanup(ref: weakref.ref[t.Any]) -> None:
+            cleanup(ref)
+            self._invalidate()
+
+        return invalidating_cleanup
+
+    def _clear_state(self) -> None:
+        super()._clear_state()
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._version += 1
+        self._cache = {}
+        self.__dict__.pop("_instance_flag", None)
+
+    def receivers_in_order(self, sender: t.Any) -> c.Iterator[tuple[Receiver, bool]]:
+        """Yield ``(receiver, is_coroutine_function)`` for ``sender`` in connection order.
+
+        A class sender also matches receivers connected to any class in its MRO; every receiver
+        is yielded once, however many of its senders match.
+        """
+        if isinstance(sender, type):
+            entries = self._cache.get(sender)
+            if entries is None:
+                entries = self._build(sender, sender.__mro__)
+        elif self._instance_senders:
+            entries = self._build(None, (sender,))
+        else:
+            entries = self._cache.get(None)
+            if entries is None:
+                entries = self._build(None, ())
+        for ref, is_coro in entries:
+            if isinstance(ref, weakref.ref):
+                receiver = ref()
+                if receiver is not None:
+                    yield receiver, is_coro
+            else:
+                yield ref, is_coro
+
+    @property
+    def _instance_senders(self) -> bool:
+        """Whether a receiver is connected to a sender that is not a class."""
+        flag = self.__dict__.get("_instance_flag")
+        if flag is None:
+            flag = any(
+                ref() is not None and not isinstance(ref(), type)
+                for ref in self._weak_senders.values()
+            ) or any(
+                sender_id != _ANY_ID and sender_id not in self._weak_senders and bucket
+                for sender_id, bucket in self._by_sender.items()
+            )
+            self.__dict__["_instance_flag"] = flag
+        return flag
+
+    def _build(
+        self, key: type | None, senders: tuple[t.Any, ...]
+    ) -> tuple[tuple[t.Any, bool], ...]:
+        version = self._version
+        by_sender = self._by_sender
+        wanted: set[t.Any] = set(by_sender.get(_ANY_ID, ()))
+        for sender in senders:
+            wanted.update(by_sender.get(_make_id(sender), ()))
+        entries = []
+        for receiver_id, ref in list(self.receivers.items()):
+            if receiver_id in wanted:
+                target = ref() if isinstance(ref, weakref.ref) else ref
+                if target is not None:
+                    entries.append((ref, _is_coroutine_function(target)))
+        result = tuple(entries)
+        if key is not None or not senders:
+            with self._lock:
+                # A connect that raced this build bumped the version: do not cache a stale list.
+                if version == self._version:
+                    self._cache[key] = result
+        return result
+
+
+def _is_coroutine_function(receiver: t.Any) -> bool:
+    func = getattr(receiver, "__func__", receiver)
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - a callable object's async __call__
+    )
+
+
+def describe(func: object) -> str:
+    """Name ``func`` for a log message: its qualified name and module where it has them."""
+    name = getattr(func, "__qualname__", None)
+    module = getattr(func, "__module__", None)
+    if name and module:
+        return f"{module}.{name}"
+    return repr(func)

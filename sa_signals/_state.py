@@ -1,0 +1,78 @@
+"""Per-installation and per-session bookkeeping."""
+
+from __future__ import annotations
+
+import typing as t
+
+import sqlalchemy.orm as sa_orm
+
+if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from .on_commit import Pending
+
+INSTALLATION_ATTR = "_sa_signals_installation"
+"""Class attribute set on an installed session class; subclasses inherit it."""
+
+STATE_ATTR = "_sa_signals_state"
+"""Instance attribute holding a session's :class:`SessionState`."""
+
+
+class Installation:
+    """What ``install()`` recorded for one session class."""
+
+    __slots__ = ("maker", "robust", "scoped", "session_class")
+
+    def __init__(
+        self,
+        session_class: type[sa_orm.Session],
+        maker: sa_orm.sessionmaker[t.Any] | None,
+        scoped: sa_orm.scoped_session[t.Any] | None,
+        robust: bool,
+    ) -> None:
+        self.session_class = session_class
+        self.maker = maker
+        self.scoped = scoped
+        self.robust = robust
+
+    def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
+        """Return a fresh session configured like ``origin``."""
+        if self.maker is not None:
+            session: sa_orm.Session = self.maker()
+            return session
+        # A bare Session class install: reuse the origin's binds, nothing else is known.
+        binds: dict[t.Any, t.Any] = getattr(origin, "_Session__binds", {})
+        return self.session_class(bind=origin.bind, binds=dict(binds) or None)
+
+
+def installation_for(session: sa_orm.Session) -> Installation | None:
+    """Return the installation covering ``session``'s class, or None."""
+    inst: Installation | None = getattr(type(session), INSTALLATION_ATTR, None)
+    return inst
+
+
+class SessionState:
+    """What the layer tracks for one session during its outermost transaction.
+
+    Everything is cleared when the outermost transaction ends, so nothing outlives it.
+    """
+
+    __slots__ = ("committed", "connections", "queue")
+
+    def __init__(self) -> None:
+        self.queue: list[Pending] = []
+        self.connections: list[sa.Connection] = []
+        self.committed: sa_orm.SessionTransaction | None = None
+
+
+def state_of(session: sa_orm.Session) -> SessionState:
+    """Return ``session``'s state, creating it on first use."""
+    state: SessionState | None = session.__dict__.get(STATE_ATTR)
+    if state is None:
+        state = session.__dict__[STATE_ATTR] = SessionState()
+    return state
+
+
+def current_transaction(session: sa_orm.Session) -> sa_orm.SessionTransaction | None:
+    """Return the innermost savepoint of ``session``, else its outermost transaction."""
+    return session.get_nested_transaction() or session.get_transaction()

@@ -1,0 +1,36 @@
+"""The errors sa_signals raises."""
+
+from __future__ import annotations
+
+
+class SaSignalsError(Exception):
+    """Base class of every error raised by sa_signals."""
+
+
+class NotInstalledError(SaSignalsError, LookupError):
+    """The session's factory was never passed to ``sa_signals.install()``."""
+
+
+class InstallError(SaSignalsError, ValueError):
+    """``install()`` was given something it cannot listen on, or that overlaps an installation."""
+
+
+class SessionLeftOpenError(SaSignalsError):
+    """A callback began a transaction on the session that had committed; the layer rolled it back.
+
+    Raised (and reported) instead of leaving the transaction open. Inside a callback, use the
+    distinct session: ``Session()`` of the installed ``scoped_session`` or
+    ``sa_signals.current_session()``.
+    """
+
+
+class OutsideCallbackError(SaSignalsError, RuntimeError):
+    """``current_session()`` was called outside an on_commit callback or commit-time receiver."""
+
+
+class CoroutineMisuseError(SaSignalsError, TypeError):
+    """A coroutine function met a synchronous session, where nothing can await it."""
+
+
+class ScopeError(SaSignalsError, RuntimeError):
+    """``session_scope()`` met a scoped session that is already in a transaction."""

@@ -1,0 +1,108 @@
+"""``on_commit()``: the savepoint-aware queue of callbacks of one session's transaction."""
+
+from __future__ import annotations
+
+import typing as t
+
+import sqlalchemy.orm as sa_orm
+
+from ._dispatch import _is_coroutine_function
+from ._runner import run
+from ._runner import Work
+from ._state import current_transaction
+from ._state import installation_for
+from ._state import SessionState
+from ._state import state_of
+from .exceptions import CoroutineMisuseError
+from .exceptions import NotInstalledError
+from .typing import Callback
+
+if t.TYPE_CHECKING:
+    from .typing import SessionTarget
+
+
+class Pending(Work):
+    """An on_commit callback waiting for its transaction (a savepoint or the outermost one)."""
+
+    __slots__ = ("transaction",)
+
+    def __init__(
+        self, transaction: sa_orm.SessionTransaction, callback: Callback, robust: bool
+    ) -> None:
+        super().__init__(callback, robust)
+        self.transaction = transaction
+
+
+def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = True) -> None:
+    """Run ``callback`` after the outermost transaction of ``target`` truly commits.
+
+    ``target`` is a session, or a ``scoped_session`` standing for its current session.
+
+    The callback is dropped if that transaction, or a savepoint it was registered in, rolls
+    back. It runs with no arguments inside a distinct session (see :func:`current_session`).
+    Registered while the session is not in a transaction, it runs at once.
+
+    With ``robust=True`` an exception from the callback is logged and sent on
+    :data:`~sa_signals.signals.on_commit_failed`; with ``robust=False`` it propagates out of
+    ``commit()`` once every other callback has run. The data stays committed either way.
+    """
+    if not callable(callback):
+        msg = f"on_commit() needs a callable, got {callback!r}"
+        raise TypeError(msg)
+    if isinstance(target, sa_orm.scoped_session):
+        session: sa_orm.Session = target()
+    elif isinstance(target, sa_orm.Session):
+        session = target
+    else:
+        msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
+        raise TypeError(msg)
+    installation = installation_for(session)
+    if installation is None:
+        msg = (
+            f"{type(session).__name__} is not installed: call sa_signals.install() on its"
+            " sessionmaker or scoped_session before registering on_commit callbacks."
+        )
+        raise NotInstalledError(msg)
+    if _is_coroutine_function(callback):
+        msg = (
+            f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
+            " where nothing can await it; pass a plain function."
+        )
+        raise CoroutineMisuseError(msg)
+    transaction = current_transaction(session)
+    if transaction is None:
+        run((Work(callback, robust),), session, installation)
+        return
+    state_of(session).queue.append(Pending(transaction, callback, robust))
+
+
+def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> None:
+    """Settle the callbacks of ``savepoint``, which has just ended.
+
+    A released savepoint hands its callbacks to its parent, so that a later rollback of the
+    parent drops them too; a rolled-back one drops them.
+    """
+    committed = state.committed is savepoint
+    if committed:
+        state.committed = None
+    queue = state.queue
+    if not queue:
+        return
+    if committed:
+        parent = savepoint.parent
+        # A savepoint begun during a flush has the flush's subtransaction as parent: skip it.
+        while parent is not None and parent.parent is not None and not parent.nested:
+            parent = parent.parent
+        for pending in queue:
+            if pending.transaction is savepoint:
+                pending.transaction = parent  # type: ignore[assignment]
+    else:
+        state.queue = [pending for pending in queue if pending.transaction is not savepoint]
+
+
+def take_queue(state: SessionState) -> list[Pending]:
+    """Empty the queue before anything runs, so a failing callback still clears it."""
+    queue = state.queue
+    if queue:
+        state.queue = []
+    return queue

@@ -1,0 +1,151 @@
+"""``session_scope()`` and ``distinct_session()``: the session-lifecycle recipes, done once."""
+
+from __future__ import annotations
+
+import collections.abc as c
+import contextlib
+import functools
+import typing as t
+
+import sqlalchemy.orm as sa_orm
+
+from ._dispatch import logger
+from .exceptions import ScopeError
+
+if t.TYPE_CHECKING:
+    import types
+
+    from .typing import SessionFactory
+
+R = t.TypeVar("R")
+
+
+class SessionScope:
+    """A unit of work over one session: a context manager, and a decorator.
+
+    As a decorator it passes the session to the function as the keyword ``session``; a caller
+    that passes ``session=`` itself keeps control of that session (no commit, no close), so
+    decorated functions compose inside an outer scope.
+    """
+
+    def __init__(
+        self, opener: c.Callable[[], contextlib.AbstractContextManager[sa_orm.Session]]
+    ) -> None:
+        self._opener = opener
+        self._active: list[contextlib.AbstractContextManager[sa_orm.Session]] = []
+
+    def __enter__(self) -> sa_orm.Session:
+        manager = self._opener()
+        session = manager.__enter__()
+        self._active.append(manager)
+        return session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        return self._active.pop().__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: c.Callable[..., R]) -> c.Callable[..., R]:
+        @functools.wraps(func)
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> R:
+            if kwargs.get("session") is not None:
+                return func(*args, **kwargs)
+            with self._opener() as session:
+                return func(*args, session=session, **kwargs)
+
+        return wrapper
+
+
+def session_scope(factory: SessionFactory, /) -> SessionScope:
+    """Return a scope that yields a session, commits on success and rolls back on error.
+
+    The session is always closed at the end; for a ``scoped_session``, ``remove()`` is called, so
+    the registry holds nothing afterwards. An exception is re-raised after the rollback.
+    """
+    _check_factory(factory, "session_scope")
+    return SessionScope(functools.partial(_unit_of_work, factory))
+
+
+def distinct_session(factory: SessionFactory, /) -> SessionScope:
+    """Return a scope over a fresh session that commits on its own, whatever the outer one does.
+
+    For a ``scoped_session`` the fresh session is set into its registry for the duration (so
+    ``Session()`` returns it) and the previous session is put back afterwards, its transaction
+    untouched. Nests to any depth.
+
+    .. note:: SQLite lets one connection write at a time: the distinct session cannot write
+       while the outer session holds an open write transaction on the same database file.
+    """
+    _check_factory(factory, "distinct_session")
+    return SessionScope(functools.partial(_distinct, factory))
+
+
+def _check_factory(factory: object, name: str) -> None:
+    if not callable(factory) or isinstance(factory, sa_orm.Session):
+        msg = f"{name}() needs a sessionmaker or a scoped_session, got {factory!r}"
+        raise TypeError(msg)
+
+
+@contextlib.contextmanager
+def _unit_of_work(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
+    if not isinstance(factory, sa_orm.scoped_session):
+        with _commit_or_rollback(factory()) as session:
+            yield session
+        return
+    registry = factory.registry
+    if registry.has() and registry().in_transaction():
+        msg = (
+            "session_scope() was entered while the scoped_session's current session is in"
+            " a transaction; pass that session down, or use distinct_session() for an"
+            " independent one."
+        )
+        raise ScopeError(msg)
+    try:
+        with _commit_or_rollback(factory()) as session:
+            yield session
+    finally:
+        factory.remove()
+
+
+@contextlib.contextmanager
+def _distinct(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
+    if not isinstance(factory, sa_orm.scoped_session):
+        with _commit_or_rollback(factory()) as session:
+            yield session
+        return
+    registry = factory.registry
+    had_previous = registry.has()
+    previous = registry() if had_previous else None
+    session = factory.session_factory()
+    registry.set(session)
+    try:
+        with _commit_or_rollback(session):
+            yield session
+    finally:
+        if had_previous:
+            registry.set(previous)
+        else:
+            registry.clear()
+
+
+@contextlib.contextmanager
+def _commit_or_rollback(session: sa_orm.Session) -> c.Iterator[sa_orm.Session]:
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        _rollback_quietly(session)
+        raise
+    finally:
+        session.close()
+
+
+def _rollback_quietly(session: sa_orm.Session) -> None:
+    # The original exception matters more than a failing rollback (a dropped connection, say).
+    try:
+        session.rollback()
+    except Exception:
+        logger.exception("rolling back %r after an error failed", session)

@@ -1,0 +1,664 @@
+"""The on_commit specification, run on every configured backend."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import typing as t
+import weakref
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as sa_orm
+
+import sa_signals
+from sa_signals import signals
+from tests.models import Audit
+from tests.models import customers
+from tests.models import Item
+from tests.models import orders
+
+if t.TYPE_CHECKING:
+    from tests.conftest import Connector
+    from tests.conftest import Recorder
+
+Scoped = sa_orm.scoped_session[sa_orm.Session]
+
+
+def count(engine: sa.Engine, model: type[t.Any]) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+
+
+class TestRunsAfterCommit:
+    def test_runs_once_after_commit(self, session: sa_orm.Session, recorder: Recorder) -> None:
+        """A callback runs once, after the outermost commit."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        recorder.assert_done([])
+        session.commit()
+        recorder.assert_done([1])
+        session.add(Item(name="b"))
+        session.commit()
+        recorder.assert_done([1])
+
+    def test_runs_in_registration_order(self, session: sa_orm.Session, recorder: Recorder) -> None:
+        """Callbacks run in the order they were registered."""
+        session.add(Item(name="a"))
+        for n in range(5):
+            sa_signals.on_commit(recorder.do(n), session)
+        session.commit()
+        recorder.assert_done([0, 1, 2, 3, 4])
+
+    def test_accepts_the_scoped_session(
+        self,
+        Session: Scoped,
+        recorder: Recorder,
+    ) -> None:
+        """A scoped_session stands for its current session."""
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), Session)
+        Session.commit()
+        recorder.assert_done([1])
+
+    def test_sees_committed_data(self, Session: Scoped, engine: sa.Engine) -> None:
+        """The callback reads what the transaction committed."""
+        seen: list[int] = []
+        Session.add(Item(name="a", value=7))
+        sa_signals.on_commit(
+            lambda: seen.append(Session().scalars(sa.select(Item.value)).one()), Session
+        )
+        Session.commit()
+        assert seen == [7]
+
+    def test_runs_at_context_manager_commit(
+        self,
+        Session: Scoped,
+        recorder: Recorder,
+    ) -> None:
+        """``with session.begin():`` commits and runs the callbacks on exit."""
+        with Session.begin():
+            Session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do(1), Session)
+            recorder.assert_done([])
+        recorder.assert_done([1])
+
+
+class TestDiscarded:
+    def test_discards_on_rollback(self, session: sa_orm.Session, recorder: Recorder) -> None:
+        """rollback() drops the callbacks; a later commit does not run them."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        session.rollback()
+        session.add(Item(name="b"))
+        session.commit()
+        recorder.assert_done([])
+
+    def test_discards_on_exception_in_begin_block(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """An exception in ``with session.begin():`` rolls back and drops the callbacks."""
+        with pytest.raises(ZeroDivisionError), session.begin():
+            sa_signals.on_commit(recorder.do(1), session)
+            _ = 1 / 0
+        recorder.assert_done([])
+
+    def test_discards_on_integrity_error_at_flush(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """A flush that fails leaves a transaction that can only roll back."""
+        session.add(Item(name="dup"))
+        session.commit()
+        session.add(Item(name="dup"))
+        sa_signals.on_commit(recorder.do(1), session)
+        with pytest.raises(sa_exc.IntegrityError):
+            session.commit()
+        session.rollback()
+        recorder.assert_done([])
+
+    @pytest.mark.parametrize("end", ["close", "reset"])
+    def test_discards_on_close_or_reset(
+        self, session: sa_orm.Session, recorder: Recorder, end: str
+    ) -> None:
+        """close() / reset() with the transaction open drop the callbacks."""
+        session.add(Item(name="a"))
+        session.flush()
+        sa_signals.on_commit(recorder.do(1), session)
+        getattr(session, end)()
+        session.add(Item(name="b"))
+        session.commit()
+        recorder.assert_done([])
+
+    @pytest.mark.backends("sqlite", "postgresql")
+    def test_discards_when_commit_itself_fails(
+        self, session: sa_orm.Session, recorder: Recorder, engine: sa.Engine
+    ) -> None:
+        """A deferred constraint violated at COMMIT: nothing committed, nothing runs."""
+        session.execute(orders.insert().values(id=1, customer_id=999))
+        sa_signals.on_commit(recorder.do(1), session)
+        with pytest.raises(sa_exc.IntegrityError):
+            session.commit()
+        session.rollback()
+        recorder.assert_done([])
+        session.execute(customers.insert().values(id=5))
+        sa_signals.on_commit(recorder.do(2), session)
+        session.commit()
+        recorder.assert_done([2])
+
+
+class TestSavepoints:
+    def test_discards_callbacks_from_rolled_back_savepoint(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """Only callbacks registered outside the rolled-back savepoint run, in order."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        savepoint = session.begin_nested()
+        sa_signals.on_commit(recorder.do(2), session)
+        savepoint.rollback()
+        sa_signals.on_commit(recorder.do(3), session)
+        session.commit()
+        recorder.assert_done([1, 3])
+
+    def test_released_savepoint_waits_for_outer_commit(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """Releasing a savepoint is not a commit."""
+        with session.begin_nested():
+            session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do(1), session)
+        recorder.assert_done([])
+        session.commit()
+        recorder.assert_done([1])
+
+    def test_inner_savepoint_rolled_back_with_outer(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """A released inner savepoint's callbacks go when its enclosing savepoint rolls back."""
+        outer = session.begin_nested()
+        with session.begin_nested():
+            sa_signals.on_commit(recorder.do(1), session)
+        outer.rollback()
+        session.commit()
+        recorder.assert_done([])
+
+    def test_inner_savepoint_rolled_back_by_outer_rollback_directly(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """Rolling back an outer savepoint while an inner one is open drops both."""
+        outer = session.begin_nested()
+        sa_signals.on_commit(recorder.do(1), session)
+        session.begin_nested()
+        sa_signals.on_commit(recorder.do(2), session)
+        outer.rollback()
+        sa_signals.on_commit(recorder.do(3), session)
+        session.commit()
+        recorder.assert_done([3])
+
+    def test_released_savepoint_then_outer_rollback(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """A savepoint released, then its outer transaction rolled back: nothing runs."""
+        with session.begin_nested():
+            sa_signals.on_commit(recorder.do(1), session)
+        session.rollback()
+        recorder.assert_done([])
+
+    def test_nested_to_any_depth(self, session: sa_orm.Session, recorder: Recorder) -> None:
+        """Depth does not matter: surviving levels run, rolled-back levels do not."""
+        savepoints = []
+        for depth in range(6):
+            savepoints.append(session.begin_nested())
+            session.add(Item(name=f"d{depth}"))
+            sa_signals.on_commit(recorder.do(depth), session)
+        for savepoint in reversed(savepoints[3:]):
+            savepoint.rollback()
+        for savepoint in reversed(savepoints[:3]):
+            savepoint.commit()
+        session.commit()
+        recorder.assert_done([0, 1, 2])
+
+    def test_integrity_error_in_savepoint_keeps_outer_callbacks(
+        self, session: sa_orm.Session, recorder: Recorder, engine: sa.Engine
+    ) -> None:
+        """A failed flush inside a savepoint drops its callbacks; the outer ones survive."""
+        session.add(Item(name="dup"))
+        sa_signals.on_commit(recorder.do("outer"), session)
+        with pytest.raises(sa_exc.IntegrityError), session.begin_nested():
+            session.add(Item(name="dup"))
+            sa_signals.on_commit(recorder.do("inner"), session)
+            session.flush()
+        session.commit()
+        recorder.assert_done(["outer"])
+        assert count(engine, Item) == 1
+
+
+class TestOutsideTransaction:
+    def test_runs_immediately_outside_transaction(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """Registered with no transaction open, the callback runs at once."""
+        assert not session.in_transaction()
+        sa_signals.on_commit(recorder.do(1), session)
+        recorder.assert_done([1])
+
+    def test_immediate_callback_gets_a_distinct_session(
+        self,
+        Session: Scoped,
+    ) -> None:
+        """Even run at once, the callback sees a distinct session in the registry."""
+        original = Session()
+        seen: list[sa_orm.Session] = []
+        sa_signals.on_commit(lambda: seen.append(Session()), original)
+        assert seen[0] is not original
+        assert Session() is original
+
+
+class TestDistinctSession:
+    def test_callback_gets_distinct_session_from_registry(
+        self,
+        Session: Scoped,
+    ) -> None:
+        """``Session()`` inside the callback is a fresh session; the original is restored."""
+        original = Session()
+        seen: list[sa_orm.Session] = []
+        original.add(Item(name="a"))
+        sa_signals.on_commit(lambda: seen.append(Session()), original)
+        original.commit()
+        assert seen[0] is not original
+        assert isinstance(seen[0], type(original))
+        assert Session() is original
+
+    def test_callback_writes_are_committed(
+        self,
+        Session: Scoped,
+        engine: sa.Engine,
+    ) -> None:
+        """What the callback writes through its distinct session is committed on return."""
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(lambda: Session.add(Audit(message="saw a")), Session)
+        Session.commit()
+        assert count(engine, Audit) == 1
+
+    def test_callback_writes_rolled_back_when_it_raises(
+        self,
+        Session: Scoped,
+        engine: sa.Engine,
+    ) -> None:
+        """A callback that raises has its distinct session rolled back."""
+
+        def write_then_fail() -> None:
+            Session.add(Audit(message="never"))
+            Session.flush()
+            raise RuntimeError("boom")
+
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(write_then_fail, Session)
+        Session.commit()
+        assert count(engine, Audit) == 0
+        assert count(engine, Item) == 1
+
+    def test_original_session_left_as_sqlalchemy_left_it(
+        self,
+        Session: Scoped,
+        engine: sa.Engine,
+    ) -> None:
+        """After the callbacks: no transaction, no connection, still usable."""
+        original = Session()
+        original.add(Item(name="a"))
+        sa_signals.on_commit(lambda: Session.add(Audit(message="x")), original)
+        original.commit()
+        assert not original.in_transaction()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        original.add(Item(name="b"))
+        original.commit()
+        assert count(engine, Item) == 2
+
+    def test_callback_using_original_session_is_cleaned_and_reported(
+        self,
+        Session: Scoped,
+        connect: Connector,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Touching the committed session from a callback is rolled back and reported loudly."""
+        failures = connect.record(signals.on_commit_failed)
+        original = Session()
+        original.add(Item(name="a"))
+
+        def misuse() -> None:
+            original.scalars(sa.select(Item)).all()
+
+        sa_signals.on_commit(misuse, original)
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            original.commit()
+        assert not original.in_transaction()
+        assert len(failures) == 1
+        assert isinstance(failures[0][1]["exception"], sa_signals.SessionLeftOpenError)
+        assert failures[0][1]["callback"] is misuse
+        assert "began a transaction on the session that had committed" in caplog.text
+
+    def test_current_session_for_sessionmaker_install(self, engine: sa.Engine) -> None:
+        """With a sessionmaker install, current_session() reaches the distinct session."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        try:
+            seen: list[sa_orm.Session] = []
+            with maker() as session:
+                session.add(Item(name="a"))
+
+                def callback() -> None:
+                    distinct = sa_signals.current_session()
+                    assert distinct is sa_signals.current_session()
+                    seen.append(distinct)
+                    distinct.add(Audit(message="from maker"))
+
+                sa_signals.on_commit(callback, session)
+                session.commit()
+                assert seen[0] is not session
+            with maker() as check:
+                assert check.scalars(sa.select(Audit.message)).all() == ["from maker"]
+        finally:
+            sa_signals.uninstall(maker)
+
+    def test_current_session_for_session_class_install(self, engine: sa.Engine) -> None:
+        """A Session subclass install builds the distinct session with the same bind."""
+
+        class MySession(sa_orm.Session):
+            pass
+
+        sa_signals.install(MySession)
+        try:
+            with MySession(bind=engine) as session:
+                session.add(Item(name="a"))
+                sa_signals.on_commit(
+                    lambda: sa_signals.current_session().add(Audit(message="cls")), session
+                )
+                session.commit()
+            assert count(engine, Audit) == 1
+        finally:
+            sa_signals.uninstall(MySession)
+
+    def test_current_session_outside_callback_raises(self) -> None:
+        """current_session() outside a callback says where it works."""
+        with pytest.raises(sa_signals.OutsideCallbackError, match="only inside an on_commit"):
+            sa_signals.current_session()
+
+    def test_distinct_session_created_lazily(self, Session: Scoped) -> None:
+        """A callback that never asks for a session gets none: the registry stays empty."""
+        states: list[bool] = []
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(lambda: states.append(Session.registry.has()), Session)
+        Session.commit()
+        assert states == [False]
+
+
+class TestCallbacksRegisteringCallbacks:
+    def test_callback_registered_in_callback_runs_after_its_session_commits(
+        self,
+        Session: Scoped,
+        engine: sa.Engine,
+    ) -> None:
+        """A callback registered in a callback's transaction runs after that commit."""
+        seen: list[int] = []
+
+        def first() -> None:
+            Session.add(Audit(message="first"))
+            sa_signals.on_commit(lambda: seen.append(count(engine, Audit)), Session)
+
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(first, Session)
+        Session.commit()
+        assert seen == [1]
+
+    def test_callback_registered_outside_transaction_in_callback_runs(
+        self,
+        Session: Scoped,
+        recorder: Recorder,
+    ) -> None:
+        """Registered from a callback with no transaction open, it still runs."""
+
+        def first() -> None:
+            recorder.done.append("first")
+            sa_signals.on_commit(recorder.do("second"), Session)
+
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(first, Session)
+        sa_signals.on_commit(recorder.do("third"), Session)
+        Session.commit()
+        recorder.assert_done(["first", "second", "third"])
+
+    def test_hundreds_of_nested_registrations_do_not_recurse(
+        self,
+        Session: Scoped,
+        recorder: Recorder,
+    ) -> None:
+        """Chains of callbacks registering callbacks run without exhausting the stack."""
+
+        def chain(n: int) -> t.Callable[[], None]:
+            def callback() -> None:
+                recorder.done.append(n)
+                if n < 500:
+                    Session.add(Audit(message=str(n)))
+                    sa_signals.on_commit(chain(n + 1), Session)
+
+            return callback
+
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(chain(0), Session)
+        Session.commit()
+        recorder.assert_done(list(range(501)))
+
+
+class TestErrors:
+    def test_robust_failure_logged_and_others_run(
+        self,
+        session: sa_orm.Session,
+        recorder: Recorder,
+        connect: Connector,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A failing robust callback is logged with its traceback and sent; the rest run."""
+        failures = connect.record(signals.on_commit_failed)
+        failing = recorder.fail(2)
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        sa_signals.on_commit(failing, session)
+        sa_signals.on_commit(recorder.do(3), session)
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            session.commit()
+        recorder.assert_done([1, 2, 3])
+        assert [(sender, kw["callback"]) for sender, kw in failures] == [(session, failing)]
+        assert str(failures[0][1]["exception"]) == "callback 2 failed"
+        [record] = [r for r in caplog.records if r.name == "sa_signals"]
+        assert record.levelno == logging.ERROR
+        assert "fail(2)" in record.getMessage()
+        assert record.exc_info is not None
+
+    def test_non_robust_failure_propagates_after_others_ran(
+        self, session: sa_orm.Session, recorder: Recorder, engine: sa.Engine
+    ) -> None:
+        """robust=False raises out of commit() after every other callback ran; data stays."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.fail(1, ValueError("strict")), session, robust=False)
+        sa_signals.on_commit(recorder.do(2), session)
+        with pytest.raises(ValueError, match="strict"):
+            session.commit()
+        recorder.assert_done([1, 2])
+        assert count(engine, Item) == 1
+        assert not session.in_transaction()
+        session.add(Item(name="b"))
+        session.commit()
+        assert count(engine, Item) == 2
+
+    def test_failing_failure_receiver_is_only_logged(
+        self,
+        session: sa_orm.Session,
+        recorder: Recorder,
+        connect: Connector,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A receiver of on_commit_failed that raises does not stop the callbacks."""
+
+        def bad_receiver(sender: object, **kwargs: object) -> None:
+            raise RuntimeError("receiver broke")
+
+        connect(signals.on_commit_failed, bad_receiver)
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.fail(1), session)
+        sa_signals.on_commit(recorder.do(2), session)
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            session.commit()
+        recorder.assert_done([1, 2])
+        assert "receiver broke" in caplog.text
+
+    @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit, GeneratorExit])
+    def test_base_exceptions_propagate_and_session_stays_usable(
+        self,
+        Session: Scoped,
+        recorder: Recorder,
+        exc_type: type[BaseException],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """KeyboardInterrupt and friends are not swallowed; the registry is restored."""
+        original = Session()
+        original.add(Item(name="a"))
+
+        def interrupt() -> None:
+            Session.add(Audit(message="x"))
+            raise exc_type
+
+        sa_signals.on_commit(interrupt, original)
+        sa_signals.on_commit(recorder.do("later"), original)
+        with caplog.at_level(logging.ERROR, logger="sa_signals"), pytest.raises(exc_type):
+            original.commit()
+        assert Session() is original
+        assert not original.in_transaction()
+        assert "1 commit-time call(s) did not run" in caplog.text
+        original.add(Item(name="b"))
+        original.commit()
+
+
+class TestTestSavepointPattern:
+    @pytest.mark.parametrize(
+        "mode", ["create_savepoint", "rollback_only", "conditional_savepoint"]
+    )
+    def test_no_callbacks_when_joined_into_outer_transaction(
+        self, engine: sa.Engine, recorder: Recorder, mode: str
+    ) -> None:
+        """session.commit() inside a test's outer transaction commits nothing: nothing runs."""
+        maker = sa_orm.sessionmaker(join_transaction_mode=mode)  # type: ignore[call-overload]
+        sa_signals.install(maker)
+        try:
+            with engine.connect() as connection:
+                outer = connection.begin()
+                session = maker(bind=connection)
+                session.add(Item(name="a"))
+                sa_signals.on_commit(recorder.do(1), session)
+                session.commit()
+                sa_signals.on_commit(recorder.do(2), session)  # no transaction: at once
+                session.begin()
+                sa_signals.on_commit(recorder.do(3), session)
+                session.commit()  # no SQL emitted: the bound connection decides
+                session.close()
+                outer.rollback()
+            recorder.assert_done([2])
+        finally:
+            sa_signals.uninstall(maker)
+
+
+class TestThreadsAndState:
+    @pytest.mark.backends("postgresql", "mariadb")
+    def test_eight_threads_each_run_their_own_callbacks(
+        self,
+        Session: Scoped,
+        engine: sa.Engine,
+    ) -> None:
+        """Concurrent commits each run exactly their own callbacks, in their own thread."""
+        runs: list[tuple[int, int, int]] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def worker(n: int) -> None:
+            try:
+                barrier.wait()
+                for i in range(10):
+                    session = Session()
+                    session.add(Item(name=f"t{n}-{i}"))
+                    ident = threading.get_ident()
+                    sa_signals.on_commit(
+                        lambda n=n, i=i, ident=ident: runs.append(
+                            (n, i, int(threading.get_ident() == ident))
+                        ),
+                        session,
+                    )
+                    if i % 3 == 0:
+                        session.rollback()
+                    else:
+                        session.commit()
+                Session.remove()
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        expected = sorted((n, i, 1) for n in range(8) for i in range(10) if i % 3)
+        assert sorted(runs) == expected
+        assert count(engine, Item) == len(expected)
+
+    def test_nothing_kept_after_transaction(
+        self,
+        Session: Scoped,
+    ) -> None:
+        """Sessions and callbacks are collectable once the transaction ends."""
+
+        class Callback:
+            def __call__(self) -> None:
+                pass
+
+        callback = Callback()
+        callback_ref = weakref.ref(callback)
+        session = Session.session_factory()
+        session_ref = weakref.ref(session)
+        session.add(Item(name="a"))
+        sa_signals.on_commit(callback, session)
+        session.commit()
+        session.close()
+        del callback, session
+        gc.collect()
+        assert callback_ref() is None
+        assert session_ref() is None
+
+
+class TestBadInput:
+    def test_non_callable_fails_at_registration(self, session: sa_orm.Session) -> None:
+        """A non-callable is refused at once, not at commit."""
+        with pytest.raises(TypeError, match="on_commit\\(\\) needs a callable, got 42"):
+            sa_signals.on_commit(42, session)  # type: ignore[arg-type]
+
+    def test_not_a_session(self) -> None:
+        """Anything but a session is refused."""
+        with pytest.raises(TypeError, match="needs a Session or a scoped_session"):
+            sa_signals.on_commit(lambda: None, object())  # type: ignore[arg-type]
+
+    def test_uninstalled_factory_names_install(self, engine: sa.Engine) -> None:
+        """A session whose factory was never installed points at sa_signals.install."""
+        with (
+            sa_orm.Session(engine) as session,
+            pytest.raises(sa_signals.NotInstalledError, match=r"sa_signals\.install\(\)"),
+        ):
+            sa_signals.on_commit(lambda: None, session)
+
+    def test_coroutine_function_refused_for_sync_session(self, session: sa_orm.Session) -> None:
+        """A coroutine function cannot be awaited after a sync commit: refused at once."""
+
+        async def callback() -> None:  # pragma: no cover - never called
+            pass
+
+        with pytest.raises(sa_signals.CoroutineMisuseError, match="pass a plain function"):
+            sa_signals.on_commit(callback, session)
