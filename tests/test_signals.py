@@ -1,0 +1,486 @@
+"""Session-level and model-level signals, on every configured backend."""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+import sa_signals
+from sa_signals import signals
+from tests.models import Animal
+from tests.models import Audit
+from tests.models import Base
+from tests.models import Cat
+from tests.models import Dog
+from tests.models import Item
+
+if t.TYPE_CHECKING:
+    from tests.conftest import Connector
+    from tests.conftest import Recorder
+
+Scoped = sa_orm.scoped_session[sa_orm.Session]
+
+
+def count(engine: sa.Engine, model: type[t.Any]) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+
+
+class TestSessionSignals:
+    def test_flush_signals_sent_with_session_as_sender(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """before_flush and after_flush are sent for each flush, sender = the session."""
+        before = connect.record(signals.before_flush)
+        after = connect.record(signals.after_flush)
+        session.add(Item(name="a"))
+        session.flush()
+        session.add(Item(name="b"))
+        session.commit()
+        assert [sender for sender, _ in before] == [session, session]
+        assert [sender for sender, _ in after] == [session, session]
+
+    def test_commit_signals_only_for_outermost_transaction(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A SAVEPOINT release or rollback sends no commit or rollback signal."""
+        before = connect.record(signals.before_commit)
+        after = connect.record(signals.after_commit)
+        rollbacks = connect.record(signals.after_rollback)
+        session.add(Item(name="a"))
+        with session.begin_nested():
+            session.add(Item(name="b"))
+        savepoint = session.begin_nested()
+        savepoint.rollback()
+        assert (before, after, rollbacks) == ([], [], [])
+        session.commit()
+        assert [sender for sender, _ in before] == [session]
+        assert [sender for sender, _ in after] == [session]
+        assert rollbacks == []
+
+    def test_before_commit_receiver_can_write(
+        self, session: sa_orm.Session, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """Writes made by a before_commit receiver are part of the commit."""
+
+        def add_audit(sender: sa_orm.Session, **kwargs: object) -> None:
+            sender.add(Audit(message="before commit"))
+
+        connect(signals.before_commit, add_audit)
+        session.add(Item(name="a"))
+        session.commit()
+        assert count(engine, Audit) == 1
+
+    def test_after_commit_runs_in_distinct_session_after_commit(
+        self, Session: Scoped, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """after_commit receivers see the committed data and write in a distinct session."""
+        seen: list[tuple[bool, int]] = []
+
+        def receiver(sender: sa_orm.Session, **kwargs: object) -> None:
+            distinct = Session()
+            seen.append((distinct is sender, distinct.scalar(sa.select(sa.func.count(Item.id)))))
+            distinct.add(Audit(message="after commit"))
+
+        connect(signals.after_commit, receiver)
+        Session.add(Item(name="a"))
+        Session.commit()
+        assert seen == [(False, 1)]
+        assert count(engine, Audit) == 1
+
+    def test_after_commit_receiver_writing_does_not_loop(
+        self, Session: Scoped, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """The distinct session's own commit sends no after_commit: no loop."""
+        calls = connect.record(signals.after_commit)
+        connect(signals.after_commit, lambda sender, **kw: Session.add(Audit(message="x")))
+        Session.add(Item(name="a"))
+        Session.commit()
+        assert len(calls) == 1
+        assert count(engine, Audit) == 1
+
+    def test_after_commit_receivers_before_on_commit_callbacks(
+        self, session: sa_orm.Session, connect: Connector, recorder: Recorder
+    ) -> None:
+        """after_commit receivers run first, then on_commit callbacks in registration order."""
+        connect(signals.after_commit, lambda sender, **kw: recorder.done.append("signal"))
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do("callback"), session)
+        session.commit()
+        recorder.assert_done(["signal", "callback"])
+
+    @pytest.mark.parametrize("end", ["rollback", "close", "reset"])
+    def test_after_rollback_when_outermost_ends_without_commit(
+        self, session: sa_orm.Session, connect: Connector, end: str
+    ) -> None:
+        """after_rollback is sent for rollback(), and for close()/reset() with a transaction."""
+        rollbacks = connect.record(signals.after_rollback)
+        session.add(Item(name="a"))
+        session.flush()
+        getattr(session, end)()
+        assert [sender for sender, _ in rollbacks] == [session]
+
+    def test_no_after_commit_in_test_savepoint_pattern(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """A session joined into an outer transaction commits nothing: no after_commit."""
+        after = connect.record(signals.after_commit)
+        maker = sa_orm.sessionmaker(join_transaction_mode="create_savepoint")
+        sa_signals.install(maker)
+        try:
+            with engine.connect() as connection:
+                outer = connection.begin()
+                session = maker(bind=connection)
+                session.add(Item(name="a"))
+                session.commit()
+                session.close()
+                outer.rollback()
+        finally:
+            sa_signals.uninstall(maker)
+        assert after == []
+
+    def test_failing_receiver_reported_and_commit_proceeds(
+        self,
+        session: sa_orm.Session,
+        connect: Connector,
+        engine: sa.Engine,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A robust receiver that raises is logged and reported; the others run; data commits."""
+        failures = connect.record(signals.receiver_failed)
+        calls: list[str] = []
+
+        def broken(sender: object, **kwargs: object) -> None:
+            raise RuntimeError("broken receiver")
+
+        connect(signals.before_commit, broken)
+        connect(signals.before_commit, lambda sender, **kw: calls.append("second"))
+        session.add(Item(name="a"))
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            session.commit()
+        assert calls == ["second"]
+        assert count(engine, Item) == 1
+        [(sender, kwargs)] = failures
+        assert sender is session
+        assert kwargs["signal"] is signals.before_commit
+        assert kwargs["receiver"] is broken
+        assert str(kwargs["exception"]) == "broken receiver"
+        assert "broken" in caplog.text
+        assert "before_commit" in caplog.text
+
+    def test_failing_after_commit_receiver_reported(
+        self, session: sa_orm.Session, connect: Connector, recorder: Recorder
+    ) -> None:
+        """A failing after_commit receiver does not stop the callbacks."""
+        failures = connect.record(signals.receiver_failed)
+
+        def broken(sender: object, **kwargs: object) -> None:
+            raise RuntimeError("after commit broke")
+
+        connect(signals.after_commit, broken)
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        session.commit()
+        recorder.assert_done([1])
+        assert [kw["receiver"] for _, kw in failures] == [broken]
+
+    def test_coroutine_receiver_on_sync_session_reported(
+        self, session: sa_orm.Session, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """A coroutine receiver hit by a sync session's event gets a clear, reported error."""
+        failures = connect.record(signals.before_commit)
+        reported = connect.record(signals.receiver_failed)
+
+        async def receiver(sender: object, **kwargs: object) -> None:  # pragma: no cover
+            pass
+
+        connect(signals.before_commit, receiver)
+        session.add(Item(name="a"))
+        session.commit()
+        assert len(failures) == 1
+        [(_, kwargs)] = reported
+        assert isinstance(kwargs["exception"], sa_signals.CoroutineMisuseError)
+        assert "coroutine function connected to before_commit" in str(kwargs["exception"])
+        assert count(engine, Item) == 1
+
+
+class TestStrictInstall:
+    def test_non_robust_receiver_vetoes_the_commit(self, engine: sa.Engine) -> None:
+        """With install(robust=False), a before_commit receiver that raises aborts the commit."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker, robust=False)
+
+        def veto(sender: object, **kwargs: object) -> None:
+            raise ValueError("vetoed")
+
+        signals.before_commit.connect(veto)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                with pytest.raises(ValueError, match="vetoed"):
+                    session.commit()
+                session.rollback()
+            assert count(engine, Item) == 0
+        finally:
+            signals.before_commit.disconnect(veto)
+            sa_signals.uninstall(maker)
+
+    def test_non_robust_after_commit_receiver_raises_after_callbacks(
+        self, engine: sa.Engine, recorder: Recorder
+    ) -> None:
+        """A strict after_commit receiver's error leaves commit() after the callbacks ran."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker, robust=False)
+
+        def broken(sender: object, **kwargs: object) -> None:
+            raise ValueError("strict receiver")
+
+        signals.after_commit.connect(broken)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                sa_signals.on_commit(recorder.do(1), session)
+                with pytest.raises(ValueError, match="strict receiver"):
+                    session.commit()
+            recorder.assert_done([1])
+            assert count(engine, Item) == 1
+        finally:
+            signals.after_commit.disconnect(broken)
+            sa_signals.uninstall(maker)
+
+
+class TestModelSignals:
+    def test_save_signals_for_insert_and_update(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """pre_save/post_save carry instance, session and created; sender is the class."""
+        pre = connect.record(signals.pre_save)
+        post = connect.record(signals.post_save)
+        item = Item(name="a")
+        session.add(item)
+        session.flush()
+        item.value = 5
+        session.flush()
+        expected = [
+            (Item, {"instance": item, "session": session, "created": True}),
+            (Item, {"instance": item, "session": session, "created": False}),
+        ]
+        assert pre == expected
+        assert post == expected
+
+    def test_pre_save_sent_before_the_sql(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A pre_save receiver can still change the row that is written."""
+
+        def shout(sender: type[Item], *, instance: Item, **kwargs: object) -> None:
+            instance.name = instance.name.upper()
+
+        connect(signals.pre_save, shout, Item)
+        session.add(Item(name="quiet"))
+        session.commit()
+        session.expire_all()
+        assert session.scalars(sa.select(Item.name)).one() == "QUIET"
+
+    def test_equal_values_send_nothing(self, session: sa_orm.Session, connect: Connector) -> None:
+        """Setting attributes to equal values emits no UPDATE and no signal."""
+        item = Item(name="a", value=1)
+        session.add(item)
+        session.commit()
+        post = connect.record(signals.post_save)
+        assert (item.name, item.value) == ("a", 1)  # loaded: SQLAlchemy can compare
+        item.value = 1
+        item.name = "a"
+        session.commit()
+        assert post == []
+
+    def test_delete_signals(self, session: sa_orm.Session, connect: Connector) -> None:
+        """pre_delete/post_delete are sent once per deleted row."""
+        item = Item(name="a")
+        session.add(item)
+        session.commit()
+        pre = connect.record(signals.pre_delete)
+        post = connect.record(signals.post_delete)
+        session.delete(item)
+        session.commit()
+        assert pre == [(Item, {"instance": item, "session": session})]
+        assert post == [(Item, {"instance": item, "session": session})]
+
+    def test_receiver_for_base_gets_subclass_events(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A receiver connected to a base class also receives mapped subclasses' events."""
+        animals = connect.record(signals.post_save, Animal)
+        dogs = connect.record(signals.post_save, Dog)
+        everything = connect.record(signals.post_save, Base)
+        dog, cat = Dog(name="rex"), Cat(name="tom")
+        session.add_all([dog, cat])
+        session.flush()
+        assert sorted((s.__name__, kw["instance"].name) for s, kw in animals) == [
+            ("Cat", "tom"),
+            ("Dog", "rex"),
+        ]
+        assert [(s, kw["instance"]) for s, kw in dogs] == [(Dog, dog)]
+        assert len(everything) == 2
+
+    def test_joined_inheritance_sends_once_per_object(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A joined-table object (two rows) is one save."""
+        post = connect.record(signals.post_save)
+        session.add(Dog(name="rex"))
+        session.flush()
+        assert len(post) == 1
+
+    def test_any_receiver_called_once(self, session: sa_orm.Session, connect: Connector) -> None:
+        """A receiver connected to ANY and to the class is still called once per event."""
+        calls: list[object] = []
+
+        def receiver(sender: object, **kwargs: object) -> None:
+            calls.append(sender)
+
+        connect(signals.post_save, receiver)
+        connect(signals.post_save, receiver, Item)
+        session.add(Item(name="a"))
+        session.flush()
+        assert calls == [Item]
+
+    def test_receivers_called_in_connection_order(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Receivers of one signal run in the order they were connected."""
+        order: list[int] = []
+        for n in range(20):
+            connect(signals.post_save, lambda sender, n=n, **kw: order.append(n), Item)
+        session.add(Item(name="a"))
+        session.flush()
+        assert order == list(range(20))
+
+    def test_disconnected_receiver_no_longer_called(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Disconnecting takes effect at once, despite the cached receiver lists."""
+        calls = connect.record(signals.post_save, Item)
+        session.add(Item(name="a"))
+        session.flush()
+        signals.post_save.disconnect(connect._connected[-1][1])
+        session.add(Item(name="b"))
+        session.flush()
+        assert len(calls) == 1
+
+    def test_weak_receiver_collected(self, session: sa_orm.Session) -> None:
+        """A weakly connected receiver that is collected is no longer called."""
+        calls: list[object] = []
+
+        def receiver(sender: object, **kwargs: object) -> None:
+            calls.append(sender)
+
+        signals.post_save.connect(receiver)
+        session.add(Item(name="a"))
+        session.flush()
+        del receiver
+        session.add(Item(name="b"))
+        session.flush()
+        assert calls == [Item]
+
+    def test_uninstalled_sessions_send_nothing(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """Sessions of factories that were not installed send no signals."""
+        post = connect.record(signals.post_save)
+        with sa_orm.Session(engine) as session:
+            session.add(Item(name="a"))
+            session.commit()
+        assert post == []
+
+
+class TestInstall:
+    def test_install_is_idempotent_and_uninstall_removes_everything(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """Installing twice adds nothing; uninstall removes every listener."""
+        post = connect.record(signals.post_save)
+        commits = connect.record(signals.after_commit)
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        sa_signals.install(maker)
+        with maker() as session:
+            session.add(Item(name="a"))
+            session.commit()
+        assert (len(post), len(commits)) == (1, 1)
+        sa_signals.uninstall(maker)
+        sa_signals.uninstall(maker)
+        with maker() as session:
+            session.add(Item(name="b"))
+            session.commit()
+            with pytest.raises(sa_signals.NotInstalledError):
+                sa_signals.on_commit(lambda: None, session)
+        assert (len(post), len(commits)) == (1, 1)
+
+    def test_scoped_and_its_sessionmaker_are_one_installation(self, engine: sa.Engine) -> None:
+        """A scoped_session and its sessionmaker cover the same sessions."""
+        maker = sa_orm.sessionmaker(engine)
+        scoped = sa_orm.scoped_session(maker)
+        sa_signals.install(maker)
+        sa_signals.install(scoped)
+        try:
+            seen: list[sa_orm.Session] = []
+            scoped.add(Item(name="a"))
+            sa_signals.on_commit(lambda: seen.append(scoped()), scoped)
+            original = scoped()
+            scoped.commit()
+            assert seen[0] is not original
+        finally:
+            sa_signals.uninstall(scoped)
+            scoped.remove()
+
+    def test_overlapping_installs_refused(self, engine: sa.Engine) -> None:
+        """Installing Session and a sessionmaker of it would handle sessions twice."""
+
+        class AppSession(sa_orm.Session):
+            pass
+
+        maker = sa_orm.sessionmaker(engine, class_=AppSession)
+        sa_signals.install(AppSession)
+        try:
+            with pytest.raises(sa_signals.InstallError, match="overlaps the installation"):
+                sa_signals.install(maker)
+        finally:
+            sa_signals.uninstall(AppSession)
+
+    def test_robust_mismatch_refused(self, engine: sa.Engine) -> None:
+        """Reinstalling with another robust setting says to uninstall first."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        try:
+            with pytest.raises(sa_signals.InstallError, match="uninstall it first"):
+                sa_signals.install(maker, robust=False)
+        finally:
+            sa_signals.uninstall(maker)
+
+    def test_two_scoped_sessions_on_one_maker_refused(self, engine: sa.Engine) -> None:
+        """Two registries over one sessionmaker cannot both receive the distinct sessions."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(sa_orm.scoped_session(maker))
+        try:
+            with pytest.raises(sa_signals.InstallError, match="its own sessionmaker"):
+                sa_signals.install(sa_orm.scoped_session(maker))
+        finally:
+            sa_signals.uninstall(maker)
+
+    @pytest.mark.parametrize(
+        ("target", "message"),
+        [
+            (42, "install\\(\\) takes a scoped_session, a sessionmaker or a Session subclass"),
+            (sa_orm.Session(), "install the sessionmaker or scoped_session it came from"),
+            (sa_orm.scoped_session(lambda: sa_orm.Session()), "built on a sessionmaker"),
+        ],
+    )
+    def test_bad_targets_refused(self, target: object, message: str) -> None:
+        """install() names what it accepts."""
+        with pytest.raises(sa_signals.InstallError, match=message):
+            sa_signals.install(target)  # type: ignore[arg-type]
