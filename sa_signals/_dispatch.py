@@ -30,7 +30,7 @@ class Signal(blinker.NamedSignal):
     def __init__(self, name: str, doc: str | None = None) -> None:
         super().__init__(name, doc)
         self._cache: dict[type | None, tuple[tuple[t.Any, bool], ...]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._version = 0
 
     def connect(self, receiver: t.Any, sender: t.Any = blinker.ANY, weak: bool = True) -> t.Any:

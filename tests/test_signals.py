@@ -484,3 +484,44 @@ class TestInstall:
         """install() names what it accepts."""
         with pytest.raises(sa_signals.InstallError, match=message):
             sa_signals.install(target)  # type: ignore[arg-type]
+
+
+class TestSignalClass:
+    def test_connect_from_receiver_connected_does_not_deadlock(self) -> None:
+        """A receiver_connected hook may connect more receivers to the same signal."""
+        signal = signals.Signal("demo")
+        calls: list[str] = []
+
+        def extra(sender: object, **kwargs: object) -> None:
+            calls.append("extra")
+
+        def on_connect(connected_signal: object, **kwargs: object) -> None:
+            if kwargs["receiver"] is not extra:
+                signal.connect(extra, weak=False)
+
+        signal.receiver_connected.connect(on_connect, weak=False)
+        try:
+            signal.connect(lambda sender, **kw: calls.append("first"), weak=False)
+        finally:
+            signal.receiver_connected.disconnect(on_connect)
+        assert [r(None) for r, _ in signal.receivers_in_order(None)] == [None, None]
+        assert sorted(calls) == ["extra", "first"]
+
+    def test_receivers_for_specific_instance_sender(self) -> None:
+        """A receiver connected to one session instance gets only that sender's events."""
+        signal = signals.Signal("demo")
+        first, second = object(), object()
+        calls: list[object] = []
+        signal.connect(lambda sender, **kw: calls.append(sender), sender=first, weak=False)
+        for sender in (first, second, first):
+            for receiver, _ in signal.receivers_in_order(sender):
+                receiver(sender)
+        assert calls == [first, first]
+
+    def test_blinker_send_still_works(self) -> None:
+        """The signals stay plain blinker signals for code that calls send() itself."""
+        calls: list[object] = []
+        signal = signals.Signal("demo")
+        signal.connect(lambda sender, **kw: calls.append((sender, kw)), weak=False)
+        signal.send("me", value=1)
+        assert calls == [("me", {"value": 1})]
