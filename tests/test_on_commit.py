@@ -85,6 +85,46 @@ class TestRunsAfterCommit:
             recorder.assert_done([])
         recorder.assert_done([1])
 
+    def test_registered_during_the_commits_own_flush_runs(
+        self, session: sa_orm.Session, recorder: Recorder, connect: Connector
+    ) -> None:
+        """A post_save receiver registering a callback in commit()'s final flush is not lost."""
+        connect(
+            signals.post_save,
+            lambda sender, *, instance, **kw: sa_signals.on_commit(
+                recorder.do(instance.name), session
+            ),
+            Item,
+        )
+        session.add(Item(name="a"))
+        session.commit()
+        recorder.assert_done(["a"])
+
+    def test_queue_cleared_after_successful_commit(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """The next transaction starts with an empty queue."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        session.commit()
+        session.add(Item(name="b"))
+        sa_signals.on_commit(recorder.do(2), session)
+        session.commit()
+        recorder.assert_done([1, 2])
+
+    def test_strict_error_does_not_prevent_clearing_the_queue(
+        self, session: sa_orm.Session, recorder: Recorder
+    ) -> None:
+        """After a strict callback raised, the next commit does not run old callbacks again."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.fail(1), session, robust=False)
+        with pytest.raises(RuntimeError):
+            session.commit()
+        session.add(Item(name="b"))
+        sa_signals.on_commit(recorder.do(2), session)
+        session.commit()
+        recorder.assert_done([1, 2])
+
 
 class TestDiscarded:
     def test_discards_on_rollback(self, session: sa_orm.Session, recorder: Recorder) -> None:
