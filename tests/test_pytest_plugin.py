@@ -15,12 +15,12 @@ pytest_plugins = ["pytester"]
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing"
 
-MAIL_SERVER = '''
+MAIL_SERVER = """
 def refuse(message):
     raise ConnectionRefusedError(f"mail server refused {message!r}")
-'''
+"""
 
-FAILING_TEST = '''
+FAILING_TEST = """
 import mail_server
 import shop
 
@@ -28,7 +28,7 @@ import shop
 def test_mail_server_down(sa_signals_session, monkeypatch):
     monkeypatch.setattr(shop, "deliver", mail_server.refuse)
     shop.place_order("tea")
-'''
+"""
 
 
 def database_url(backend: str, pytester: pytest.Pytester) -> str:
@@ -73,7 +73,7 @@ def test_example_app_in_its_own_process(
         engine.dispose()
 
 
-CONFTEST = '''
+CONFTEST = """
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -114,9 +114,9 @@ def sa_signals_session_factory(engine):
     sa_signals.install(maker)
     yield maker
     sa_signals.uninstall(maker)
-'''
+"""
 
-PLUGIN_TESTS = '''
+PLUGIN_TESTS = """
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -180,7 +180,7 @@ def test_failure_after_a_failed_assertion(sa_signals_session):
 def test_rows_rolled_back(engine):
     with engine.connect() as connection:
         assert connection.scalar(sa.select(sa.func.count()).select_from(Note)) == 0
-'''
+"""
 
 
 def test_fixtures_in_process(pytester: pytest.Pytester) -> None:
@@ -229,5 +229,3 @@ def test_costs_nothing_unused(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-
-

@@ -382,8 +382,7 @@ class TestTransactional:
                 session.add(Item(name="a"))
                 sa_signals.on_commit(
                     lambda: seen.append(
-                        sa_signals.current_session().scalar(sa.select(sa.func.count(Item.id)))
-                        or 0
+                        sa_signals.current_session().scalar(sa.select(sa.func.count(Item.id))) or 0
                     ),
                     session,
                 )

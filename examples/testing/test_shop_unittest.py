@@ -1,3 +1,4 @@
+# ruff: noqa: PT009 - unittest style, on purpose
 """Testing the shop's on_commit code with unittest and sa_signals.testing (no pytest needed)."""
 
 from __future__ import annotations
