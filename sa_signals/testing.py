@@ -72,11 +72,14 @@ def capture_on_commit(
         )
         raise NotInstalledError(msg)
     state = state_of(session)
-    before = {id(pending) for pending in state.queue}
+    queued = list(state.queue)  # held, so that no new entry can reuse one of their ids
+    before = {id(pending) for pending in queued}
     callbacks: list[Callback] = []
-    yield callbacks
-    captured = [pending for pending in state.queue if id(pending) not in before]
-    callbacks.extend(pending.func for pending in captured)
+    try:
+        yield callbacks
+    finally:
+        captured = [pending for pending in state.queue if id(pending) not in before]
+        callbacks.extend(pending.func for pending in captured)
     if not execute or not captured:
         return
     taken = {id(pending) for pending in captured}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pathlib
+import re
 import traceback
 import typing as t
 
@@ -154,11 +156,16 @@ class TestCaptureOnCommit:
     def test_execute_runs_nothing_when_block_raises(
         self, session: sa_orm.Session, recorder: Recorder
     ) -> None:
-        """An exception in the block runs nothing and leaves the callbacks queued."""
+        """An exception in the block runs nothing and leaves the callbacks queued, and listed."""
         session.add(Item(name="a"))
-        with pytest.raises(ZeroDivisionError), testing.capture_on_commit(session, execute=True):
-            sa_signals.on_commit(recorder.do(1), session)
+        callback = recorder.do(1)
+        with (
+            pytest.raises(ZeroDivisionError),
+            testing.capture_on_commit(session, execute=True) as callbacks,
+        ):
+            sa_signals.on_commit(callback, session)
             _ = 1 / 0
+        assert callbacks == [callback]
         recorder.assert_done([])
         session.commit()
         recorder.assert_done([1])
@@ -481,3 +488,19 @@ class TestTransactional:
         with testing.transactional(Session) as connection:
             assert Session() is not idle
             assert Session().get_bind() is connection
+
+
+class TestDocs:
+    def test_examples_in_docs_are_the_tested_files(self) -> None:
+        """Every example shown in docs/testing.md is found verbatim in the file it names."""
+        root = pathlib.Path(__file__).parent.parent
+        text = (root / "docs" / "testing.md").read_text()
+        blocks = re.findall(r"<!-- example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL)
+        assert {path for path, _ in blocks} == {
+            "examples/testing/shop.py",
+            "examples/testing/conftest.py",
+            "examples/testing/test_shop.py",
+            "examples/testing/test_shop_unittest.py",
+        }
+        for path, block in blocks:
+            assert block in (root / path).read_text(), path
