@@ -440,6 +440,19 @@ class TestTransactional:
             connection.rollback()
         assert count(engine, Item) == 0
 
+    def test_given_connection_keeps_its_open_transaction(
+        self, Session: Scoped, engine: sa.Engine
+    ) -> None:
+        """A Connection already in a transaction is joined as it is, not begun again."""
+        with engine.connect() as connection:
+            outer = connection.begin()
+            with testing.transactional(Session, bind=connection):
+                Session.add(Item(name="a"))
+                Session.commit()
+            assert connection.get_transaction() is outer
+            outer.rollback()
+        assert count(engine, Item) == 0
+
     def test_unmarked_connection_still_runs_nothing(
         self, Session: Scoped, engine: sa.Engine, recorder: Recorder
     ) -> None:
