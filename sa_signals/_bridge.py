@@ -22,6 +22,7 @@ from ._state import installation_for
 from ._state import SessionState
 from ._state import STATE_ATTR
 from ._state import state_of
+from ._state import TRANSACTIONAL_ATTR
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
 from .on_commit import end_savepoint
@@ -143,12 +144,20 @@ def _really_committed(session: sa_orm.Session, connections: list[sa.Connection])
 
     A session joined into a Connection's own transaction (the test-suite pattern) only released
     a savepoint, or did nothing: that Connection is still in a transaction afterwards, while a
-    real COMMIT leaves it without one.
+    real COMMIT leaves it without one. In the transactional test mode the Connection is marked,
+    and its outer transaction stands in for the database.
     """
     if connections:
-        return not any(connection.in_transaction() for connection in connections)
+        return not any(
+            connection.in_transaction() and not connection.__dict__.get(TRANSACTIONAL_ATTR)
+            for connection in connections
+        )
     bind = session.bind
-    return not (isinstance(bind, sa.Connection) and bind.in_transaction())
+    return not (
+        isinstance(bind, sa.Connection)
+        and bind.in_transaction()
+        and not bind.__dict__.get(TRANSACTIONAL_ATTR)
+    )
 
 
 def _robust(session: sa_orm.Session) -> bool:

@@ -17,6 +17,10 @@ INSTALLATION_ATTR = "_sa_signals_installation"
 STATE_ATTR = "_sa_signals_state"
 """Instance attribute holding a session's :class:`SessionState`."""
 
+TRANSACTIONAL_ATTR = "_sa_signals_transactional"
+"""Instance attribute set on a Connection in the transactional test mode: a session's outermost
+commit on it (a SAVEPOINT release) counts as a real COMMIT."""
+
 
 class Installation:
     """What ``install()`` recorded for one session class."""
@@ -37,6 +41,14 @@ class Installation:
 
     def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
         """Return a fresh session configured like ``origin``."""
+        connection = transactional_connection(origin)
+        if connection is not None:
+            # Join the test's outer transaction as the origin did, so the test's data is seen.
+            factory = self.maker or self.session_class
+            joined: sa_orm.Session = factory(
+                bind=connection, join_transaction_mode="create_savepoint"
+            )
+            return joined
         if self.maker is not None:
             session: sa_orm.Session = self.maker()
             return session
@@ -49,6 +61,14 @@ def installation_for(session: sa_orm.Session) -> Installation | None:
     """Return the installation covering ``session``'s class, or None."""
     inst: Installation | None = getattr(type(session), INSTALLATION_ATTR, None)
     return inst
+
+
+def transactional_connection(session: sa_orm.Session) -> sa.Connection | None:
+    """Return the Connection ``session`` is bound to if it is in the transactional test mode."""
+    bind = session.bind
+    if bind is not None and bind.__dict__.get(TRANSACTIONAL_ATTR):
+        return bind  # type: ignore[return-value]
+    return None
 
 
 class SessionState:

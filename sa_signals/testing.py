@@ -1,0 +1,256 @@
+"""Helpers for testing code that uses sa_signals; none of them needs pytest.
+
+- :func:`capture_on_commit` collects the on_commit callbacks registered in a block, and can run
+  them at its end as a commit would.
+- :func:`capture_signals` records every send of some signals.
+- :func:`transactional` is the transactional test mode: the test's outer transaction stands in
+  for the database, so ``session.commit()`` runs callbacks and commit signals as in production,
+  and everything is rolled back at the end.
+- :func:`raise_failures` turns callbacks and receivers that failed robustly (only logged) into
+  an exception, so that a test cannot pass over them.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import contextlib
+import dataclasses
+import functools
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from . import signals as _signals
+from ._dispatch import Signal
+from ._runner import _current
+from ._runner import run
+from ._state import INSTALLATION_ATTR
+from ._state import installation_for
+from ._state import state_of
+from ._state import TRANSACTIONAL_ATTR
+from .exceptions import NotInstalledError
+from .exceptions import ScopeError
+
+if t.TYPE_CHECKING:
+    from .typing import Callback
+    from .typing import SessionFactory
+    from .typing import SessionTarget
+
+__all__ = [
+    "SignalRecord",
+    "capture_on_commit",
+    "capture_signals",
+    "raise_failures",
+    "transactional",
+]
+
+
+@contextlib.contextmanager
+def capture_on_commit(
+    target: SessionTarget, /, *, execute: bool = False
+) -> c.Iterator[list[Callback]]:
+    """Collect the on_commit callbacks registered on ``target`` inside the block.
+
+    ``target`` is a session, or a ``scoped_session`` standing for its current session. The
+    yielded list is filled when the block ends, in registration order, with the callbacks still
+    queued then: those of savepoints rolled back inside the block are left out (they would never
+    run), and so are those of a transaction that ended inside the block (they ran, or were
+    dropped).
+
+    With ``execute=False`` the callbacks stay queued for the real commit. With ``execute=True``
+    they are taken out of the queue and run when the block ends without an exception, as after a
+    commit: each in a distinct session, robust or strict as registered. Callbacks they register
+    in their own transaction are run after it commits and are added to the list.
+    """
+    session = _resolve_session(target, "capture_on_commit")
+    installation = installation_for(session)
+    if installation is None:
+        msg = (
+            f"{type(session).__name__} is not installed: call sa_signals.install() on its"
+            " sessionmaker or scoped_session before capturing its on_commit callbacks."
+        )
+        raise NotInstalledError(msg)
+    state = state_of(session)
+    queued = list(state.queue)  # held, so that no new entry can reuse one of their ids
+    before = {id(pending) for pending in queued}
+    callbacks: list[Callback] = []
+    try:
+        yield callbacks
+    finally:
+        captured = [pending for pending in state.queue if id(pending) not in before]
+        callbacks.extend(pending.func for pending in captured)
+    if not execute or not captured:
+        return
+    taken = {id(pending) for pending in captured}
+    state.queue = [pending for pending in state.queue if id(pending) not in taken]
+    for pending in captured:
+        pending.func = _recording(pending.func, callbacks)
+    run(captured, session, installation)
+
+
+def _recording(callback: c.Callable[..., object], callbacks: list[Callback]) -> Callback:
+    """Wrap ``callback`` so that what it registers on its distinct session is recorded too."""
+
+    @functools.wraps(callback)
+    def recording() -> object:
+        try:
+            return callback()
+        finally:
+            slot = _current.get()
+            session = slot.created() if slot is not None else None
+            if session is not None:
+                # Still queued: the distinct session commits after this returns.
+                for pending in state_of(session).queue:
+                    callbacks.append(pending.func)
+                    pending.func = _recording(pending.func, callbacks)
+
+    return recording
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalRecord:
+    """One send of a signal, as :func:`capture_signals` recorded it."""
+
+    signal: Signal
+    """The signal that was sent."""
+
+    sender: t.Any
+    """The sender: a ``Session``, or a mapped class for the model signals."""
+
+    kwargs: dict[str, t.Any]
+    """The keywords the receivers got."""
+
+
+_ALL_SIGNALS: tuple[Signal, ...] = tuple(
+    value for value in vars(_signals).values() if isinstance(value, Signal)
+)
+
+
+@contextlib.contextmanager
+def capture_signals(*signals: Signal) -> c.Iterator[list[SignalRecord]]:
+    """Record every send of ``signals`` inside the block, in order; all of sa_signals' if none.
+
+    The recording receiver is connected last and disconnected at the end. Connecting it to
+    ``after_commit`` makes that signal be sent, where it would be skipped for want of receivers.
+    """
+    records: list[SignalRecord] = []
+    receivers: list[tuple[Signal, c.Callable[..., None]]] = []
+    for signal in signals or _ALL_SIGNALS:
+        if not isinstance(signal, Signal):
+            msg = f"capture_signals() takes sa_signals signals, got {signal!r}"
+            raise TypeError(msg)
+
+        def receiver(sender: t.Any, /, *, _signal: Signal = signal, **kwargs: t.Any) -> None:
+            records.append(SignalRecord(_signal, sender, kwargs))
+
+        signal.connect(receiver, weak=False)
+        receivers.append((signal, receiver))
+    try:
+        yield records
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+
+
+@contextlib.contextmanager
+def raise_failures() -> c.Iterator[list[Exception]]:
+    """Re-raise, when the block ends, the first exception a robust callback or receiver raised.
+
+    Robust failures are only logged and sent on ``on_commit_failed`` / ``receiver_failed``; in a
+    test they would pass unnoticed. The yielded list holds every such exception, in order. The
+    block's own exception, if any, takes precedence.
+    """
+    failures: list[Exception] = []
+
+    def on_failure(sender: t.Any, /, *, exception: Exception, **kwargs: t.Any) -> None:
+        failures.append(exception)
+
+    _signals.on_commit_failed.connect(on_failure, weak=False)
+    _signals.receiver_failed.connect(on_failure, weak=False)
+    try:
+        yield failures
+    finally:
+        _signals.on_commit_failed.disconnect(on_failure)
+        _signals.receiver_failed.disconnect(on_failure)
+    if failures:
+        raise failures[0]
+
+
+@contextlib.contextmanager
+def transactional(
+    factory: SessionFactory, /, *, bind: sa.Engine | sa.Connection | None = None
+) -> c.Iterator[sa.Connection]:
+    """Run the block in the transactional test mode, and roll everything back at its end.
+
+    ``factory`` is the installed ``scoped_session`` or ``sessionmaker`` of the code under test.
+    For the block, its sessions are bound to one Connection (from ``bind``, else the factory's
+    own bind) that holds an outer transaction, with ``join_transaction_mode="create_savepoint"``
+    (SQLAlchemy's recipe for joining a session into an external transaction). Their outermost
+    ``commit()`` only releases a SAVEPOINT, but it counts as the real COMMIT: ``after_commit``
+    receivers and on_commit callbacks run, in distinct sessions that join the same Connection,
+    so they see the test's data. At the end the scoped session is removed, the factory's
+    configuration restored, and the outer transaction rolled back. Yields the Connection.
+
+    .. note:: This is a test mode: callbacks run although nothing reached the database. Given a
+       Connection as ``bind``, its transaction (begun if there is none) belongs to the caller,
+       who rolls it back.
+    """
+    scoped = factory if isinstance(factory, sa_orm.scoped_session) else None
+    maker: object = scoped.session_factory if scoped is not None else factory
+    if not isinstance(maker, sa_orm.sessionmaker):
+        msg = f"transactional() needs a sessionmaker or a scoped_session, got {factory!r}"
+        raise TypeError(msg)
+    if getattr(maker.class_, INSTALLATION_ATTR, None) is None:
+        msg = (
+            f"{factory!r} is not installed: call sa_signals.install() on it before entering"
+            " the transactional test mode."
+        )
+        raise NotInstalledError(msg)
+    if scoped is not None and scoped.registry.has():
+        if scoped.registry().in_transaction():
+            msg = (
+                "transactional() was entered while the scoped_session's current session is in"
+                " a transaction; call remove() on the scoped_session first."
+            )
+            raise ScopeError(msg)
+        scoped.remove()
+    bind = bind if bind is not None else maker.kw.get("bind")
+    if bind is None:
+        msg = (
+            "transactional() needs an engine: configure the sessionmaker with bind=, or pass"
+            " bind=."
+        )
+        raise TypeError(msg)
+    with contextlib.ExitStack() as stack:
+        if isinstance(bind, sa.Connection):
+            connection = bind
+            if not connection.in_transaction():
+                connection.begin()
+        else:
+            connection = stack.enter_context(bind.connect())
+            stack.callback(connection.begin().rollback)
+        saved = dict(maker.kw)
+        maker.configure(bind=connection, join_transaction_mode="create_savepoint")
+        connection.__dict__[TRANSACTIONAL_ATTR] = True
+        try:
+            yield connection
+        finally:
+            del connection.__dict__[TRANSACTIONAL_ATTR]
+            maker.kw.clear()
+            maker.kw.update(saved)
+            if scoped is not None:
+                scoped.remove()
+
+
+def _resolve_session(target: object, name: str) -> sa_orm.Session:
+    if isinstance(target, sa_orm.scoped_session):
+        session: sa_orm.Session = target()
+        return session
+    if isinstance(target, sa_orm.Session):
+        return target
+    msg = (
+        f"{name}() needs a Session or a scoped_session, got {target!r}; for a sessionmaker,"
+        " pass the session it made."
+    )
+    raise TypeError(msg)
