@@ -69,7 +69,8 @@ class Scope:
     def track(self, scoped: sa_orm.scoped_session[t.Any], /) -> None:
         """Remove the sessions of ``scoped`` (built with ``scopefunc=scope``) at each exit."""
         registry = scoped.registry
-        if not isinstance(registry, sa_util.ScopedRegistry) or registry.scopefunc is not self:
+        # ThreadLocalRegistry (no scopefunc) subclasses ScopedRegistry.
+        if getattr(registry, "scopefunc", None) is not self:
             msg = (
                 f"{scoped!r} does not use this scope: build it with scope.scoped_session(factory)"
                 " or scoped_session(factory, scopefunc=scope)."
