@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import typing as t
 
-import flask
-import flask.globals
 import sqlalchemy.orm as sa_orm
+
+try:
+    import flask
+    import flask.globals
+except ImportError as exc:
+    msg = 'sa_signals.contrib.flask needs Flask: pip install "sa-signals[flask]"'
+    raise ImportError(msg) from exc
 
 from .._bridge import install
 from .scopes import remove_session

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections.abc as c
 import concurrent.futures
+import importlib
+import sys
 import threading
 import typing as t
 import urllib.error
@@ -17,6 +19,7 @@ import sqlalchemy.orm as sa_orm
 import werkzeug.serving
 
 import sa_signals
+from sa_signals import signals
 from sa_signals.contrib.flask import app_context_key
 from sa_signals.contrib.flask import SaSignals
 from tests.conftest import Recorder
@@ -301,3 +304,41 @@ class TestFlaskSQLAlchemy:
         assert names(engine) == ["a", "c"]
         recorder.assert_done(["a", "c"])
         views.assert_all_removed()
+
+
+@pytest.mark.skipif(
+    not hasattr(signals, "models_committed"), reason="needs signals.models_committed"
+)
+@pytest.mark.backends("postgresql", "mariadb")
+def test_models_committed_over_db_session(
+    db_app: tuple[flask.Flask, flask_sqlalchemy.SQLAlchemy], connect: t.Any
+) -> None:
+    """The documented migration: net committed rows, reported once after the real COMMIT."""
+    app, db = db_app
+    sa_signals.install(db.session)
+    calls = connect.record(signals.models_committed)
+    with app.app_context():
+        db.session.add(Item(name="outer"))
+        db.session.flush()
+        with db.session.begin_nested():
+            db.session.add(Item(name="released"))
+        assert calls == []
+        savepoint = db.session.begin_nested()
+        db.session.add(Item(name="dropped"))
+        db.session.flush()
+        savepoint.rollback()
+        db.session.scalars(sa.select(Item).where(Item.name == "outer")).one().value = 5
+        db.session.commit()
+    assert len(calls) == 1
+    sender, kwargs = calls[0]
+    assert isinstance(sender, sa_orm.Session)
+    changes = sorted((change.operation, change.identity) for change in kwargs["changes"])
+    assert [operation for operation, _ in changes] == ["insert", "insert"]
+
+
+def test_import_without_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the module without Flask installed says which extra to install."""
+    monkeypatch.setitem(sys.modules, "flask", None)
+    monkeypatch.delitem(sys.modules, "sa_signals.contrib.flask")
+    with pytest.raises(ImportError, match=r'pip install "sa-signals\[flask\]"'):
+        importlib.import_module("sa_signals.contrib.flask")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc as c
+import threading
 import typing as t
 
 import pytest
@@ -159,3 +160,16 @@ class TestSessionMiddleware:
         response.close()
         assert closed == [True]
         assert scope.keys() == set()
+
+    def test_closed_from_another_thread(
+        self, client: werkzeug.test.Client, scope: Scope, engine: sa.Engine
+    ) -> None:
+        """A server that closes the response in another thread still ends the unit."""
+        response = client.get("/stream", buffered=False)
+        assert response.get_data() == b"first True"
+        closer = threading.Thread(target=response.close)
+        closer.start()
+        closer.join(timeout=10)
+        assert scope.keys() == set()
+        assert names(engine) == ["streamed"]
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
