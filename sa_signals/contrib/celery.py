@@ -92,12 +92,14 @@ def enqueue_on_commit(
     robust: bool = True,
     **kwargs: t.Any,
 ) -> Enqueued:
-    """Send ``task`` with ``args`` and ``kwargs`` after the outermost transaction of ``session``
-    truly commits; return its :class:`Enqueued` handle.
+    """Send ``task`` after the outermost transaction of ``session`` truly commits.
 
-    ``options`` are passed to ``apply_async()`` (``queue``, ``countdown``, ...; ``task_id``
-    chooses the reserved id). The send is an ``on_commit`` callback: dropped on rollback, run at
-    once outside a transaction, and a failing send is logged and reported on
+    The task is called with ``args`` and ``kwargs``; the returned :class:`Enqueued` handle gives
+    its id at once and its ``AsyncResult`` once sent. ``options`` are passed to
+    ``apply_async()`` (``queue``, ``countdown``, ...; ``task_id`` chooses the reserved id).
+
+    The send is an ``on_commit`` callback: dropped on rollback, run at once outside a
+    transaction, and a failing send is logged and reported on
     :data:`~sa_signals.signals.on_commit_failed` (or raised with ``robust=False``).
     """
     send = getattr(task, "apply_async", None)
@@ -107,5 +109,26 @@ def enqueue_on_commit(
     opts = dict(options or {})
     task_id = str(opts.pop("task_id", None) or uuid.uuid4())
     handle = Enqueued(task, task_id, opts)
-    on_commit(lambda: handle._send(args, kwargs), session, robust=robust)
+    on_commit(_Send(handle, args, kwargs), session, robust=robust)
     return handle
+
+
+class _Send:
+    """The on_commit callback of one handle; its repr names the task in failure logs."""
+
+    __slots__ = ("args", "handle", "kwargs")
+
+    def __init__(
+        self, handle: Enqueued, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> None:
+        self.handle = handle
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self) -> None:
+        self.handle._send(self.args, self.kwargs)
+
+    def __repr__(self) -> str:
+        task = self.handle.task
+        name = getattr(task, "name", None) or repr(task)
+        return f"<send {name} as {self.handle.task_id}>"

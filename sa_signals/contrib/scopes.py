@@ -68,6 +68,9 @@ class Scope:
 
     def track(self, scoped: sa_orm.scoped_session[t.Any], /) -> None:
         """Remove the sessions of ``scoped`` (built with ``scopefunc=scope``) at each exit."""
+        if not isinstance(scoped, sa_orm.scoped_session):
+            msg = f"track() takes a scoped_session, got {scoped!r}"
+            raise TypeError(msg)
         registry = scoped.registry
         # ThreadLocalRegistry (no scopefunc) subclasses ScopedRegistry.
         if getattr(registry, "scopefunc", None) is not self:

@@ -204,7 +204,11 @@ def unreachable_task() -> t.Any:
 
 class TestFailedSend:
     def test_robust_send_failure_is_recorded_and_reported(
-        self, session: sa_orm.Session, unreachable_task: t.Any, connect: t.Any
+        self,
+        session: sa_orm.Session,
+        unreachable_task: t.Any,
+        connect: t.Any,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A broker that refuses the send fails the handle, is reported, and the commit holds."""
         failures = connect.record(signals.on_commit_failed)
@@ -214,6 +218,7 @@ class TestFailedSend:
         assert not handle.sent
         assert isinstance(handle.error, kombu.exceptions.OperationalError)
         assert len(failures) == 1
+        assert f"<send unreachable.noop as {handle.task_id}> failed" in caplog.text
         assert failures[0][1]["exception"] is handle.error
         with pytest.raises(TaskNotSentError, match="failed to send"):
             handle.result  # noqa: B018

@@ -216,6 +216,11 @@ class TestTrack:
         with pytest.raises(TypeError, match="does not use this scope"):
             scope.track(scoped)
 
+    def test_rejects_what_is_not_a_scoped_session(self, scope: Scope, engine: sa.Engine) -> None:
+        """Only a scoped_session, whose sessions close synchronously, can be tracked."""
+        with pytest.raises(TypeError, match="takes a scoped_session"):
+            scope.track(sa_orm.sessionmaker(engine))  # type: ignore[arg-type]
+
 
 class TestRemoveSession:
     def test_removes_even_when_closing_fails(
