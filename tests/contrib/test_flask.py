@@ -173,6 +173,30 @@ class TestCommitAfterRequest:
         views.assert_all_removed()
 
 
+def test_non_robust_callback_failure_is_a_500(engine: sa.Engine) -> None:
+    """A failing non-robust callback turns the response into a 500; the data stays."""
+    ext = SaSignals(sa_orm.sessionmaker(engine), commit=True)
+    app = flask.Flask(__name__)
+    app.logger.disabled = True
+    ext.init_app(app)
+
+    def explode() -> None:
+        raise LookupError("callback failed")
+
+    @app.post("/items/<name>")
+    def create(name: str) -> str:
+        ext.session.add(Item(name=name))
+        sa_signals.on_commit(explode, ext.session, robust=False)
+        return "created"
+
+    try:
+        assert app.test_client().post("/items/a").status_code == 500
+    finally:
+        sa_signals.uninstall(ext.session)
+    assert names(engine) == ["a"]
+    assert ext.session.registry.registry == {}
+
+
 class TestApplicationContext:
     @pytest.mark.parametrize("commit", [False], indirect=True)
     def test_app_context_without_a_request(self, views: Views, engine: sa.Engine) -> None:
