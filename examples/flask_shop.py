@@ -119,6 +119,9 @@ def main(url: str) -> None:
         env={**os.environ, "SHOP_CACHE_PREFIX": PREFIX},
         stdout=subprocess.DEVNULL,
     )
+    fresh = sa.create_engine(url)
+    Base.metadata.drop_all(fresh)  # the demo starts from an empty table, and drops it at the end
+    fresh.dispose()
     app = create_app(url)
     app.logger.disabled = True
     client = app.test_client()
@@ -152,7 +155,9 @@ def main(url: str) -> None:
             connection.default_channel.queue_delete(queue)
         for key in cache.scan_iter(f"{PREFIX}:*"):
             cache.delete(key)
-        app.extensions["engine"].dispose()
+        engine = app.extensions["engine"]
+        Base.metadata.drop_all(engine)
+        engine.dispose()
 
 
 if __name__ == "__main__":

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
+
+from tests.conftest import URL_VARIABLES
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_flask_shop_example_runs() -> None:
+@pytest.mark.backends("sqlite", "postgresql")
+def test_flask_shop_example_runs(backend: str) -> None:
     """Only the committed price change drops the cache entry and reaches the worker."""
+    url = [] if backend == "sqlite" else [os.environ[URL_VARIABLES[backend]]]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "flask_shop.py")],
+        [sys.executable, str(ROOT / "examples" / "flask_shop.py"), *url],
         capture_output=True,
         text=True,
         check=True,
