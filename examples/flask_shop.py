@@ -7,8 +7,9 @@ after the COMMIT. The demo starts a worker process on its own queue (RabbitMQ br
 result backend, both local), drives the app with Flask's test client and stops the worker.
 
 Run: ``python examples/flask_shop.py [DATABASE_URL]`` (SQLite in a temporary directory by
-default); the demo creates its table ``shop_products`` afresh and drops it at the end. To serve it instead: ``flask --app "flask_shop:create_app('sqlite:///shop.db')" run``
-and ``celery -A flask_shop worker`` from this directory.
+default); the demo creates its table ``shop_products`` afresh and drops it at the end. To serve
+the app instead, run ``flask --app "flask_shop:create_app('sqlite:///shop.db')" run`` and
+``celery -A flask_shop worker`` from this directory.
 """
 
 from __future__ import annotations
