@@ -33,4 +33,5 @@ class CoroutineMisuseError(SaSignalsError, TypeError):
 
 
 class ScopeError(SaSignalsError, RuntimeError):
-    """``session_scope()`` met a scoped session that is already in a transaction."""
+    """A scope was misused: ``session_scope()`` met a scoped session already in a transaction,
+    or a ``contrib.scopes.Scope`` was used outside a unit of work or with a key in use."""
