@@ -63,7 +63,8 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
     params = orm_state.parameters
     param_rows: list[dict[str, t.Any]] | None = None
     if isinstance(params, dict):
-        param_rows = [params]
+        if params and operation == "insert":
+            param_rows = [params]
     elif params:
         param_rows = list(params)  # type: ignore[arg-type]
     if getattr(statement, "_returning", ()):

@@ -146,11 +146,6 @@ def _tracked(session: sa_orm.Session) -> Installation | None:
     return None
 
 
-def tracked(session: sa_orm.Session) -> bool:
-    """Whether ``session``'s writes are recorded now."""
-    return _tracked(session) is not None
-
-
 def _plain(value: t.Any) -> t.Any:
     return NOT_LOADED if isinstance(value, sa.ClauseElement) else value
 

@@ -292,6 +292,49 @@ class TestNetEffect:
         session.commit()
         assert [c.changes["name"][1] for c in changes_of(committed)] == ["kept"]
 
+    def test_modified_then_deleted_in_one_flush(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A delete of an object with unflushed changes reports its values in the database."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        item.value = 2
+        session.delete(item)
+        session.commit()
+        assert changes_of(committed)[0].changes["value"] == (1, None)
+        assert changes_of(committed)[0].identity == (ident,)
+
+    def test_delete_of_expired_object(self, session: sa_orm.Session, committed: Calls) -> None:
+        """Deleting an object without loading it reports its unloaded columns as NOT_LOADED."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        session.expire(item, ["value", "name"])
+        session.delete(item)
+        session.commit()
+        assert dict(changes_of(committed)[0].changes) == {
+            "id": (ident, None),
+            "name": (NOT_LOADED, None),
+            "value": (NOT_LOADED, None),
+        }
+
+    def test_deleted_then_inserted_again_is_an_update(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """The same object deleted and added back: the row's net effect is an update."""
+        item = add_item(session, value=1)
+        committed.clear()
+        session.delete(item)
+        session.flush()
+        sa_orm.make_transient(item)
+        item.value = 3
+        session.add(item)
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (item.id,), {"value": (1, 3)})
+        ]
+
 
 class TestSavepoints:
     def test_rolled_back_savepoint_changes_disappear(
@@ -621,6 +664,25 @@ class TestCompositeKeysAndRelationships:
 
 
 class TestOptIn:
+    def test_sessions_not_installed_are_ignored(
+        self, engine: sa.Engine, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A session whose factory was not installed reports nothing."""
+        with sa_orm.Session(engine) as plain:
+            plain.add(Item(name="plain"))
+            plain.execute(sa.delete(Item).where(Item.name == "none"))
+            plain.commit()
+        assert committed == []
+
+    def test_empty_transaction_sends_nothing_before_commit(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A transaction that never touched the database has nothing to report."""
+        calls = connect.record(signals.before_models_committed)
+        session.begin()
+        session.commit()
+        assert calls == []
+
     def test_nothing_recorded_without_receivers(self, session: sa_orm.Session) -> None:
         """With no receiver and no track_changes, flushes record nothing."""
         session.add(Item(name="a"))
