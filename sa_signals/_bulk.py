@@ -14,6 +14,7 @@ import sqlalchemy.engine.result as sa_result
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 
+from .changes import _pk_keys
 from .changes import NOT_LOADED
 from .changes import Operation
 
@@ -59,7 +60,7 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
     if mapper is None or not orm_state.is_orm_statement:
         return None  # a Core statement on a Table: out of scope
     statement = orm_state.statement
-    pk_keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+    pk_keys = list(_pk_keys(mapper))
     params = orm_state.parameters
     param_rows: list[dict[str, t.Any]] | None = None
     if isinstance(params, dict):

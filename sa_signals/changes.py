@@ -150,6 +150,18 @@ def _plain(value: t.Any) -> t.Any:
     return NOT_LOADED if isinstance(value, sa.ClauseElement) else value
 
 
+_pk_cache: dict[sa_orm.Mapper[t.Any], tuple[str, ...]] = {}
+
+
+def _pk_keys(mapper: sa_orm.Mapper[t.Any]) -> tuple[str, ...]:
+    keys = _pk_cache.get(mapper)
+    if keys is None:
+        keys = _pk_cache[mapper] = tuple(
+            mapper.get_property_by_column(column).key for column in mapper.primary_key
+        )
+    return keys
+
+
 def record_row(operation: Operation, mapper: sa_orm.Mapper[t.Any], target: object) -> None:
     """Record that a flush is writing ``target``'s row (mapper before_update, after_insert/delete).
 
@@ -174,11 +186,21 @@ def record_row(operation: Operation, mapper: sa_orm.Mapper[t.Any], target: objec
             values[key] = (old, _plain(history.added[0]))
         if not values:
             return
-        identity = tuple(mapper.primary_key_from_instance(target))
+        # The identity the row had; a primary key the update changes is reported new.
+        identity = tuple(
+            values[key][1] if key in values else value
+            for key, value in zip(_pk_keys(mapper), state.identity or (), strict=False)
+        )
     elif operation == "insert":
         dict_ = state.dict
+        expired = state.expired_attributes
         for prop in mapper.column_attrs:
-            values[prop.key] = (None, _plain(dict_.get(prop.key, NOT_LOADED)))
+            key = prop.key
+            # Not in the dict: expired after the INSERT (fetched later), or never set (NULL).
+            if key in dict_:
+                values[key] = (None, _plain(dict_[key]))
+            else:
+                values[key] = (None, NOT_LOADED if key in expired else None)
         identity = tuple(mapper.primary_key_from_instance(target))
     else:
         for prop in mapper.column_attrs:

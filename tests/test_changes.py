@@ -267,6 +267,52 @@ class TestNetEffect:
         assert change.changes == {"value": (NOT_LOADED, 2)}
         assert repr(NOT_LOADED) == "sa_signals.NOT_LOADED"
 
+    def test_fully_expired_object_updated_without_select(
+        self, session: sa_orm.Session, engine: sa.Engine, committed: Calls
+    ) -> None:
+        """Recording never loads: an expired object set blindly costs no extra SELECT."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        session.expire(item)
+        item.value = 2
+        statements: list[str] = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        sa_event.listen(engine, "before_cursor_execute", listener)
+        try:
+            session.commit()
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", listener)
+        # SQLAlchemy itself loads the expired primary key for the UPDATE; nothing more.
+        assert [s.split()[0] for s in statements] == ["SELECT", "UPDATE"]
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (ident,), {"value": (NOT_LOADED, 2)})
+        ]
+
+    def test_primary_key_change_reports_new_identity(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """An update of the primary key itself is reported under the new key."""
+        tag = Tag(namespace="a", name="x")
+        session.add(tag)
+        session.commit()
+        load(session, tag)
+        committed.clear()
+        tag.name = "y"
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Tag", ("a", "y"), {"name": ("x", "y")})
+        ]
+
+    def test_insert_reports_null_for_unset_columns(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A column left unset was inserted as NULL: reported as None, not NOT_LOADED."""
+        book = Book(title="T")
+        session.add(book)
+        session.commit()
+        assert changes_of(committed)[0].changes["author_id"] == (None, None)
+
     def test_sql_expression_new_value_is_not_loaded(
         self, session: sa_orm.Session, committed: Calls
     ) -> None:
