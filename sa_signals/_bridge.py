@@ -177,13 +177,6 @@ _BULK_SIGNALS = {
 
 
 def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
-    if not (
-        signals.bulk_insert.receivers
-        or signals.bulk_update.receivers
-        or signals.bulk_delete.receivers
-        or changes.wanted()
-    ):
-        return None
     executed = _bulk.execute(orm_state)
     if executed is None:
         return None
@@ -223,8 +216,34 @@ _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
     ("before_commit", _before_commit),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
-    ("do_orm_execute", _do_orm_execute),
 )
+
+
+def _sync_execute_listener(*args: object, **kwargs: object) -> None:
+    """Listen to ``do_orm_execute`` only while bulk statements are wanted.
+
+    Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
+    and refreshes included), so it is attached while a bulk or change signal has a receiver, or
+    an installation tracks changes, and removed otherwise.
+    """
+    with _lock:
+        wanted = changes.wanted() or any(signal.receivers for signal in _BULK_SIGNALS.values())
+        for session_class in _installed:
+            listening = sa_event.contains(session_class, "do_orm_execute", _do_orm_execute)
+            if wanted and not listening:
+                sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
+            elif listening and not wanted:
+                sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
+
+
+for _signal in (
+    *_BULK_SIGNALS.values(),
+    signals.before_models_committed,
+    signals.models_committed,
+    signals.committed,
+):
+    _signal.receiver_connected.connect(_sync_execute_listener, weak=False)
+    _signal.receiver_disconnected.connect(_sync_execute_listener, weak=False)
 
 
 # Mapper-level listeners, attached once to every mapper while anything is installed.
@@ -323,6 +342,7 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
             if track_changes and not existing.track_changes:
                 existing.track_changes = True
                 changes.force_tracking(1)
+                _sync_execute_listener()
             if scoped is not None:
                 existing.scoped = scoped
             return
@@ -346,6 +366,7 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
         )
         if track_changes:
             changes.force_tracking(1)
+        _sync_execute_listener()
         _installed.append(session_class)
 
 
@@ -362,8 +383,11 @@ def uninstall(target: InstallTarget, /) -> None:
             sa_event.remove(session_class, name, listener)
         if session_class.__dict__[INSTALLATION_ATTR].track_changes:
             changes.force_tracking(-1)
+        if sa_event.contains(session_class, "do_orm_execute", _do_orm_execute):
+            sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
         delattr(session_class, INSTALLATION_ATTR)
         _installed.remove(session_class)
+        _sync_execute_listener()
         if not _installed:
             for name, listener in _MAPPER_LISTENERS:
                 sa_event.remove(sa_orm.Mapper, name, listener)

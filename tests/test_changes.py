@@ -587,13 +587,16 @@ class TestSignals:
         ]
         assert "boom" in caplog.text
 
+    @pytest.mark.parametrize(
+        "mode", ["create_savepoint", "rollback_only", "conditional_savepoint"]
+    )
     def test_not_sent_in_test_savepoint_pattern(
-        self, engine: sa.Engine, connect: Connector
+        self, engine: sa.Engine, connect: Connector, mode: str
     ) -> None:
         """A session joined into an outer transaction commits nothing: nothing is sent."""
         before = connect.record(signals.before_models_committed)
         after = connect.record(signals.models_committed)
-        maker = sa_orm.sessionmaker(join_transaction_mode="create_savepoint")
+        maker = sa_orm.sessionmaker(join_transaction_mode=mode)  # type: ignore[call-overload]
         sa_signals.install(maker)
         try:
             with engine.connect() as connection:
