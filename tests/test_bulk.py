@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
+from sa_signals import _bridge
 from sa_signals import Change
 from sa_signals import NOT_LOADED
 from sa_signals import signals
@@ -303,3 +304,22 @@ class TestBulkInheritance:
         session.commit()
         assert calls[0][1]["rowcount"] == 1
         assert {c.model for c in changes(committed)} == {Dog}
+
+
+class TestExecuteListener:
+    def test_attached_only_while_wanted(self, Session: t.Any) -> None:
+        """do_orm_execute is listened to only while a bulk or change signal has a receiver."""
+        session_class = Session.session_factory.class_
+
+        def listening() -> bool:
+            return sa.event.contains(session_class, "do_orm_execute", _bridge._do_orm_execute)
+
+        def receiver(sender: object, **kwargs: object) -> None:
+            pass
+
+        assert not listening()
+        for signal in (signals.bulk_delete, signals.committed):
+            signal.connect(receiver)
+            assert listening()
+            signal.disconnect(receiver)
+            assert not listening()
