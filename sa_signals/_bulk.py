@@ -11,8 +11,8 @@ import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.engine.result as sa_result
-import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
+import sqlalchemy.sql.util as sa_sql_util
 
 from .changes import _pk_keys
 from .changes import NOT_LOADED
@@ -75,18 +75,11 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
         return Executed(operation, mapper.class_, statement, frozen(), count, None, None)
     if param_rows is not None and operation != "delete":
         return _by_parameters(orm_state, operation, mapper, pk_keys, param_rows)
-    dialect = orm_state.session.get_bind(**orm_state.bind_arguments).dialect
-    supported = dialect.update_returning if operation == "update" else dialect.delete_returning
-    if operation == "insert":
-        supported = False  # a single-row insert: the cursor knows its primary key
     result: t.Any = None
-    if supported and mapper.local_table.implicit_returning:  # type: ignore[attr-defined]
-        try:
-            result = orm_state.invoke_statement(
-                statement=statement.return_defaults(*mapper.primary_key)  # type: ignore[attr-defined]
-            )
-        except sa_exc.CompileError:  # e.g. a multi-table UPDATE the database cannot RETURN
-            result = None
+    if operation != "insert" and _can_return(orm_state, operation, mapper):
+        result = orm_state.invoke_statement(
+            statement=statement.return_defaults(*mapper.primary_key)  # type: ignore[attr-defined]
+        )
     if result is None:
         result = orm_state.invoke_statement()
     identities: list[tuple[t.Any, ...]] | None = None
@@ -157,6 +150,27 @@ def _by_parameters(
         identities,
         rows,
     )
+
+
+def _can_return(
+    orm_state: sa_orm.ORMExecuteState, operation: Operation, mapper: sa_orm.Mapper[t.Any]
+) -> bool:
+    # Whether the database can RETURN from this UPDATE or DELETE, as SQLAlchemy decides it for
+    # synchronize_session="fetch"; one naming other tables needs the "multifrom" support.
+    dialect = orm_state.session.get_bind(**orm_state.bind_arguments).dialect
+    if operation == "update":
+        supported, multifrom = dialect.update_returning, dialect.update_returning_multifrom
+    else:
+        supported, multifrom = dialect.delete_returning, dialect.delete_returning_multifrom
+    if not supported or not mapper.local_table.implicit_returning:  # type: ignore[attr-defined]
+        return False
+    if multifrom:
+        return True
+    whereclause = getattr(orm_state.statement, "whereclause", None)
+    if whereclause is None:
+        return True
+    own = set(mapper.tables)
+    return all(table in own for table in sa_sql_util.find_tables(whereclause, check_columns=True))
 
 
 def _count(

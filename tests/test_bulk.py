@@ -13,6 +13,7 @@ from sa_signals import Change
 from sa_signals import NOT_LOADED
 from sa_signals import signals
 from tests.models import Animal
+from tests.models import Audit
 from tests.models import Cat
 from tests.models import Dog
 from tests.models import Item
@@ -171,6 +172,24 @@ class TestBulkDelete:
         calls = connect.record(signals.bulk_delete)
         assert session.query(Item).filter(Item.id == ids[3]).delete() == 1
         assert calls[0][1]["identities"] == [(ids[3],)]
+
+    @pytest.mark.backends("postgresql", "mariadb")  # SQLite has no multi-table DELETE
+    def test_multi_table_delete(
+        self, session: sa_orm.Session, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """A DELETE naming another table runs as it would without the layer."""
+        ids = seed(session, 2)
+        session.add(Audit(id=ids[1], message="gone"))
+        session.commit()
+        calls = connect.record(signals.bulk_delete)
+        result = session.execute(
+            sa.delete(Item).where(Item.id == Audit.id),
+            execution_options={"synchronize_session": False},
+        )
+        assert result.rowcount == 1  # type: ignore[attr-defined]
+        assert calls[0][1]["rowcount"] == 1
+        expected = [(ids[1],)] if engine.dialect.delete_returning_multifrom else None
+        assert calls[0][1]["identities"] == expected
 
 
 class TestBulkInsert:
