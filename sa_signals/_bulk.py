@@ -71,8 +71,9 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
     if getattr(statement, "_returning", ()):
         # The caller's own RETURNING: its rows are the affected rows. Replay them to the caller.
         frozen = orm_state.invoke_statement().freeze()
+        returned = _returned_identities(frozen, mapper, pk_keys)
         count = len(frozen.data)
-        return Executed(operation, mapper.class_, statement, frozen(), count, None, None)
+        return Executed(operation, mapper.class_, statement, frozen(), count, returned, None)
     if param_rows is not None and operation != "delete":
         return _by_parameters(orm_state, operation, mapper, pk_keys, param_rows)
     result: t.Any = None
@@ -88,9 +89,9 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
         if keys and all(None not in key for key in keys):
             identities = [tuple(key) for key in keys]
     else:
-        returned = getattr(result, "returned_defaults_rows", None)
-        if returned is not None:
-            identities = [tuple(row) for row in returned]
+        defaults = getattr(result, "returned_defaults_rows", None)
+        if defaults is not None:
+            identities = [tuple(row) for row in defaults]
     rows = [_set_values(statement, operation)]
     return Executed(
         operation,
@@ -150,6 +151,23 @@ def _by_parameters(
         identities,
         rows,
     )
+
+
+def _returned_identities(
+    frozen: sa_result.FrozenResult[t.Any], mapper: sa_orm.Mapper[t.Any], pk_keys: list[str]
+) -> list[tuple[t.Any, ...]] | None:
+    # The caller's RETURNING names the primary key, or returns the entities themselves.
+    keys = list(frozen.metadata.keys)
+    rows = frozen.data
+    if all(key in keys for key in pk_keys):
+        positions = [keys.index(key) for key in pk_keys]
+        return [tuple(row[index] for index in positions) for row in rows]
+    if len(keys) == 1:
+        # One entity: FrozenResult keeps the bare objects of a single-entity ORM result.
+        objects = [row if isinstance(row, mapper.class_) else row[0] for row in rows]
+        if all(isinstance(obj, mapper.class_) for obj in objects):
+            return [tuple(sa.inspect(obj).identity or ()) for obj in objects]
+    return None
 
 
 def _can_return(

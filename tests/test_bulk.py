@@ -125,6 +125,7 @@ class TestBulkUpdate:
         )
         assert sorted(result.all()) == [(ids[1], "n1"), (ids[2], "n2"), (ids[3], "n3")]
         assert calls[0][1]["rowcount"] == 3
+        assert sorted(calls[0][1]["identities"]) == [(ids[1],), (ids[2],), (ids[3],)]
 
     def test_expression_values_are_not_loaded(
         self, session: sa_orm.Session, committed: Calls
@@ -159,12 +160,12 @@ class TestBulkDelete:
 
     def test_caller_returning_is_kept(self, session: sa_orm.Session, connect: Connector) -> None:
         """The caller's own RETURNING rows reach the caller; the layer counts them."""
-        ids = seed(session)
+        seed(session)
         calls = connect.record(signals.bulk_delete)
-        result = session.execute(sa.delete(Item).where(Item.value >= 2).returning(Item.id))
-        assert sorted(result.scalars().all()) == [ids[2], ids[3]]
+        result = session.execute(sa.delete(Item).where(Item.value >= 2).returning(Item.name))
+        assert sorted(result.scalars().all()) == ["n2", "n3"]
         assert calls[0][1]["rowcount"] == 2
-        assert calls[0][1]["identities"] is None
+        assert calls[0][1]["identities"] is None  # the rows do not say which ones
 
     def test_legacy_query_delete(self, session: sa_orm.Session, connect: Connector) -> None:
         """Query.delete() is a bulk delete too."""
@@ -211,6 +212,15 @@ class TestBulkInsert:
             {"name": (None, "a"), "value": (None, 1), "id": (None, stored[0].id)},
             {"name": (None, "b"), "value": (None, 2), "id": (None, stored[1].id)},
         ]
+
+    def test_caller_returning_entities(self, session: sa_orm.Session, connect: Connector) -> None:
+        """RETURNING the entity gives the caller its objects and the layer their identities."""
+        seed(session)
+        calls = connect.record(signals.bulk_insert)
+        result = session.execute(sa.insert(Item).returning(Item), [{"name": "x"}, {"name": "y"}])
+        items = result.scalars().all()
+        assert [item.name for item in items] == ["x", "y"]
+        assert calls[0][1]["identities"] == [(item.id,) for item in items]
 
     def test_insert_rows_with_composite_keys(
         self, session: sa_orm.Session, connect: Connector, committed: Calls
