@@ -366,8 +366,8 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
         )
         if track_changes:
             changes.force_tracking(1)
-        _sync_execute_listener()
         _installed.append(session_class)
+        _sync_execute_listener()
 
 
 def uninstall(target: InstallTarget, /) -> None:

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
+import sa_signals
 from sa_signals import _bridge
 from sa_signals import Change
 from sa_signals import NOT_LOADED
@@ -352,3 +353,19 @@ class TestExecuteListener:
             assert listening()
             signal.disconnect(receiver)
             assert not listening()
+
+    def test_attached_at_install_when_receivers_exist(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """Receivers connected before install(): the new installation sees bulk statements."""
+        calls = connect.record(signals.bulk_delete)
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        try:
+            with maker() as session:
+                session.execute(sa.delete(Item))
+                session.commit()
+        finally:
+            sa_signals.uninstall(maker)
+        assert [sender for sender, _ in calls] == [Item]
+        assert not sa.event.contains(maker.class_, "do_orm_execute", _bridge._do_orm_execute)
