@@ -288,6 +288,7 @@ class _Net:
     def add(self, event: Event) -> None:
         self.model = event.model
         self.identity = event.identity
+        self.instance = event.instance
         for key, (old, new) in event.values.items():
             self.old.setdefault(key, old)
             self.new[key] = new
@@ -324,8 +325,13 @@ def _same(old: t.Any, new: t.Any) -> bool:
 
 
 def net_changes(events: c.Iterable[Event]) -> list[Change]:
-    """Fold ``events`` into one net change per object, in order of first appearance."""
-    nets: dict[int, _Net | Change] = {}
+    """Fold ``events`` into one net change per row, in order of first appearance.
+
+    A row is followed through the object that wrote it, and through its primary key: an object
+    deleted and another one inserted with the same primary key are one row, updated.
+    """
+    nets: dict[t.Hashable, _Net | Change] = {}
+    rows: dict[int, t.Hashable] = {}  # id(instance) -> its row's key in nets
     for position, event in enumerate(events):
         if event.statement is not None:
             nets[-1 - position] = Change(
@@ -337,7 +343,13 @@ def net_changes(events: c.Iterable[Event]) -> list[Change]:
                 event.statement,
             )
             continue
-        key = id(event.instance)  # every instance is held by its event: ids are not reused
+        # Every instance is held by its events, so its id is not reused meanwhile.
+        key = rows.get(id(event.instance))
+        if key is None:
+            key = rows[id(event.instance)] = (
+                sa_orm.class_mapper(event.model).base_mapper,
+                event.identity,
+            )
         net = nets.get(key)
         if net is None:
             nets[key] = _Net(event)
@@ -351,7 +363,7 @@ def net_changes(events: c.Iterable[Event]) -> list[Change]:
             else:
                 net.operation = "delete"
                 net.add(event)
-        elif net.operation == "delete":  # deleted, then the same object inserted again
+        elif net.operation == "delete":  # deleted, then the row inserted again
             net.operation = "update"
             net.add(event)
         else:

@@ -6,6 +6,8 @@ import dataclasses
 import logging
 import typing as t
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
@@ -771,3 +773,80 @@ class TestOptIn:
         finally:
             sa_signals.uninstall(maker)
         assert not sa_signals.changes.wanted()
+
+
+OPERATIONS = ["insert", "update", "rename", "delete", "flush", "savepoint", "release", "rollback"]
+
+
+# A plain function: Hypothesis wants one executor, and the test is parametrised by backend.
+@hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(data=st.data())
+def test_change_set_is_the_database_difference(
+    session: sa_orm.Session, engine: sa.Engine, committed: Calls, data: t.Any
+) -> None:
+    """Any mix of writes, flushes and savepoints reports exactly what the COMMIT changed."""
+
+    def snapshot() -> dict[tuple[int], dict[str, t.Any]]:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(Item.id, Item.name, Item.value)).all()
+        return {(row.id,): {"id": row.id, "name": row.name, "value": row.value} for row in rows}
+
+    session.execute(sa.delete(Item))
+    session.add_all([Item(name=f"seed{i}", value=i) for i in range(3)])
+    session.commit()
+    objects = list(session.scalars(sa.select(Item)))
+    before = snapshot()
+    committed.clear()
+    savepoints: list[sa_orm.SessionTransaction] = []
+    counter = 0
+    for operation in data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=25)):
+        alive = [o for o in objects if sa.inspect(o).persistent or sa.inspect(o).pending]
+        if operation == "insert":
+            counter += 1
+            item = Item(name=f"new{counter}", value=counter)
+            session.add(item)
+            objects.append(item)
+        elif operation in ("update", "rename", "delete") and alive:
+            item = data.draw(st.sampled_from(alive))
+            if operation == "update":
+                item.value = item.value + data.draw(st.sampled_from([-1, 0, 1]))
+            elif operation == "rename":
+                counter += 1
+                item.name = data.draw(st.sampled_from([item.name, f"renamed{counter}"]))
+            elif sa.inspect(item).pending:
+                session.expunge(item)
+            else:
+                session.delete(item)
+        elif operation == "flush":
+            session.flush()
+        elif operation == "savepoint":
+            savepoints.append(session.begin_nested())
+        elif operation in ("release", "rollback") and savepoints:
+            savepoint = savepoints.pop()
+            if operation == "release":
+                savepoint.commit()
+            else:
+                savepoint.rollback()
+    session.commit()
+    after = snapshot()
+    expected = {}
+    for identity in before.keys() | after.keys():
+        old, new = before.get(identity), after.get(identity)
+        if old is None:
+            expected[identity] = ("insert", {k: (None, v) for k, v in new.items()})
+        elif new is None:
+            expected[identity] = ("delete", {k: (v, None) for k, v in old.items()})
+        elif old != new:
+            diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+            expected[identity] = ("update", diff)
+    reported = {
+        c.identity: (c.operation, dict(c.changes))
+        for _, kwargs in committed
+        for c in kwargs["changes"]
+    }
+    assert reported == expected
+    assert len(committed) == (1 if expected else 0)
