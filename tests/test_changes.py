@@ -383,6 +383,28 @@ class TestNetEffect:
             ("update", "Item", (item.id,), {"value": (1, 3)})
         ]
 
+    def test_row_deleted_and_inserted_by_another_object_is_an_update(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Another object inserted with a deleted row's primary key: one update of that row."""
+        old = Tag(namespace="a", name="x", label="old")
+        session.add(old)
+        session.commit()
+        load(session, old)
+        committed.clear()
+        session.delete(old)
+        session.flush()
+        new = Tag(namespace="a", name="x", label="new")
+        session.add(new)
+        session.commit()
+        [change] = changes_of(committed)
+        assert (change.operation, change.identity, dict(change.changes)) == (
+            "update",
+            ("a", "x"),
+            {"label": ("old", "new")},
+        )
+        assert change.instance is new
+
 
 class TestSavepoints:
     def test_rolled_back_savepoint_changes_disappear(
@@ -650,6 +672,50 @@ class TestBeforeModelsCommitted:
         ]
         with engine.connect() as connection:
             assert connection.scalars(sa.select(Audit.message)).all() == ["1 pending"]
+
+    def test_failing_receiver_reported_and_commit_goes_on(
+        self, session: sa_orm.Session, connect: Connector, committed: Calls
+    ) -> None:
+        """A raising receiver is reported; the others run and the transaction commits."""
+        failures = connect.record(signals.receiver_failed)
+        seen: list[int] = []
+
+        def boom(sender: object, **kw: object) -> None:
+            raise RuntimeError("boom")
+
+        def count(sender: object, changes: list[Change], **kw: object) -> None:
+            seen.append(len(changes))
+
+        connect(signals.before_models_committed, boom)
+        connect(signals.before_models_committed, count)
+        session.add(Item(name="a"))
+        session.commit()
+        assert seen == [1]
+        assert [kw["signal"] for _, kw in failures] == [signals.before_models_committed]
+        assert len(changes_of(committed)) == 1
+
+    def test_non_robust_receiver_vetoes_the_commit(
+        self, engine: sa.Engine, connect: Connector, committed: Calls
+    ) -> None:
+        """With install(robust=False) a raising receiver stops the COMMIT."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker, robust=False)
+
+        def veto(sender: object, **kw: object) -> None:
+            raise ValueError("veto")
+
+        connect(signals.before_models_committed, veto)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                with pytest.raises(ValueError, match="veto"):
+                    session.commit()
+                session.rollback()
+        finally:
+            sa_signals.uninstall(maker)
+        with engine.connect() as connection:
+            assert connection.scalar(sa.select(sa.func.count()).select_from(Item)) == 0
+        assert committed == []
 
     def test_not_sent_at_savepoint_release(
         self, session: sa_orm.Session, connect: Connector
