@@ -134,10 +134,11 @@ def _by_parameters(
                 statement=statement.returning(*columns, sort_by_parameter_order=True)  # type: ignore[attr-defined]
             ).all()
             identities = [tuple(row) for row in returned]
-            for row, identity in zip(rows, identities, strict=True):
-                row.update(
-                    {key: (None, value) for key, value in zip(pk_keys, identity, strict=True)}
-                )
+            if len(identities) == len(rows):
+                for row, identity in zip(rows, identities, strict=True):
+                    row.update(zip(pk_keys, ((None, value) for value in identity), strict=True))
+            else:  # an upsert that skipped rows: which parameters went where is unknown
+                rows = []
             # Without RETURNING of its own, the caller gets an empty result, as SQLAlchemy gives.
             result = sa_result.null_result()
         if result is None:

@@ -7,6 +7,8 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
 
 import sa_signals
 from sa_signals import _bridge
@@ -222,6 +224,26 @@ class TestBulkInsert:
         items = result.scalars().all()
         assert [item.name for item in items] == ["x", "y"]
         assert calls[0][1]["identities"] == [(item.id,) for item in items]
+
+    @pytest.mark.backends("sqlite", "postgresql")
+    def test_upsert_that_skips_rows(
+        self, session: sa_orm.Session, connect: Connector, committed: Calls, engine: sa.Engine
+    ) -> None:
+        """ON CONFLICT DO NOTHING: only the rows really inserted are reported."""
+        dialect_insert = (
+            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        )
+        seed(session, 1)
+        committed.clear()
+        calls = connect.record(signals.bulk_insert)
+        session.execute(
+            dialect_insert(Item).on_conflict_do_nothing(), [{"name": "n0"}, {"name": "fresh"}]
+        )
+        session.commit()
+        fresh = session.scalars(sa.select(Item.id).where(Item.name == "fresh")).one()
+        assert calls[0][1]["identities"] == [(fresh,)]
+        assert calls[0][1]["rowcount"] == 1
+        assert [c.identity for c in changes(committed)] == [(fresh,)]
 
     def test_insert_rows_with_composite_keys(
         self, session: sa_orm.Session, connect: Connector, committed: Calls
