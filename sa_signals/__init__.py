@@ -6,6 +6,8 @@ from . import signals
 from ._bridge import install
 from ._bridge import uninstall
 from ._runner import current_session
+from .changes import Change
+from .changes import NOT_LOADED
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
 from .exceptions import NotInstalledError
@@ -19,6 +21,8 @@ from .scope import session_scope
 from .scope import SessionScope
 
 __all__ = [
+    "NOT_LOADED",
+    "Change",
     "CoroutineMisuseError",
     "InstallError",
     "NotInstalledError",

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
+from . import _bulk
+from . import changes
 from . import signals
 from ._dispatch import Signal
 from ._runner import is_layer_session
@@ -86,6 +88,16 @@ def _before_commit(session: sa_orm.Session) -> None:
         and not is_layer_session(session)
     ):
         send(signals.before_commit, session, session, _robust(session))
+    if signals.before_models_committed.receivers and not is_layer_session(session):
+        collected = changes.collect_before_commit(session)
+        if collected:
+            send(
+                signals.before_models_committed,
+                session,
+                session,
+                _robust(session),
+                changes=collected,
+            )
 
 
 def _after_commit(session: sa_orm.Session) -> None:
@@ -112,10 +124,12 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         committed = False
         queue: list[t.Any] = []
         connections: list[sa.Connection] = []
+        events: list[changes.Event] = []
     else:
         committed = state.committed is transaction
         state.committed = None
         queue = take_queue(state)
+        events = changes.take_changes(state)
         connections = state.connections
         if connections:
             state.connections = []
@@ -124,14 +138,18 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         return
     if committed:
         has_receivers = bool(signals.after_commit.receivers)
-        if not (has_receivers or queue) or not _really_committed(session, connections):
+        if not (has_receivers or queue or events) or not _really_committed(session, connections):
             return
         items: list[Work] = []
-        if has_receivers and not is_layer_session(session):
+        layer = is_layer_session(session)
+        if has_receivers and not layer:
             items.extend(
                 Work(receiver, installation.robust, (session,), signals.after_commit, is_coro)
                 for receiver, is_coro in signals.after_commit.receivers_in_order(session)
             )
+        # Order: after_commit receivers, models_committed, committed, then on_commit callbacks.
+        if events and not layer:
+            items.extend(changes.commit_work(events, session, installation))
         items.extend(queue)
         if items:
             run(items, session, installation)
@@ -160,6 +178,41 @@ def _really_committed(session: sa_orm.Session, connections: list[sa.Connection])
     )
 
 
+_BULK_SIGNALS = {
+    "insert": signals.bulk_insert,
+    "update": signals.bulk_update,
+    "delete": signals.bulk_delete,
+}
+
+
+def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
+    executed = _bulk.execute(orm_state)
+    if executed is None:
+        return None
+    session = orm_state.session
+    changes.record_bulk(
+        session,
+        executed.operation,
+        executed.model,
+        executed.statement,
+        executed.identities,
+        executed.rows,
+    )
+    signal = _BULK_SIGNALS[executed.operation]
+    if signal.receivers:
+        send(
+            signal,
+            executed.model,
+            session,
+            _robust(session),
+            statement=executed.statement,
+            rowcount=executed.rowcount,
+            identities=executed.identities,
+            session=session,
+        )
+    return executed.result
+
+
 def _robust(session: sa_orm.Session) -> bool:
     installation = installation_for(session)
     return installation is None or installation.robust
@@ -173,6 +226,33 @@ _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
 )
+
+
+def _sync_execute_listener(*args: object, **kwargs: object) -> None:
+    """Listen to ``do_orm_execute`` only while bulk statements are wanted.
+
+    Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
+    and refreshes included), so it is attached while a bulk or change signal has a receiver, or
+    an installation tracks changes, and removed otherwise.
+    """
+    with _lock:
+        wanted = changes.wanted() or any(signal.receivers for signal in _BULK_SIGNALS.values())
+        for session_class in _installed:
+            listening = sa_event.contains(session_class, "do_orm_execute", _do_orm_execute)
+            if wanted and not listening:
+                sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
+            elif listening and not wanted:
+                sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
+
+
+for _signal in (
+    *_BULK_SIGNALS.values(),
+    signals.before_models_committed,
+    signals.models_committed,
+    signals.committed,
+):
+    _signal.receiver_connected.connect(_sync_execute_listener, weak=False)
+    _signal.receiver_disconnected.connect(_sync_execute_listener, weak=False)
 
 
 # Mapper-level listeners, attached once to every mapper while anything is installed.
@@ -210,11 +290,15 @@ def _before_insert(mapper: sa_orm.Mapper[t.Any], connection: object, target: obj
 def _after_insert(mapper: sa_orm.Mapper[t.Any], connection: object, target: object) -> None:
     if signals.post_save.receivers:
         _model_send(signals.post_save, mapper, target, created=True)
+    if changes.wanted():
+        changes.record_row("insert", mapper, target)
 
 
 def _before_update(mapper: sa_orm.Mapper[t.Any], connection: object, target: object) -> None:
     if signals.pre_save.receivers:
         _model_send(signals.pre_save, mapper, target, created=False)
+    if changes.wanted():
+        changes.record_row("update", mapper, target)
 
 
 def _after_update(mapper: sa_orm.Mapper[t.Any], connection: object, target: object) -> None:
@@ -230,6 +314,8 @@ def _before_delete(mapper: sa_orm.Mapper[t.Any], connection: object, target: obj
 def _after_delete(mapper: sa_orm.Mapper[t.Any], connection: object, target: object) -> None:
     if signals.post_delete.receivers:
         _model_send(signals.post_delete, mapper, target)
+    if changes.wanted():
+        changes.record_row("delete", mapper, target)
 
 
 _MAPPER_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
@@ -242,7 +328,7 @@ _MAPPER_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
 )
 
 
-def install(target: InstallTarget, /, *, robust: bool = True) -> None:
+def install(target: InstallTarget, /, *, robust: bool = True, track_changes: bool = False) -> None:
     """Send sa_signals signals and run on_commit callbacks for sessions made by ``target``.
 
     ``target`` is a ``scoped_session``, a ``sessionmaker`` or a ``Session`` subclass. Installing
@@ -252,12 +338,20 @@ def install(target: InstallTarget, /, *, robust: bool = True) -> None:
     With ``robust=False``, receivers are not shielded: an exception from a receiver sent inside
     the transaction propagates at once (vetoing the flush or commit), and one from an
     ``after_commit`` receiver propagates out of ``commit()`` after the others ran.
+
+    With ``track_changes=True``, the writes of every transaction are recorded for the change
+    signals (``models_committed`` ...) even while they have no receivers; otherwise recording
+    happens only while one of them has a receiver.
     """
     session_class, maker, scoped = _resolve(target)
     with _lock:
         existing: Installation | None = session_class.__dict__.get(INSTALLATION_ATTR)
         if existing is not None:
             _check_same(existing, scoped, robust, target)
+            if track_changes and not existing.track_changes:
+                existing.track_changes = True
+                changes.force_tracking(1)
+                _sync_execute_listener()
             if scoped is not None:
                 existing.scoped = scoped
             return
@@ -275,9 +369,14 @@ def install(target: InstallTarget, /, *, robust: bool = True) -> None:
         for name, listener in _SESSION_LISTENERS:
             sa_event.listen(session_class, name, listener)
         setattr(
-            session_class, INSTALLATION_ATTR, Installation(session_class, maker, scoped, robust)
+            session_class,
+            INSTALLATION_ATTR,
+            Installation(session_class, maker, scoped, robust, track_changes),
         )
+        if track_changes:
+            changes.force_tracking(1)
         _installed.append(session_class)
+        _sync_execute_listener()
 
 
 def uninstall(target: InstallTarget, /) -> None:
@@ -291,8 +390,13 @@ def uninstall(target: InstallTarget, /) -> None:
             return
         for name, listener in _SESSION_LISTENERS:
             sa_event.remove(session_class, name, listener)
+        if session_class.__dict__[INSTALLATION_ATTR].track_changes:
+            changes.force_tracking(-1)
+        if sa_event.contains(session_class, "do_orm_execute", _do_orm_execute):
+            sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
         delattr(session_class, INSTALLATION_ATTR)
         _installed.remove(session_class)
+        _sync_execute_listener()
         if not _installed:
             for name, listener in _MAPPER_LISTENERS:
                 sa_event.remove(sa_orm.Mapper, name, listener)

@@ -25,7 +25,7 @@ if t.TYPE_CHECKING:
 class Work:
     """One call to make after a commit: an on_commit callback or a commit-time receiver."""
 
-    __slots__ = ("args", "func", "is_coroutine", "robust", "signal")
+    __slots__ = ("args", "func", "is_coroutine", "kwargs", "robust", "signal")
 
     def __init__(
         self,
@@ -34,12 +34,14 @@ class Work:
         args: tuple[t.Any, ...] = (),
         signal: Signal | None = None,
         is_coroutine: bool = False,
+        kwargs: c.Mapping[str, t.Any] | None = None,
     ) -> None:
         self.func = func
         self.robust = robust
         self.args = args
         self.signal = signal
         self.is_coroutine = is_coroutine
+        self.kwargs = kwargs
 
 
 class _Batch:
@@ -190,7 +192,7 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
         try:
             if work.is_coroutine:
                 raise _coroutine_error(work.func)
-            result = work.func(*work.args)
+            result = work.func(*work.args, **(work.kwargs or {}))
             if inspect.iscoroutine(result):
                 result.close()
                 raise _coroutine_error(work.func)

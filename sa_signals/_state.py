@@ -9,6 +9,7 @@ import sqlalchemy.orm as sa_orm
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from .changes import Event
     from .on_commit import Pending
 
 INSTALLATION_ATTR = "_sa_signals_installation"
@@ -25,7 +26,7 @@ commit on it (a SAVEPOINT release) counts as a real COMMIT."""
 class Installation:
     """What ``install()`` recorded for one session class."""
 
-    __slots__ = ("maker", "robust", "scoped", "session_class")
+    __slots__ = ("maker", "robust", "scoped", "session_class", "track_changes")
 
     def __init__(
         self,
@@ -33,11 +34,13 @@ class Installation:
         maker: sa_orm.sessionmaker[t.Any] | None,
         scoped: sa_orm.scoped_session[t.Any] | None,
         robust: bool,
+        track_changes: bool = False,
     ) -> None:
         self.session_class = session_class
         self.maker = maker
         self.scoped = scoped
         self.robust = robust
+        self.track_changes = track_changes
 
     def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
         """Return a fresh session configured like ``origin``."""
@@ -77,10 +80,11 @@ class SessionState:
     Everything is cleared when the outermost transaction ends, so nothing outlives it.
     """
 
-    __slots__ = ("committed", "connections", "queue")
+    __slots__ = ("changes", "committed", "connections", "queue")
 
     def __init__(self) -> None:
         self.queue: list[Pending] = []
+        self.changes: list[Event] = []
         self.connections: list[sa.Connection] = []
         self.committed: sa_orm.SessionTransaction | None = None
 

@@ -13,6 +13,7 @@ from ._state import current_transaction
 from ._state import installation_for
 from ._state import SessionState
 from ._state import state_of
+from .changes import settle_changes
 from .exceptions import CoroutineMisuseError
 from .exceptions import NotInstalledError
 from .typing import Callback
@@ -77,16 +78,16 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
 
 
 def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> None:
-    """Settle the callbacks of ``savepoint``, which has just ended.
+    """Settle the callbacks and recorded changes of ``savepoint``, which has just ended.
 
-    A released savepoint hands its callbacks to its parent, so that a later rollback of the
-    parent drops them too; a rolled-back one drops them.
+    A released savepoint hands them to its parent, so that a later rollback of the parent drops
+    them too; a rolled-back one drops them.
     """
     committed = state.committed is savepoint
     if committed:
         state.committed = None
     queue = state.queue
-    if not queue:
+    if not (queue or state.changes):
         return
     if committed:
         parent = savepoint.parent
@@ -96,8 +97,11 @@ def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> 
         for pending in queue:
             if pending.transaction is savepoint:
                 pending.transaction = parent  # type: ignore[assignment]
+        settle_changes(state, savepoint, parent)
     else:
-        state.queue = [pending for pending in queue if pending.transaction is not savepoint]
+        if queue:
+            state.queue = [pending for pending in queue if pending.transaction is not savepoint]
+        settle_changes(state, savepoint, None)
 
 
 def take_queue(state: SessionState) -> list[Pending]:

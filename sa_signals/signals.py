@@ -59,3 +59,33 @@ pre_delete = Signal("pre_delete")
 post_delete = Signal("post_delete")
 """Sent once per row a flush deleted, after its SQL. Sender: the mapped class. Keywords:
 ``instance``, ``session``."""
+
+before_models_committed = Signal("before_models_committed")
+"""Sent inside the transaction just before the outermost COMMIT, after ``before_commit``, with
+the net changes so far (the session is flushed first); never before a SAVEPOINT release nor for
+a session joined into an outer transaction, and not when nothing changed. Receivers may still
+write through the sender: the writes are committed and reported at commit. Sender: the
+``Session``. Keywords: ``changes``, a list of :class:`~sa_signals.Change`."""
+
+models_committed = Signal("models_committed")
+"""Sent after a real COMMIT of the outermost transaction with its net changes, under the rules of
+``after_commit``, after its receivers; not when nothing changed. Sender: the ``Session``.
+Keywords: ``changes``, a list of :class:`~sa_signals.Change` ordered by the flush in which each
+row first appeared."""
+
+committed = Signal("committed")
+"""Sent after ``models_committed``, once per :class:`~sa_signals.Change`, under the same rules.
+Sender: the mapped class of the change. Keywords: ``change``."""
+
+bulk_insert = Signal("bulk_insert")
+"""Sent when an ORM bulk INSERT (``session.execute(insert(Model), rows)``) has executed. Sender:
+the mapped class. Keywords: ``statement``, ``rowcount``, ``identities`` (primary keys as tuples,
+or None where the database cannot return them), ``session``."""
+
+bulk_update = Signal("bulk_update")
+"""Sent when an ORM bulk UPDATE (``session.execute(update(Model)...)``, ``Query.update()``) has
+executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
+
+bulk_delete = Signal("bulk_delete")
+"""Sent when an ORM bulk DELETE (``session.execute(delete(Model)...)``, ``Query.delete()``) has
+executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""

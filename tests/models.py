@@ -72,3 +72,30 @@ orders = sa.Table(
         nullable=False,
     ),
 )
+
+
+class Tag(Base):
+    """A composite primary key."""
+
+    __tablename__ = "tags"
+
+    namespace: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(20), primary_key=True)
+    name: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(20), primary_key=True)
+    label: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50), default="")
+
+
+class Author(Base):
+    __tablename__ = "authors"
+
+    id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+    name: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+    books: sa_orm.Mapped[list[Book]] = sa_orm.relationship(back_populates="author")
+
+
+class Book(Base):
+    __tablename__ = "books"
+
+    id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+    title: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
+    author_id: sa_orm.Mapped[int | None] = sa_orm.mapped_column(sa.ForeignKey("authors.id"))
+    author: sa_orm.Mapped[Author | None] = sa_orm.relationship(back_populates="books")

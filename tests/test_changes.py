@@ -1,0 +1,918 @@
+"""Commit-time change sets: net effects, savepoints, signals, run on every configured backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing as t
+
+import hypothesis
+import hypothesis.strategies as st
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.event as sa_event
+import sqlalchemy.orm as sa_orm
+
+import sa_signals
+from sa_signals import Change
+from sa_signals import NOT_LOADED
+from sa_signals import signals
+from sa_signals._state import STATE_ATTR
+from tests.models import Animal
+from tests.models import Audit
+from tests.models import Author
+from tests.models import Book
+from tests.models import Cat
+from tests.models import Dog
+from tests.models import Item
+from tests.models import Tag
+
+if t.TYPE_CHECKING:
+    from tests.conftest import Connector
+
+Scoped = sa_orm.scoped_session[sa_orm.Session]
+Calls = list[tuple[t.Any, dict[str, t.Any]]]
+
+
+@pytest.fixture
+def committed(connect: Connector) -> Calls:
+    """Every send of models_committed."""
+    return connect.record(signals.models_committed)
+
+
+def changes_of(calls: Calls) -> list[Change]:
+    """The changes of the only models_committed send."""
+    assert len(calls) == 1, calls
+    changes: list[Change] = calls[0][1]["changes"]
+    return changes
+
+
+def summary(
+    changes: list[Change],
+) -> list[tuple[str, str, tuple[t.Any, ...] | None, dict[str, t.Any]]]:
+    return [(c.operation, c.model.__name__, c.identity, dict(c.changes)) for c in changes]
+
+
+def load(session: sa_orm.Session, *objects: object) -> None:
+    """Load ``objects`` again after a commit expired them."""
+    for obj in objects:
+        session.refresh(obj)
+
+
+def add_item(session: sa_orm.Session, name: str = "a", value: int = 1) -> Item:
+    item = Item(name=name, value=value)
+    session.add(item)
+    session.commit()
+    session.refresh(item)  # commit expired it: load it in the next transaction
+    return item
+
+
+class TestChangeRecord:
+    def test_insert_reports_inserted_values(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """An insert carries every column with old None, and the object."""
+        item = Item(name="a", value=3)
+        session.add(item)
+        session.commit()
+        [change] = changes_of(committed)
+        assert change.operation == "insert"
+        assert change.model is Item
+        assert change.identity == (item.id,)
+        assert change.instance is item
+        assert dict(change.changes) == {
+            "id": (None, item.id),
+            "name": (None, "a"),
+            "value": (None, 3),
+        }
+        assert change.statement is None
+
+    def test_update_reports_old_and_new(self, session: sa_orm.Session, committed: Calls) -> None:
+        """An update carries only the changed attributes, as (old, new)."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = 2
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (item.id,), {"value": (1, 2)})
+        ]
+
+    def test_delete_reports_last_values(self, session: sa_orm.Session, committed: Calls) -> None:
+        """A delete carries each column's value as old, None as new."""
+        item = add_item(session, value=4)
+        ident = item.id
+        committed.clear()
+        session.delete(item)
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            (
+                "delete",
+                "Item",
+                (ident,),
+                {"id": (ident, None), "name": ("a", None), "value": (4, None)},
+            )
+        ]
+
+    def test_change_is_immutable(self, session: sa_orm.Session, committed: Calls) -> None:
+        """Neither a Change nor its changes mapping can be altered."""
+        add_item(session)
+        [change] = changes_of(committed)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            change.operation = "delete"  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            change.changes["name"] = (None, "b")  # type: ignore[index]
+
+    def test_usable_after_session_closed_without_sql(
+        self, Session: Scoped, engine: sa.Engine, committed: Calls
+    ) -> None:
+        """Records are plain values: reading them after close() emits no SQL."""
+        session = Session()
+        item = add_item(session, value=5)
+        ident = item.id
+        item.value = 6
+        session.commit()
+        session.close()
+        Session.remove()
+        statements: list[str] = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        sa_event.listen(engine, "before_cursor_execute", listener)
+        try:
+            records = [change for _, kwargs in committed for change in kwargs["changes"]]
+            seen = [(c.operation, c.identity, dict(c.changes), repr(c)) for c in records]
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", listener)
+        assert statements == []
+        assert [s[:3] for s in seen] == [
+            (
+                "insert",
+                (ident,),
+                {"id": (None, ident), "name": (None, "a"), "value": (None, 5)},
+            ),
+            ("update", (ident,), {"value": (5, 6)}),
+        ]
+
+
+class TestNetEffect:
+    def test_insert_then_update_is_one_insert(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Inserted then updated over two flushes: one insert with the final values."""
+        item = Item(name="a", value=1)
+        session.add(item)
+        session.flush()
+        item.value = 2
+        session.flush()
+        item.name = "b"
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            (
+                "insert",
+                "Item",
+                (item.id,),
+                {"id": (None, item.id), "name": (None, "b"), "value": (None, 2)},
+            )
+        ]
+
+    def test_insert_then_delete_is_nothing(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Inserted then deleted: no change, and no send at all."""
+        item = Item(name="a")
+        session.add(item)
+        session.flush()
+        session.delete(item)
+        session.commit()
+        assert committed == []
+
+    def test_update_then_delete_is_one_delete(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Updated then deleted: one delete whose old values are those at transaction start."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        item.value = 2
+        session.flush()
+        session.delete(item)
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            (
+                "delete",
+                "Item",
+                (ident,),
+                {"id": (ident, None), "name": ("a", None), "value": (1, None)},
+            )
+        ]
+
+    def test_accumulates_over_flushes(self, session: sa_orm.Session, committed: Calls) -> None:
+        """Several flushes: old is the value at transaction start, new the final one."""
+        item = add_item(session, value=1)
+        committed.clear()
+        for value in (2, 3, 4):
+            item.value = value
+            session.flush()
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (item.id,), {"value": (1, 4)})
+        ]
+
+    def test_changed_back_is_no_update(self, session: sa_orm.Session, committed: Calls) -> None:
+        """A column changed and changed back disappears; with nothing left, so does the record."""
+        item = add_item(session, value=1)
+        other = add_item(session, name="b", value=1)
+        load(session, item)
+        committed.clear()
+        item.value = 2
+        other.value = 2
+        other.name = "c"
+        session.flush()
+        item.value = 1
+        other.value = 1
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (other.id,), {"name": ("b", "c")})
+        ]
+
+    def test_set_to_equal_value_is_no_change(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Assigning the current value changes nothing."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = 1
+        session.commit()
+        assert committed == []
+
+    def test_ordered_by_first_flush(self, session: sa_orm.Session, committed: Calls) -> None:
+        """Records come in the order of the flush in which each row first appeared."""
+        first = add_item(session, name="first", value=1)
+        committed.clear()
+        first.value = 2
+        session.flush()
+        second = Item(name="second")
+        session.add(second)
+        session.flush()
+        first.value = 3
+        session.commit()
+        assert [c.instance for c in changes_of(committed)] == [first, second]
+
+    def test_unloaded_old_value_is_not_loaded(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """An expired attribute set without being read reports NOT_LOADED, never a guess."""
+        item = add_item(session, value=1)
+        committed.clear()
+        session.expire(item, ["value"])
+        item.value = 2
+        session.commit()
+        [change] = changes_of(committed)
+        assert change.changes == {"value": (NOT_LOADED, 2)}
+        assert repr(NOT_LOADED) == "sa_signals.NOT_LOADED"
+
+    def test_fully_expired_object_updated_without_select(
+        self, session: sa_orm.Session, engine: sa.Engine, committed: Calls
+    ) -> None:
+        """Recording never loads: an expired object set blindly costs no extra SELECT."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        session.expire(item)
+        item.value = 2
+        statements: list[str] = []
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        sa_event.listen(engine, "before_cursor_execute", listener)
+        try:
+            session.commit()
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", listener)
+        # SQLAlchemy itself loads the expired primary key for the UPDATE; nothing more.
+        assert [s.split()[0] for s in statements] == ["SELECT", "UPDATE"]
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (ident,), {"value": (NOT_LOADED, 2)})
+        ]
+
+    def test_primary_key_change_reports_new_identity(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """An update of the primary key itself is reported under the new key."""
+        tag = Tag(namespace="a", name="x")
+        session.add(tag)
+        session.commit()
+        load(session, tag)
+        committed.clear()
+        tag.name = "y"
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Tag", ("a", "y"), {"name": ("x", "y")})
+        ]
+
+    def test_insert_reports_null_for_unset_columns(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A column left unset was inserted as NULL: reported as None, not NOT_LOADED."""
+        book = Book(title="T")
+        session.add(book)
+        session.commit()
+        assert changes_of(committed)[0].changes["author_id"] == (None, None)
+
+    def test_sql_expression_new_value_is_not_loaded(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A value computed by the database is NOT_LOADED, not the expression."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = Item.value + 1  # type: ignore[assignment]
+        session.commit()
+        assert changes_of(committed)[0].changes == {"value": (1, NOT_LOADED)}
+
+    def test_outer_rollback_drops_everything(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A rolled-back transaction reports nothing, not even at the next commit."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = 5
+        session.add(Item(name="gone"))
+        session.flush()
+        session.rollback()
+        assert committed == []
+        session.add(Item(name="kept"))
+        session.commit()
+        assert [c.changes["name"][1] for c in changes_of(committed)] == ["kept"]
+
+    def test_modified_then_deleted_in_one_flush(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A delete of an object with unflushed changes reports its values in the database."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        item.value = 2
+        session.delete(item)
+        session.commit()
+        assert changes_of(committed)[0].changes["value"] == (1, None)
+        assert changes_of(committed)[0].identity == (ident,)
+
+    def test_delete_of_expired_object(self, session: sa_orm.Session, committed: Calls) -> None:
+        """Deleting an object without loading it reports its unloaded columns as NOT_LOADED."""
+        item = add_item(session, value=1)
+        ident = item.id
+        committed.clear()
+        session.expire(item, ["value", "name"])
+        session.delete(item)
+        session.commit()
+        assert dict(changes_of(committed)[0].changes) == {
+            "id": (ident, None),
+            "name": (NOT_LOADED, None),
+            "value": (NOT_LOADED, None),
+        }
+
+    def test_deleted_then_inserted_again_is_an_update(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """The same object deleted and added back: the row's net effect is an update."""
+        item = add_item(session, value=1)
+        committed.clear()
+        session.delete(item)
+        session.flush()
+        sa_orm.make_transient(item)
+        item.value = 3
+        session.add(item)
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (item.id,), {"value": (1, 3)})
+        ]
+
+    def test_row_deleted_and_inserted_by_another_object_is_an_update(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Another object inserted with a deleted row's primary key: one update of that row."""
+        old = Tag(namespace="a", name="x", label="old")
+        session.add(old)
+        session.commit()
+        load(session, old)
+        committed.clear()
+        session.delete(old)
+        session.flush()
+        new = Tag(namespace="a", name="x", label="new")
+        session.add(new)
+        session.commit()
+        [change] = changes_of(committed)
+        assert (change.operation, change.identity, dict(change.changes)) == (
+            "update",
+            ("a", "x"),
+            {"label": ("old", "new")},
+        )
+        assert change.instance is new
+
+
+class TestSavepoints:
+    def test_rolled_back_savepoint_changes_disappear(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Only writes outside the rolled-back savepoint are reported."""
+        session.add(Item(name="outer"))
+        savepoint = session.begin_nested()
+        session.add(Item(name="inner"))
+        session.flush()
+        savepoint.rollback()
+        session.commit()
+        assert [c.changes["name"][1] for c in changes_of(committed)] == ["outer"]
+
+    def test_rolled_back_savepoint_keeps_outer_update(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """An update of an object inside a rolled-back savepoint leaves the outer update intact."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = 2
+        session.flush()
+        with pytest.raises(ZeroDivisionError), session.begin_nested():
+            item.value = 3
+            item.name = "x"
+            session.flush()
+            _ = 1 / 0
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (item.id,), {"value": (1, 2)})
+        ]
+
+    def test_released_savepoint_merges_into_parent(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A released savepoint's changes fold into the outer transaction's."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = 2
+        session.flush()
+        with session.begin_nested():
+            item.value = 3
+            session.add(Item(name="inner"))
+        assert committed == []
+        session.commit()
+        assert [(c.operation, dict(c.changes).get("value")) for c in changes_of(committed)] == [
+            ("update", (1, 3)),
+            ("insert", (None, 0)),
+        ]
+
+    def test_released_inner_dropped_with_rolled_back_outer_savepoint(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """An inner savepoint released into a savepoint that rolls back is dropped too."""
+        session.add(Item(name="top"))
+        outer = session.begin_nested()
+        with session.begin_nested():
+            session.add(Item(name="inner"))
+        outer.rollback()
+        session.commit()
+        assert [c.changes["name"][1] for c in changes_of(committed)] == ["top"]
+
+    def test_several_depths(self, session: sa_orm.Session, committed: Calls) -> None:
+        """Surviving levels are reported, rolled-back levels are not, at any depth."""
+        savepoints = []
+        for depth in range(5):
+            savepoints.append(session.begin_nested())
+            session.add(Item(name=f"d{depth}"))
+            session.flush()
+        for savepoint in reversed(savepoints[3:]):
+            savepoint.rollback()
+        for savepoint in reversed(savepoints[:3]):
+            savepoint.commit()
+        session.commit()
+        assert [c.changes["name"][1] for c in changes_of(committed)] == ["d0", "d1", "d2"]
+
+    def test_delete_in_rolled_back_savepoint_is_not_reported(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A delete undone by a savepoint rollback leaves the outer update."""
+        item = add_item(session, value=1)
+        committed.clear()
+        item.value = 2
+        savepoint = session.begin_nested()
+        session.delete(item)
+        session.flush()
+        savepoint.rollback()
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Item", (item.id,), {"value": (1, 2)})
+        ]
+
+
+class TestSignals:
+    def test_sent_once_after_commit_not_at_release(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """models_committed waits for the outermost COMMIT; a release sends nothing."""
+        with session.begin_nested():
+            session.add(Item(name="a"))
+        assert committed == []
+        session.commit()
+        assert len(committed) == 1
+        assert committed[0][0] is session
+
+    def test_nothing_sent_without_changes(self, session: sa_orm.Session, committed: Calls) -> None:
+        """A commit that wrote nothing sends nothing."""
+        session.execute(sa.select(Item)).all()
+        session.commit()
+        assert committed == []
+
+    def test_committed_per_change_with_model_sender(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """committed is sent once per change; receivers pick a model, subclasses included."""
+        animals = connect.record(signals.committed, Animal)
+        dogs = connect.record(signals.committed, Dog)
+        items = connect.record(signals.committed, Item)
+        dog, cat = Dog(name="rex", tricks=2), Cat(name="tom")
+        session.add_all([dog, cat, Item(name="a")])
+        session.commit()
+        assert [(sender, kw["change"].instance) for sender, kw in animals] == [
+            (Dog, dog),
+            (Cat, cat),
+        ]
+        assert [(sender, kw["change"].instance) for sender, kw in dogs] == [(Dog, dog)]
+        assert [sender for sender, _ in items] == [Item]
+
+    def test_joined_inheritance_one_record_per_object(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A joined-table object gives one record with the columns of both tables."""
+        dog = Dog(name="rex", tricks=1)
+        session.add(dog)
+        session.commit()
+        load(session, dog)
+        committed.clear()
+        dog.name = "max"
+        dog.tricks = 2
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Dog", (dog.id,), {"name": ("rex", "max"), "tricks": (1, 2)})
+        ]
+
+    def test_order_after_commit_models_committed_committed_callbacks(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """after_commit receivers, then models_committed, committed, then on_commit callbacks."""
+        order: list[str] = []
+        connect(signals.after_commit, lambda sender, **kw: order.append("after_commit"))
+        connect(signals.models_committed, lambda sender, **kw: order.append("models_committed"))
+        connect(signals.committed, lambda sender, **kw: order.append("committed"))
+        session.add_all([Item(name="a"), Item(name="b")])
+        sa_signals.on_commit(lambda: order.append("on_commit"), session)
+        session.commit()
+        assert order == ["after_commit", "models_committed", "committed", "committed", "on_commit"]
+
+    def test_receivers_run_in_distinct_session(
+        self, Session: Scoped, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """Receivers may run SQL: in a distinct session, committed when they return."""
+        original = Session()
+        seen: list[sa_orm.Session] = []
+
+        def on_models(sender: sa_orm.Session, changes: list[Change], **kw: object) -> None:
+            seen.append(Session())
+            Session.add(Audit(message=f"{len(changes)} changed"))
+
+        def on_committed(sender: type, change: Change, **kw: object) -> None:
+            Session.add(Audit(message=f"{change.operation} {change.identity}"))
+
+        connect(signals.models_committed, on_models)
+        connect(signals.committed, on_committed, Item)
+        item = Item(name="a")
+        original.add(item)
+        original.commit()
+        assert seen[0] is not original
+        with engine.connect() as connection:
+            messages = connection.scalars(sa.select(Audit.message).order_by(Audit.id)).all()
+        assert messages == ["1 changed", f"insert ({item.id},)"]
+        assert Session() is original
+
+    def test_failing_receiver_does_not_stop_others(
+        self, session: sa_orm.Session, connect: Connector, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A receiver that raises is reported; the other receivers still run."""
+        failures = connect.record(signals.receiver_failed)
+        ran: list[str] = []
+
+        def boom(sender: object, **kw: object) -> None:
+            raise RuntimeError("boom")
+
+        connect(signals.models_committed, boom)
+        connect(signals.models_committed, lambda sender, **kw: ran.append("models"))
+        connect(signals.committed, boom)
+        connect(signals.committed, lambda sender, **kw: ran.append("committed"))
+        session.add(Item(name="a"))
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            session.commit()
+        assert ran == ["models", "committed"]
+        assert [kw["signal"] for _, kw in failures] == [
+            signals.models_committed,
+            signals.committed,
+        ]
+        assert "boom" in caplog.text
+
+    @pytest.mark.parametrize(
+        "mode", ["create_savepoint", "rollback_only", "conditional_savepoint"]
+    )
+    def test_not_sent_in_test_savepoint_pattern(
+        self, engine: sa.Engine, connect: Connector, mode: str
+    ) -> None:
+        """A session joined into an outer transaction commits nothing: nothing is sent."""
+        before = connect.record(signals.before_models_committed)
+        after = connect.record(signals.models_committed)
+        maker = sa_orm.sessionmaker(join_transaction_mode=mode)  # type: ignore[call-overload]
+        sa_signals.install(maker)
+        try:
+            with engine.connect() as connection:
+                outer = connection.begin()
+                session = maker(bind=connection)
+                session.add(Item(name="a"))
+                session.commit()
+                session.close()
+                outer.rollback()
+        finally:
+            sa_signals.uninstall(maker)
+        assert before == []
+        assert after == []
+
+
+class TestBeforeModelsCommitted:
+    def test_sent_before_commit_with_changes(
+        self, session: sa_orm.Session, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """Sent inside the transaction, after flushing, with the net changes so far."""
+        seen: list[tuple[list[str], bool]] = []
+
+        def receiver(sender: sa_orm.Session, changes: list[Change], **kw: object) -> None:
+            with engine.connect() as connection:
+                visible = connection.scalar(sa.select(sa.func.count()).select_from(Item))
+            seen.append(
+                ([c.changes["name"][1] for c in changes], sender.in_transaction() and visible == 0)
+            )
+
+        connect(signals.before_models_committed, receiver)
+        session.add(Item(name="a"))
+        session.commit()
+        assert seen == [(["a"], True)]
+
+    def test_receiver_writes_are_committed_and_reported(
+        self, session: sa_orm.Session, connect: Connector, committed: Calls, engine: sa.Engine
+    ) -> None:
+        """Writes made through the sender are part of the commit and of models_committed."""
+
+        def receiver(sender: sa_orm.Session, changes: list[Change], **kw: object) -> None:
+            sender.add(Audit(message=f"{len(changes)} pending"))
+
+        connect(signals.before_models_committed, receiver)
+        session.add(Item(name="a"))
+        session.commit()
+        assert [(c.model, c.operation) for c in changes_of(committed)] == [
+            (Item, "insert"),
+            (Audit, "insert"),
+        ]
+        with engine.connect() as connection:
+            assert connection.scalars(sa.select(Audit.message)).all() == ["1 pending"]
+
+    def test_failing_receiver_reported_and_commit_goes_on(
+        self, session: sa_orm.Session, connect: Connector, committed: Calls
+    ) -> None:
+        """A raising receiver is reported; the others run and the transaction commits."""
+        failures = connect.record(signals.receiver_failed)
+        seen: list[int] = []
+
+        def boom(sender: object, **kw: object) -> None:
+            raise RuntimeError("boom")
+
+        def count(sender: object, changes: list[Change], **kw: object) -> None:
+            seen.append(len(changes))
+
+        connect(signals.before_models_committed, boom)
+        connect(signals.before_models_committed, count)
+        session.add(Item(name="a"))
+        session.commit()
+        assert seen == [1]
+        assert [kw["signal"] for _, kw in failures] == [signals.before_models_committed]
+        assert len(changes_of(committed)) == 1
+
+    def test_non_robust_receiver_vetoes_the_commit(
+        self, engine: sa.Engine, connect: Connector, committed: Calls
+    ) -> None:
+        """With install(robust=False) a raising receiver stops the COMMIT."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker, robust=False)
+
+        def veto(sender: object, **kw: object) -> None:
+            raise ValueError("veto")
+
+        connect(signals.before_models_committed, veto)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                with pytest.raises(ValueError, match="veto"):
+                    session.commit()
+                session.rollback()
+        finally:
+            sa_signals.uninstall(maker)
+        with engine.connect() as connection:
+            assert connection.scalar(sa.select(sa.func.count()).select_from(Item)) == 0
+        assert committed == []
+
+    def test_not_sent_at_savepoint_release(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A SAVEPOINT release is not the commit."""
+        calls = connect.record(signals.before_models_committed)
+        with session.begin_nested():
+            session.add(Item(name="a"))
+        assert calls == []
+        session.commit()
+        assert len(calls) == 1
+
+
+class TestCompositeKeysAndRelationships:
+    def test_composite_primary_key_identity(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A composite primary key is reported as a tuple in column order."""
+        tag = Tag(namespace="color", name="red", label="Red")
+        session.add(tag)
+        session.commit()
+        load(session, tag)
+        committed.clear()
+        tag.label = "Crimson"
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Tag", ("color", "red"), {"label": ("Red", "Crimson")})
+        ]
+
+    def test_relationship_change_reports_foreign_key(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Moving a book to another author updates only the book's foreign key."""
+        first, second = Author(name="A"), Author(name="B")
+        book = Book(title="T", author=first)
+        session.add_all([first, second, book])
+        session.commit()
+        assert [c.model for c in changes_of(committed)] == [Author, Author, Book]
+        assert changes_of(committed)[2].changes["author_id"] == (None, first.id)
+        load(session, book)
+        committed.clear()
+        book.author = second
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Book", (book.id,), {"author_id": (first.id, second.id)})
+        ]
+
+    def test_collection_append_reports_child_only(
+        self, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """Appending an existing book to an author's collection reports the book."""
+        author = Author(name="A")
+        book = Book(title="T")
+        session.add_all([author, book])
+        session.commit()
+        load(session, author, book)
+        committed.clear()
+        author.books.append(book)
+        session.commit()
+        assert summary(changes_of(committed)) == [
+            ("update", "Book", (book.id,), {"author_id": (None, author.id)})
+        ]
+
+
+class TestOptIn:
+    def test_sessions_not_installed_are_ignored(
+        self, engine: sa.Engine, session: sa_orm.Session, committed: Calls
+    ) -> None:
+        """A session whose factory was not installed reports nothing."""
+        with sa_orm.Session(engine) as plain:
+            plain.add(Item(name="plain"))
+            plain.execute(sa.delete(Item).where(Item.name == "none"))
+            plain.commit()
+        assert committed == []
+
+    def test_empty_transaction_sends_nothing_before_commit(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A transaction that never touched the database has nothing to report."""
+        calls = connect.record(signals.before_models_committed)
+        session.begin()
+        session.commit()
+        assert calls == []
+
+    def test_nothing_recorded_without_receivers(self, session: sa_orm.Session) -> None:
+        """With no receiver and no track_changes, flushes record nothing."""
+        session.add(Item(name="a"))
+        session.flush()
+        assert session.__dict__[STATE_ATTR].changes == []
+        session.commit()
+
+    def test_track_changes_records_without_receivers(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """install(track_changes=True) records from the start, for a receiver connected later."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker, track_changes=True)
+        sa_signals.install(maker, track_changes=True)  # installing again changes nothing
+        try:
+            with maker() as session:
+                session.add(Item(name="early"))
+                session.flush()
+                calls = connect.record(signals.models_committed)
+                session.add(Item(name="late"))
+                session.commit()
+        finally:
+            sa_signals.uninstall(maker)
+        assert [c.changes["name"][1] for c in changes_of(calls)] == ["early", "late"]
+
+    def test_track_changes_added_to_existing_install(self, engine: sa.Engine) -> None:
+        """Installing again with track_changes=True turns recording on; uninstall turns it off."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        sa_signals.install(maker, track_changes=True)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                session.flush()
+                assert len(session.__dict__[STATE_ATTR].changes) == 1
+                session.rollback()
+        finally:
+            sa_signals.uninstall(maker)
+        assert not sa_signals.changes.wanted()
+
+
+OPERATIONS = ["insert", "update", "rename", "delete", "flush", "savepoint", "release", "rollback"]
+
+
+# A plain function: Hypothesis wants one executor, and the test is parametrised by backend.
+@hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(data=st.data())
+def test_change_set_is_the_database_difference(
+    session: sa_orm.Session, engine: sa.Engine, committed: Calls, data: t.Any
+) -> None:
+    """Any mix of writes, flushes and savepoints reports exactly what the COMMIT changed."""
+
+    def snapshot() -> dict[tuple[int], dict[str, t.Any]]:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(Item.id, Item.name, Item.value)).all()
+        return {(row.id,): {"id": row.id, "name": row.name, "value": row.value} for row in rows}
+
+    session.execute(sa.delete(Item))
+    session.add_all([Item(name=f"seed{i}", value=i) for i in range(3)])
+    session.commit()
+    objects = list(session.scalars(sa.select(Item)))
+    before = snapshot()
+    committed.clear()
+    savepoints: list[sa_orm.SessionTransaction] = []
+    counter = 0
+    for operation in data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=25)):
+        alive = [o for o in objects if sa.inspect(o).persistent or sa.inspect(o).pending]
+        if operation == "insert":
+            counter += 1
+            item = Item(name=f"new{counter}", value=counter)
+            session.add(item)
+            objects.append(item)
+        elif operation in ("update", "rename", "delete") and alive:
+            item = data.draw(st.sampled_from(alive))
+            if operation == "update":
+                item.value = item.value + data.draw(st.sampled_from([-1, 0, 1]))
+            elif operation == "rename":
+                counter += 1
+                item.name = data.draw(st.sampled_from([item.name, f"renamed{counter}"]))
+            elif sa.inspect(item).pending:
+                session.expunge(item)
+            else:
+                session.delete(item)
+        elif operation == "flush":
+            session.flush()
+        elif operation == "savepoint":
+            savepoints.append(session.begin_nested())
+        elif operation in ("release", "rollback") and savepoints:
+            savepoint = savepoints.pop()
+            if operation == "release":
+                savepoint.commit()
+            else:
+                savepoint.rollback()
+    session.commit()
+    after = snapshot()
+    expected = {}
+    for identity in before.keys() | after.keys():
+        old, new = before.get(identity), after.get(identity)
+        if old is None:
+            expected[identity] = ("insert", {k: (None, v) for k, v in new.items()})
+        elif new is None:
+            expected[identity] = ("delete", {k: (v, None) for k, v in old.items()})
+        elif old != new:
+            diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+            expected[identity] = ("update", diff)
+    reported = {
+        c.identity: (c.operation, dict(c.changes))
+        for _, kwargs in committed
+        for c in kwargs["changes"]
+    }
+    assert reported == expected
+    assert len(committed) == (1 if expected else 0)
