@@ -212,7 +212,10 @@ class TestCaptureSignals:
             "pre_save",
             "post_save",
             "after_flush",
+            "before_models_committed",
             "after_commit",
+            "models_committed",
+            "committed",
         ]
 
     def test_disconnects_at_end(self, session: sa_orm.Session) -> None:
