@@ -870,7 +870,11 @@ def test_change_set_is_the_database_difference(
     savepoints: list[sa_orm.SessionTransaction] = []
     counter = 0
     for operation in data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=25)):
-        alive = [o for o in objects if sa.inspect(o).persistent or sa.inspect(o).pending]
+        alive = [
+            o
+            for o in objects
+            if (sa.inspect(o).persistent or sa.inspect(o).pending) and o not in session.deleted
+        ]
         if operation == "insert":
             counter += 1
             item = Item(name=f"new{counter}", value=counter)
