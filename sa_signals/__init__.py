@@ -6,6 +6,8 @@ from . import signals
 from ._bridge import install
 from ._bridge import uninstall
 from ._runner import current_session
+from .asyncio import current_async_session
+from .asyncio import on_commit_async
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
 from .exceptions import NotInstalledError
@@ -27,10 +29,12 @@ __all__ = [
     "ScopeError",
     "SessionLeftOpenError",
     "SessionScope",
+    "current_async_session",
     "current_session",
     "distinct_session",
     "install",
     "on_commit",
+    "on_commit_async",
     "session_scope",
     "signals",
     "uninstall",

@@ -22,12 +22,15 @@ from ._state import installation_for
 from ._state import SessionState
 from ._state import STATE_ATTR
 from ._state import state_of
+from .asyncio import ASYNC_FACTORIES
+from .asyncio import async_support
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
 from .on_commit import end_savepoint
 from .on_commit import take_queue
 
 if t.TYPE_CHECKING:
+    from .asyncio import AsyncSupport
     from .typing import InstallTarget
 
 _lock = threading.RLock()
@@ -35,26 +38,45 @@ _installed: list[type[sa_orm.Session]] = []
 
 
 def send(
-    signal: Signal, sender: object, session: sa_orm.Session, robust: bool, /, **kwargs: t.Any
+    signal: Signal,
+    sender: object,
+    origin: object,
+    robust: bool,
+    aio: AsyncSupport | None,
+    /,
+    **kwargs: t.Any,
 ) -> None:
     """Call the receivers of ``signal`` for ``sender`` in order, inside the transaction.
 
-    A failing receiver is reported and the others still run; with ``robust=False`` its
-    exception propagates at once, aborting the flush or commit (a veto).
+    A failing receiver is reported with ``origin`` (the session the user holds) and the others
+    still run; with ``robust=False`` its exception propagates at once, aborting the flush or
+    commit (a veto). Coroutine receivers are awaited for an async install.
     """
     for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
             if is_coroutine:
-                msg = (
-                    f"{receiver!r} is a coroutine function connected to {signal.name}, but the"
-                    " event came from a synchronous Session where nothing can await it."
-                )
-                raise CoroutineMisuseError(msg)
-            receiver(sender, **kwargs)
+                if aio is None:
+                    msg = (
+                        f"{receiver!r} is a coroutine function connected to {signal.name}, but"
+                        " the event came from a synchronous Session where nothing can await it."
+                    )
+                    raise CoroutineMisuseError(msg)
+                aio.await_(receiver(sender, **kwargs))
+            else:
+                receiver(sender, **kwargs)
         except Exception as exc:
             if not robust:
                 raise
-            report_receiver(signal, receiver, session, exc)
+            report_receiver(signal, receiver, origin, exc)
+
+
+def _send_session(signal: Signal, session: sa_orm.Session) -> None:
+    installation = installation_for(session)
+    if installation is None:  # uninstalled while the session was in use
+        return
+    aio = installation.aio
+    sender = session if aio is None else aio.public(session)
+    send(signal, sender, sender, installation.robust, aio)
 
 
 # Session-level listeners, attached to each installed session class.
@@ -69,12 +91,12 @@ def _after_begin(
 
 def _before_flush(session: sa_orm.Session, flush_context: object, instances: object) -> None:
     if signals.before_flush.receivers:
-        send(signals.before_flush, session, session, _robust(session))
+        _send_session(signals.before_flush, session)
 
 
 def _after_flush(session: sa_orm.Session, flush_context: object) -> None:
     if signals.after_flush.receivers:
-        send(signals.after_flush, session, session, _robust(session))
+        _send_session(signals.after_flush, session)
 
 
 def _before_commit(session: sa_orm.Session) -> None:
@@ -84,7 +106,7 @@ def _before_commit(session: sa_orm.Session) -> None:
         and not session.in_nested_transaction()
         and not is_layer_session(session)
     ):
-        send(signals.before_commit, session, session, _robust(session))
+        _send_session(signals.before_commit, session)
 
 
 def _after_commit(session: sa_orm.Session) -> None:
@@ -121,6 +143,8 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
     installation = installation_for(session)
     if installation is None:  # uninstalled while the transaction was open
         return
+    aio = installation.aio
+    public = session if aio is None else aio.public(session)
     if committed:
         has_receivers = bool(signals.after_commit.receivers)
         if not (has_receivers or queue) or not _really_committed(session, connections):
@@ -128,14 +152,14 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         items: list[Work] = []
         if has_receivers and not is_layer_session(session):
             items.extend(
-                Work(receiver, installation.robust, (session,), signals.after_commit, is_coro)
-                for receiver, is_coro in signals.after_commit.receivers_in_order(session)
+                Work(receiver, installation.robust, (public,), signals.after_commit, is_coro)
+                for receiver, is_coro in signals.after_commit.receivers_in_order(public)
             )
         items.extend(queue)
         if items:
             run(items, session, installation)
     elif signals.after_rollback.receivers and not is_layer_session(session):
-        send(signals.after_rollback, session, session, installation.robust)
+        send(signals.after_rollback, public, public, installation.robust, aio)
 
 
 def _really_committed(session: sa_orm.Session, connections: list[sa.Connection]) -> bool:
@@ -149,11 +173,6 @@ def _really_committed(session: sa_orm.Session, connections: list[sa.Connection])
         return not any(connection.in_transaction() for connection in connections)
     bind = session.bind
     return not (isinstance(bind, sa.Connection) and bind.in_transaction())
-
-
-def _robust(session: sa_orm.Session) -> bool:
-    installation = installation_for(session)
-    return installation is None or installation.robust
 
 
 _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
@@ -182,13 +201,16 @@ def _model_send(
         target, include_collections=False
     ):
         return
+    aio = installation.aio
+    public = session if aio is None else aio.public(session)
     send(
         signal,
         mapper.class_,
-        session,
+        public,
         installation.robust,
+        aio,
         instance=target,
-        session=session,
+        session=public,
         **kwargs,
     )
 
@@ -236,7 +258,8 @@ _MAPPER_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
 def install(target: InstallTarget, /, *, robust: bool = True) -> None:
     """Send sa_signals signals and run on_commit callbacks for sessions made by ``target``.
 
-    ``target`` is a ``scoped_session``, a ``sessionmaker`` or a ``Session`` subclass. Installing
+    ``target`` is a ``scoped_session``, a ``sessionmaker`` or a ``Session`` subclass, or an
+    ``async_scoped_session`` or ``async_sessionmaker`` (see ``docs/asyncio.md``). Installing
     the same target again does nothing. Give the ``scoped_session`` when there is one: its
     registry is where callbacks find their distinct session.
 
@@ -244,10 +267,19 @@ def install(target: InstallTarget, /, *, robust: bool = True) -> None:
     the transaction propagates at once (vetoing the flush or commit), and one from an
     ``after_commit`` receiver propagates out of ``commit()`` after the others ran.
     """
-    session_class, maker, scoped = _resolve(target)
     with _lock:
+        aio = None
+        if isinstance(target, ASYNC_FACTORIES):
+            aio = async_support(target, create=True)
+            assert aio is not None
+            session_class, maker, scoped = aio.session_class, None, None
+        else:
+            session_class, maker, scoped = _resolve(target)
         existing: Installation | None = session_class.__dict__.get(INSTALLATION_ATTR)
         if existing is not None:
+            if existing.aio is not None and aio is not None:
+                _check_same_async(existing, target, robust)
+                return
             _check_same(existing, scoped, robust, target)
             if scoped is not None:
                 existing.scoped = scoped
@@ -265,10 +297,11 @@ def install(target: InstallTarget, /, *, robust: bool = True) -> None:
                 sa_event.listen(sa_orm.Mapper, name, listener)
         for name, listener in _SESSION_LISTENERS:
             sa_event.listen(session_class, name, listener)
-        setattr(
-            session_class, INSTALLATION_ATTR, Installation(session_class, maker, scoped, robust)
-        )
+        installation = Installation(session_class, maker, scoped, robust, aio)
+        setattr(session_class, INSTALLATION_ATTR, installation)
         _installed.append(session_class)
+        if aio is not None:
+            aio.apply()
 
 
 def uninstall(target: InstallTarget, /) -> None:
@@ -276,10 +309,19 @@ def uninstall(target: InstallTarget, /) -> None:
 
     Callbacks still queued on open transactions of its sessions will not run.
     """
-    session_class, _, _ = _resolve(target)
     with _lock:
+        aio = None
+        if isinstance(target, ASYNC_FACTORIES):
+            aio = async_support(target, create=False)
+            if aio is None:
+                return
+            session_class = aio.session_class
+        else:
+            session_class, _, _ = _resolve(target)
         if session_class not in _installed:
             return
+        if aio is not None:
+            aio.restore()
         for name, listener in _SESSION_LISTENERS:
             sa_event.remove(session_class, name, listener)
         delattr(session_class, INSTALLATION_ATTR)
@@ -287,6 +329,26 @@ def uninstall(target: InstallTarget, /) -> None:
         if not _installed:
             for name, listener in _MAPPER_LISTENERS:
                 sa_event.remove(sa_orm.Mapper, name, listener)
+
+
+def _check_same_async(existing: Installation, target: t.Any, robust: bool) -> None:
+    assert existing.aio is not None
+    if existing.robust != robust:
+        msg = f"{target!r} is already installed with robust={existing.robust}; uninstall it first."
+        raise InstallError(msg)
+    scoped = target if isinstance(target, ASYNC_FACTORIES[1]) else None
+    if (
+        scoped is not None
+        and existing.aio.scoped is not None
+        and existing.aio.scoped is not scoped
+    ):
+        msg = (
+            f"{target!r} shares its async_sessionmaker with an async_scoped_session that is"
+            " already installed; give each async_scoped_session its own async_sessionmaker."
+        )
+        raise InstallError(msg)
+    if scoped is not None:
+        existing.aio.scoped = scoped
 
 
 def _check_same(
@@ -328,7 +390,8 @@ def _resolve(
     if isinstance(target, sa_orm.Session):
         hint = " To cover one session, install the sessionmaker or scoped_session it came from."
     msg = (
-        "install() takes a scoped_session, a sessionmaker or a Session subclass,"
+        "install() takes a scoped_session, a sessionmaker, a Session subclass, an"
+        " async_scoped_session or an async_sessionmaker,"
         f" got {target!r}.{hint}"
     )
     raise InstallError(msg)

@@ -53,6 +53,18 @@ class _Batch:
         self.installation = installation
 
 
+class Slot(t.Protocol):
+    """The distinct session of one commit-time call: :class:`DistinctSlot` or its async twin."""
+
+    def get(self) -> sa_orm.Session: ...
+
+    def holds(self, session: sa_orm.Session) -> bool: ...
+
+    def commit(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class DistinctSlot:
     """The distinct session of the item being run, created on first use."""
 
@@ -118,7 +130,7 @@ class DistinctSlot:
                 self.previous = None
 
 
-_current: contextvars.ContextVar[DistinctSlot | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
     "sa_signals_current_slot", default=None
 )
 _pending: contextvars.ContextVar[collections.deque[_Batch] | None] = contextvars.ContextVar(
@@ -163,6 +175,7 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
     pending = collections.deque((batch,))
     token = _pending.set(pending)
     first_error: Exception | None = None
+    work: Work | None = None
     try:
         while pending:
             current = pending[0]
@@ -173,27 +186,39 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
             error = _run_one(work, current.origin, current.installation)
             if error is not None and first_error is None:
                 first_error = error
+    except BaseException as exc:
+        # KeyboardInterrupt, or the task's cancellation while a callback awaited.
+        if work is not None:
+            logger.error("commit-time call %s was interrupted by %r", describe(work.func), exc)
+        raise
     finally:
         _pending.reset(token)
-        dropped = sum(1 for batch in pending for _ in batch.items)
+        dropped = [describe(item.func) for batch in pending for item in batch.items]
         if dropped:
-            logger.error("%d commit-time call(s) did not run: the run was interrupted", dropped)
+            logger.error(
+                "%d commit-time call(s) did not run: the run was interrupted (%s)",
+                len(dropped),
+                ", ".join(dropped),
+            )
     if first_error is not None:
         raise first_error
 
 
 def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> Exception | None:
     was_open = origin.in_transaction()
-    slot = DistinctSlot(installation, origin)
+    aio = installation.aio
+    slot: Slot = DistinctSlot(installation, origin) if aio is None else aio.slot(origin)
     token = _current.set(slot)
     try:
         try:
-            if work.is_coroutine:
+            if work.is_coroutine and aio is None:
                 raise _coroutine_error(work.func)
             result = work.func(*work.args)
             if inspect.iscoroutine(result):
-                result.close()
-                raise _coroutine_error(work.func)
+                if aio is None:
+                    result.close()
+                    raise _coroutine_error(work.func)
+                aio.await_(result)
             slot.commit()
         finally:
             slot.release()
@@ -207,7 +232,7 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             )
             raise SessionLeftOpenError(msg)
     except Exception as exc:
-        report(work, origin, exc)
+        report(work, origin if aio is None else aio.public(origin), exc)
         return None if work.robust else exc
     return None
 

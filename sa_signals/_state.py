@@ -9,6 +9,7 @@ import sqlalchemy.orm as sa_orm
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from .asyncio import AsyncSupport
     from .on_commit import Pending
 
 INSTALLATION_ATTR = "_sa_signals_installation"
@@ -21,7 +22,7 @@ STATE_ATTR = "_sa_signals_state"
 class Installation:
     """What ``install()`` recorded for one session class."""
 
-    __slots__ = ("maker", "robust", "scoped", "session_class")
+    __slots__ = ("aio", "maker", "robust", "scoped", "session_class")
 
     def __init__(
         self,
@@ -29,11 +30,14 @@ class Installation:
         maker: sa_orm.sessionmaker[t.Any] | None,
         scoped: sa_orm.scoped_session[t.Any] | None,
         robust: bool,
+        aio: AsyncSupport | None = None,
     ) -> None:
         self.session_class = session_class
         self.maker = maker
         self.scoped = scoped
         self.robust = robust
+        self.aio = aio
+        """Set for an ``async_sessionmaker`` or ``async_scoped_session`` install."""
 
     def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
         """Return a fresh session configured like ``origin``."""

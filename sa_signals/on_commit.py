@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
 from ._dispatch import _is_coroutine_function
@@ -36,7 +37,9 @@ class Pending(Work):
 def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = True) -> None:
     """Run ``callback`` after the outermost transaction of ``target`` truly commits.
 
-    ``target`` is a session, or a ``scoped_session`` standing for its current session.
+    ``target`` is a session, or a ``scoped_session`` standing for its current session; an
+    ``AsyncSession`` or ``async_scoped_session`` also takes coroutine functions, awaited
+    before ``await commit()`` returns (see ``docs/asyncio.md``).
 
     The callback is dropped if that transaction, or a savepoint it was registered in, rolls
     back. It runs with no arguments inside a distinct session (see :func:`current_session`).
@@ -53,6 +56,10 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         session: sa_orm.Session = target()
     elif isinstance(target, sa_orm.Session):
         session = target
+    elif isinstance(target, sa_asyncio.AsyncSession):
+        session = target.sync_session
+    elif isinstance(target, sa_asyncio.async_scoped_session):
+        session = target().sync_session
     else:
         msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
         raise TypeError(msg)
@@ -63,7 +70,9 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
             " sessionmaker or scoped_session before registering on_commit callbacks."
         )
         raise NotInstalledError(msg)
-    if _is_coroutine_function(callback):
+    aio = installation.aio
+    is_coroutine = _is_coroutine_function(callback)
+    if is_coroutine and aio is None:
         msg = (
             f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
             " where nothing can await it; pass a plain function."
@@ -71,6 +80,13 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         raise CoroutineMisuseError(msg)
     transaction = current_transaction(session)
     if transaction is None:
+        if is_coroutine and aio is not None and not aio.can_await():
+            msg = (
+                f"on_commit() cannot await the coroutine function {callback!r} now: the"
+                " AsyncSession is not in a transaction, so it would run at once; use"
+                " `await sa_signals.on_commit_async(callback, session)`."
+            )
+            raise CoroutineMisuseError(msg)
         run((Work(callback, robust),), session, installation)
         return
     state_of(session).queue.append(Pending(transaction, callback, robust))
