@@ -19,18 +19,17 @@ from ._state import current_transaction
 from ._state import Installation
 from ._state import INSTALLATION_ATTR
 from ._state import installation_for
+from ._state import is_async_factory
 from ._state import SessionState
 from ._state import STATE_ATTR
 from ._state import state_of
-from .asyncio import ASYNC_FACTORIES
-from .asyncio import async_support
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
 from .on_commit import end_savepoint
 from .on_commit import take_queue
 
 if t.TYPE_CHECKING:
-    from .asyncio import AsyncSupport
+    from ._aio import AsyncSupport
     from .typing import InstallTarget
 
 _lock = threading.RLock()
@@ -269,7 +268,9 @@ def install(target: InstallTarget, /, *, robust: bool = True) -> None:
     """
     with _lock:
         aio = None
-        if isinstance(target, ASYNC_FACTORIES):
+        if is_async_factory(target):
+            from ._aio import async_support  # needs greenlet: only for async users
+
             aio = async_support(target, create=True)
             assert aio is not None
             session_class, maker, scoped = aio.session_class, None, None
@@ -311,7 +312,9 @@ def uninstall(target: InstallTarget, /) -> None:
     """
     with _lock:
         aio = None
-        if isinstance(target, ASYNC_FACTORIES):
+        if is_async_factory(target):
+            from ._aio import async_support
+
             aio = async_support(target, create=False)
             if aio is None:
                 return
@@ -336,7 +339,7 @@ def _check_same_async(existing: Installation, target: t.Any, robust: bool) -> No
     if existing.robust != robust:
         msg = f"{target!r} is already installed with robust={existing.robust}; uninstall it first."
         raise InstallError(msg)
-    scoped = target if isinstance(target, ASYNC_FACTORIES[1]) else None
+    scoped = None if target is existing.aio.maker else target
     if (
         scoped is not None
         and existing.aio.scoped is not None

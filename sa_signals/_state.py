@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 import typing as t
 
 import sqlalchemy.orm as sa_orm
 
 if t.TYPE_CHECKING:
+    import types
+
     import sqlalchemy as sa
 
-    from .asyncio import AsyncSupport
+    from ._aio import AsyncSupport
     from .on_commit import Pending
+    from .typing import AsyncSessionFactory
 
 INSTALLATION_ATTR = "_sa_signals_installation"
 """Class attribute set on an installed session class; subclasses inherit it."""
@@ -47,6 +51,22 @@ class Installation:
         # A bare Session class install: reuse the origin's binds, nothing else is known.
         binds: dict[t.Any, t.Any] = getattr(origin, "_Session__binds", {})
         return self.session_class(bind=origin.bind, binds=dict(binds) or None)
+
+
+def async_api() -> types.ModuleType | None:
+    """Return ``sqlalchemy.ext.asyncio`` if it was imported; no async object exists before.
+
+    Checking this instead of importing it keeps greenlet optional for sync users.
+    """
+    return sys.modules.get("sqlalchemy.ext.asyncio")
+
+
+def is_async_factory(target: object) -> t.TypeGuard[AsyncSessionFactory]:
+    """Whether ``target`` is an ``async_sessionmaker`` or an ``async_scoped_session``."""
+    api = async_api()
+    return api is not None and isinstance(
+        target, (api.async_sessionmaker, api.async_scoped_session)
+    )
 
 
 def installation_for(session: sa_orm.Session) -> Installation | None:

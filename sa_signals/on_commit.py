@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typing as t
 
-import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
 from ._dispatch import _is_coroutine_function
 from ._runner import run
 from ._runner import Work
+from ._state import async_api
 from ._state import current_transaction
 from ._state import installation_for
 from ._state import SessionState
@@ -56,13 +56,8 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         session: sa_orm.Session = target()
     elif isinstance(target, sa_orm.Session):
         session = target
-    elif isinstance(target, sa_asyncio.AsyncSession):
-        session = target.sync_session
-    elif isinstance(target, sa_asyncio.async_scoped_session):
-        session = target().sync_session
     else:
-        msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
-        raise TypeError(msg)
+        session = _sync_session_of(target)
     installation = installation_for(session)
     if installation is None:
         msg = (
@@ -90,6 +85,19 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         run((Work(callback, robust),), session, installation)
         return
     state_of(session).queue.append(Pending(transaction, callback, robust))
+
+
+def _sync_session_of(target: object) -> sa_orm.Session:
+    api = async_api()
+    if api is not None:
+        if isinstance(target, api.AsyncSession):
+            session: sa_orm.Session = target.sync_session
+            return session
+        if isinstance(target, api.async_scoped_session):
+            session = target().sync_session
+            return session
+    msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
+    raise TypeError(msg)
 
 
 def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> None:

@@ -8,15 +8,16 @@ import functools
 import inspect
 import typing as t
 
-import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
-from . import asyncio as _aio
 from ._dispatch import logger
+from ._state import is_async_factory
 from .exceptions import ScopeError
 
 if t.TYPE_CHECKING:
     import types
+
+    import sqlalchemy.ext.asyncio as sa_asyncio
 
     from .typing import AsyncSessionFactory
     from .typing import SessionFactory
@@ -25,9 +26,9 @@ R = t.TypeVar("R")
 
 
 Opener: t.TypeAlias = c.Callable[[], contextlib.AbstractContextManager[sa_orm.Session]]
-AsyncOpener: t.TypeAlias = c.Callable[
-    [], contextlib.AbstractAsyncContextManager[sa_asyncio.AsyncSession]
-]
+AsyncOpener: t.TypeAlias = (
+    "c.Callable[[], contextlib.AbstractAsyncContextManager[sa_asyncio.AsyncSession]]"
+)
 
 
 class SessionScope:
@@ -126,10 +127,12 @@ def session_scope(factory: SessionFactory | AsyncSessionFactory, /) -> SessionSc
     the registry holds nothing afterwards. An exception is re-raised after the rollback. Over an
     ``async_sessionmaker`` or ``async_scoped_session`` the same holds with ``async with``.
     """
-    if isinstance(factory, _aio.ASYNC_FACTORIES):
-        return SessionScope(None, functools.partial(_aio.unit_of_work, factory))
+    if is_async_factory(factory):
+        from ._aio import unit_of_work  # needs greenlet: only for async users
+
+        return SessionScope(None, functools.partial(unit_of_work, factory))
     _check_factory(factory, "session_scope")
-    return SessionScope(functools.partial(_unit_of_work, factory))
+    return SessionScope(functools.partial(_unit_of_work, t.cast("SessionFactory", factory)))
 
 
 def distinct_session(factory: SessionFactory | AsyncSessionFactory, /) -> SessionScope:
@@ -142,10 +145,12 @@ def distinct_session(factory: SessionFactory | AsyncSessionFactory, /) -> Sessio
     .. note:: SQLite lets one connection write at a time: the distinct session cannot write
        while the outer session holds an open write transaction on the same database file.
     """
-    if isinstance(factory, _aio.ASYNC_FACTORIES):
-        return SessionScope(None, functools.partial(_aio.distinct, factory))
+    if is_async_factory(factory):
+        from ._aio import distinct
+
+        return SessionScope(None, functools.partial(distinct, factory))
     _check_factory(factory, "distinct_session")
-    return SessionScope(functools.partial(_distinct, factory))
+    return SessionScope(functools.partial(_distinct, t.cast("SessionFactory", factory)))
 
 
 def _check_factory(factory: object, name: str) -> None:

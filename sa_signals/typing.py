@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections.abc as c
 import typing as t
 
-import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
+
+if t.TYPE_CHECKING:
+    import sqlalchemy.ext.asyncio as sa_asyncio
 
 Callback: t.TypeAlias = c.Callable[[], object]
 """A callback for ``on_commit``: called with no arguments, its return value ignored."""

@@ -227,11 +227,16 @@ class InTask:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run an async-flavoured test body inside one task, in SQLAlchemy's greenlet."""
+    """Run ``async def`` tests in ``arunner``, async-flavoured ones in SQLAlchemy's greenlet."""
+    names = pyfuncitem._fixtureinfo.argnames
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        runner = pyfuncitem.funcargs["arunner"]
+        assert isinstance(runner, asyncio.Runner), "an async def test needs the arunner fixture"
+        runner.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+        return True
     flavour = pyfuncitem.funcargs.get("flavour")
     if not isinstance(flavour, Flavour) or not flavour.is_async:
         return None
-    names = pyfuncitem._fixtureinfo.argnames
 
     def body() -> None:
         args = {name: pyfuncitem.funcargs[name] for name in names}
@@ -265,12 +270,44 @@ def AnySession(flavour: Flavour, backend: str, engine: sa.Engine) -> c.Iterator[
 
 
 async def _close_all(
-    scoped: sa_asyncio.async_scoped_session[t.Any], engine: sa_asyncio.AsyncEngine
+    scoped: sa_asyncio.async_scoped_session[t.Any], engine: sa_asyncio.AsyncEngine | None
 ) -> None:
     for session in list(scoped.registry.registry.values()):
         await session.close()
     scoped.registry.registry.clear()
-    await engine.dispose()
+    if engine is not None:
+        await engine.dispose()
+
+
+@pytest.fixture
+def arunner() -> c.Iterator[asyncio.Runner]:
+    """The event loop an ``async def`` test and its async fixtures run in."""
+    with asyncio.Runner() as runner:
+        yield runner
+
+
+@pytest.fixture
+def aengine(
+    arunner: asyncio.Runner, backend: str, engine: sa.Engine
+) -> c.Iterator[sa_asyncio.AsyncEngine]:
+    """An async engine on ``engine``'s database, disposed in ``arunner``."""
+    new = async_engine(backend, engine)
+    yield new
+    arunner.run(new.dispose())
+
+
+@pytest.fixture
+def AsyncScoped(
+    arunner: asyncio.Runner, aengine: sa_asyncio.AsyncEngine
+) -> c.Iterator[sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]]:
+    """An installed ``async_scoped_session`` scoped to the current task."""
+    scoped = sa_asyncio.async_scoped_session(
+        sa_asyncio.async_sessionmaker(aengine), scopefunc=asyncio.current_task
+    )
+    sa_signals.install(scoped)
+    yield scoped
+    sa_signals.uninstall(scoped)
+    arunner.run(_close_all(scoped, None))
 
 
 @pytest.fixture
