@@ -66,7 +66,7 @@ def send(
         except Exception as exc:
             if not robust:
                 raise
-            report_receiver(signal, receiver, origin, exc)
+            report_receiver(signal, receiver, origin, exc, aio)
 
 
 def _send_session(signal: Signal, session: sa_orm.Session) -> None:

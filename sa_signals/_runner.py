@@ -19,6 +19,7 @@ from .exceptions import OutsideCallbackError
 from .exceptions import SessionLeftOpenError
 
 if t.TYPE_CHECKING:
+    from ._aio import AsyncSupport
     from ._state import Installation
 
 
@@ -232,7 +233,7 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             )
             raise SessionLeftOpenError(msg)
     except Exception as exc:
-        report(work, origin if aio is None else aio.public(origin), exc)
+        report(work, origin if aio is None else aio.public(origin), exc, aio)
         return None if work.robust else exc
     return None
 
@@ -252,27 +253,38 @@ def _close_quietly(session: sa_orm.Session) -> None:
         logger.exception("rolling back %r failed", session)
 
 
-def report(work: Work, origin: sa_orm.Session, exc: Exception) -> None:
+def report(work: Work, origin: object, exc: Exception, aio: AsyncSupport | None) -> None:
     """Log ``exc`` raised by ``work`` and send it on the matching failure signal."""
     if work.signal is None:
         logger.error("on_commit callback %s failed", describe(work.func), exc_info=exc)
-        send_failure(signals.on_commit_failed, origin, callback=work.func, exception=exc)
+        send_failure(signals.on_commit_failed, origin, aio, callback=work.func, exception=exc)
     else:
-        report_receiver(work.signal, work.func, origin, exc)
+        report_receiver(work.signal, work.func, origin, exc, aio)
 
 
-def report_receiver(signal: Signal, receiver: object, origin: object, exc: Exception) -> None:
+def report_receiver(
+    signal: Signal, receiver: object, origin: object, exc: Exception, aio: AsyncSupport | None
+) -> None:
     """Log a failing receiver of ``signal`` and send it on ``receiver_failed``."""
     logger.error("receiver %s of %s failed", describe(receiver), signal.name, exc_info=exc)
-    send_failure(signals.receiver_failed, origin, signal=signal, receiver=receiver, exception=exc)
+    send_failure(
+        signals.receiver_failed, origin, aio, signal=signal, receiver=receiver, exception=exc
+    )
 
 
-def send_failure(signal: Signal, sender: object, /, **kwargs: t.Any) -> None:
+def send_failure(
+    signal: Signal, sender: object, aio: AsyncSupport | None, /, **kwargs: t.Any
+) -> None:
     """Send a failure signal; a receiver that raises here is only logged."""
     if not signal.receivers:
         return
-    for receiver, _ in signal.receivers_in_order(sender):
+    for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
-            receiver(sender, **kwargs)
+            if not is_coroutine:
+                receiver(sender, **kwargs)
+            elif aio is None:
+                raise _coroutine_error(receiver)
+            else:
+                aio.await_(receiver(sender, **kwargs))
         except Exception:
             logger.exception("receiver %s of %s failed", describe(receiver), signal.name)

@@ -189,6 +189,32 @@ class TestSenders:
         finally:
             sa_signals.uninstall(maker)
 
+    async def test_coroutine_failure_receivers_are_awaited(
+        self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT, connect: Connector
+    ) -> None:
+        """Async receivers of on_commit_failed and receiver_failed are awaited too."""
+        seen: list[tuple[str, object]] = []
+
+        async def on_failed(sender: object, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            seen.append(("on_commit_failed", sender))
+
+        async def on_receiver_failed(sender: object, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            seen.append(("receiver_failed", sender))
+
+        def broken(sender: object, **kwargs: object) -> None:
+            raise RuntimeError("broken receiver")
+
+        connect(signals.on_commit_failed, on_failed)
+        connect(signals.receiver_failed, on_receiver_failed)
+        connect(signals.before_commit, broken)
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(lambda: 1 / 0, session)
+        await session.commit()
+        assert seen == [("receiver_failed", session), ("on_commit_failed", session)]
+
     def test_coroutine_receiver_on_sync_session_is_reported(
         self, engine: sa.Engine, connect: Connector, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -451,6 +477,42 @@ class TestTasks:
         assert any("1 commit-time call(s) did not run" in m and "later" in m for m in messages), (
             messages
         )
+
+    async def test_shielded_commit_runs_every_callback_despite_cancellation(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+    ) -> None:
+        """``asyncio.shield(session.commit())`` finishes the commit and all its callbacks."""
+        waiting = asyncio.Event()
+        ran: list[str] = []
+
+        async def slow() -> None:
+            waiting.set()
+            await asyncio.sleep(0.05)
+            AsyncScoped().add(Audit(message="slow"))
+            ran.append("slow")
+
+        committing: list[asyncio.Future[None]] = []
+
+        async def commit() -> None:
+            session = AsyncScoped()
+            session.add(Item(name="a"))
+            sa_signals.on_commit(slow, session)
+            sa_signals.on_commit(lambda: ran.append("later"), session)
+            committing.append(asyncio.ensure_future(session.commit()))
+            await asyncio.shield(committing[0])
+
+        task = asyncio.create_task(commit())
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ran == []
+        await committing[0]
+        assert ran == ["slow", "later"]
+        assert await acount(aengine, Audit) == 1
 
 
 class TestScopes:
