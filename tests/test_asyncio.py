@@ -122,7 +122,7 @@ class TestSenders:
     async def test_coroutine_receivers_are_awaited_in_order(
         self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT, connect: Connector
     ) -> None:
-        """Coroutine receivers run to completion inside the flush and commit, in order."""
+        """Coroutine receivers are awaited in place, in order, and may query through the sender."""
         seen: list[str] = []
 
         def plain(sender: object, **kwargs: object) -> None:
@@ -130,7 +130,7 @@ class TestSenders:
 
         async def slow(sender: sa_asyncio.AsyncSession, **kwargs: object) -> None:
             await asyncio.sleep(0.01)
-            seen.append("slow")
+            seen.append(f"slow {await sender.scalar(sa.select(sa.func.count(Item.id)))}")
 
         async def writes(sender: sa_asyncio.AsyncSession, **kwargs: object) -> None:
             await asyncio.sleep(0)
@@ -142,7 +142,8 @@ class TestSenders:
         session = AsyncScoped()
         session.add(Item(name="a"))
         await session.commit()
-        assert seen == ["slow", "plain", "pre_save a"]  # before_commit precedes the flush
+        # The receiver's query autoflushes inside before_commit, and sees the row.
+        assert seen == ["pre_save a", "slow 1", "plain"]
 
     async def test_after_commit_coroutine_receiver_uses_the_distinct_session(
         self,
@@ -448,7 +449,11 @@ class TestTasks:
         waiting = asyncio.Event()
         ran: list[str] = []
 
+        sessions: list[sa_asyncio.AsyncSession] = []
+
         async def slow() -> None:
+            AsyncScoped().add(Audit(message="interrupted"))
+            await AsyncScoped().flush()
             waiting.set()
             await asyncio.sleep(30)
             ran.append("slow")  # pragma: no cover - cancelled first
@@ -458,6 +463,7 @@ class TestTasks:
 
         async def commit() -> sa_asyncio.AsyncSession:
             session = AsyncScoped()
+            sessions.append(session)
             session.add(Item(name="a"))
             sa_signals.on_commit(slow, session)
             sa_signals.on_commit(later, session)
@@ -472,6 +478,13 @@ class TestTasks:
                 await task
         assert ran == []
         assert await acount(aengine, Item) == 1
+        assert await acount(aengine, Audit) == 0
+        assert list(AsyncScoped.registry.registry.values()) == sessions
+        [session] = sessions
+        assert not session.in_transaction()
+        session.add(Item(name="b"))
+        await session.commit()
+        assert await acount(aengine, Item) == 2
         messages = [record.getMessage() for record in caplog.records]
         assert any("slow" in m and "was interrupted by CancelledError" in m for m in messages)
         assert any("1 commit-time call(s) did not run" in m and "later" in m for m in messages), (
