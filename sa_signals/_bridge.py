@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import types
 import typing as t
 
 import sqlalchemy as sa
@@ -53,20 +54,26 @@ def send(
     """
     for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
-            if is_coroutine:
+            if is_coroutine and aio is None:
+                raise _coroutine_receiver_error(signal, receiver)
+            result = receiver(sender, **kwargs)
+            if isinstance(result, types.CoroutineType):  # also a partial of an async function
                 if aio is None:
-                    msg = (
-                        f"{receiver!r} is a coroutine function connected to {signal.name}, but"
-                        " the event came from a synchronous Session where nothing can await it."
-                    )
-                    raise CoroutineMisuseError(msg)
-                aio.await_(receiver(sender, **kwargs))
-            else:
-                receiver(sender, **kwargs)
+                    result.close()
+                    raise _coroutine_receiver_error(signal, receiver)
+                aio.await_(result)
         except Exception as exc:
             if not robust:
                 raise
             report_receiver(signal, receiver, origin, exc, aio)
+
+
+def _coroutine_receiver_error(signal: Signal, receiver: object) -> CoroutineMisuseError:
+    msg = (
+        f"{receiver!r} is a coroutine function connected to {signal.name}, but the event came"
+        " from a synchronous Session where nothing can await it."
+    )
+    return CoroutineMisuseError(msg)
 
 
 def _send_session(signal: Signal, session: sa_orm.Session) -> None:

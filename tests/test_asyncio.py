@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import typing as t
 
@@ -216,6 +217,23 @@ class TestSenders:
         await session.commit()
         assert seen == [("receiver_failed", session), ("on_commit_failed", session)]
 
+    async def test_receiver_returning_a_coroutine_is_awaited(
+        self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT, connect: Connector
+    ) -> None:
+        """A plain callable that returns a coroutine (a partial, say) is awaited as well."""
+        seen: list[object] = []
+
+        async def record(tag: str, sender: object, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            seen.append((tag, sender))
+
+        connect(signals.after_flush, functools.partial(record, "flushed"))
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        await session.flush()
+        assert seen == [("flushed", session)]
+        await session.rollback()
+
     def test_coroutine_receiver_on_sync_session_is_reported(
         self, engine: sa.Engine, connect: Connector, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -239,6 +257,29 @@ class TestSenders:
         assert kwargs["receiver"] is nothing_awaits_me
         assert isinstance(kwargs["exception"], sa_signals.CoroutineMisuseError)
         assert "nothing_awaits_me" in str(kwargs["exception"])
+
+    def test_receiver_returning_a_coroutine_on_sync_session_is_refused(
+        self, engine: sa.Engine, connect: Connector, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A partial of a coroutine function has its coroutine closed and is reported."""
+
+        async def record(tag: str, sender: object, **kwargs: object) -> None:  # pragma: no cover
+            pass
+
+        receiver = functools.partial(record, "flushed")
+        failures = connect.record(signals.receiver_failed)
+        connect(signals.after_flush, receiver)
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        try:
+            with maker() as session, caplog.at_level(logging.ERROR, logger="sa_signals"):
+                session.add(Item(name="a"))
+                session.flush()
+        finally:
+            sa_signals.uninstall(maker)
+        [(_, kwargs)] = failures
+        assert kwargs["receiver"] is receiver
+        assert isinstance(kwargs["exception"], sa_signals.CoroutineMisuseError)
 
 
 class TestOnCommitAsync:

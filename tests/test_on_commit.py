@@ -585,24 +585,26 @@ class TestTestSavepointPattern:
         "mode", ["create_savepoint", "rollback_only", "conditional_savepoint"]
     )
     def test_no_callbacks_when_joined_into_outer_transaction(
-        self, engine: sa.Engine, recorder: Recorder, mode: str
+        self, flavour: Flavour, Session: Scoped, recorder: Recorder, mode: str
     ) -> None:
         """session.commit() inside a test's outer transaction commits nothing: nothing runs."""
-        maker = sa_orm.sessionmaker(join_transaction_mode=mode)  # type: ignore[call-overload]
+        bind = Session.session_factory.kw["bind"]
+        maker = type(Session.session_factory)(join_transaction_mode=mode)
         sa_signals.install(maker)
         try:
-            with engine.connect() as connection:
-                outer = connection.begin()
-                session = maker(bind=connection)
-                session.add(Item(name="a"))
-                sa_signals.on_commit(recorder.do(1), session)
-                session.commit()
-                sa_signals.on_commit(recorder.do(2), session)  # no transaction: at once
-                session.begin()
-                sa_signals.on_commit(recorder.do(3), session)
-                session.commit()  # no SQL emitted: the bound connection decides
-                session.close()
-                outer.rollback()
+            connection = flavour.aw(bind.connect())
+            outer = flavour.aw(connection.begin())
+            session = maker(bind=connection)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do(1), session)
+            flavour.aw(session.commit())
+            sa_signals.on_commit(recorder.do(2), session)  # no transaction: at once
+            flavour.aw(session.begin())
+            sa_signals.on_commit(recorder.do(3), session)
+            flavour.aw(session.commit())  # no SQL emitted: the bound connection decides
+            flavour.aw(session.close())
+            flavour.aw(outer.rollback())
+            flavour.aw(connection.close())
             recorder.assert_done([2])
         finally:
             sa_signals.uninstall(maker)
