@@ -6,7 +6,6 @@ See ``docs/asyncio.md``. Importing this module does not need greenlet; using an
 
 from __future__ import annotations
 
-import collections.abc as c
 import typing as t
 
 import sqlalchemy.util.concurrency as sa_concurrency
@@ -21,6 +20,7 @@ if t.TYPE_CHECKING:
     import sqlalchemy.ext.asyncio as sa_asyncio
 
     from ._aio import AsyncSlot
+    from .typing import AsyncCallback
     from .typing import Callback
 
 
@@ -46,7 +46,7 @@ def current_async_session() -> sa_asyncio.AsyncSession:
 
 
 async def on_commit_async(
-    callback: Callback | c.Callable[[], c.Awaitable[object]],
+    callback: Callback | AsyncCallback,
     target: sa_asyncio.AsyncSession | sa_asyncio.async_scoped_session[t.Any],
     /,
     *,

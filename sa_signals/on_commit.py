@@ -96,7 +96,10 @@ def _sync_session_of(target: object) -> sa_orm.Session:
         if isinstance(target, api.async_scoped_session):
             session = target().sync_session
             return session
-    msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
+    msg = (
+        "on_commit() needs a Session or a scoped_session (or an AsyncSession or an"
+        f" async_scoped_session), got {target!r}"
+    )
     raise TypeError(msg)
 
 

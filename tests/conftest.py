@@ -184,17 +184,18 @@ class Flavour:
     @contextlib.contextmanager
     def begin(self, session: t.Any) -> c.Iterator[t.Any]:
         """``with session.begin():`` in either flavour."""
-        with self._enter(session.begin()) as transaction:
+        with self.enter(session.begin()) as transaction:
             yield transaction
 
     @contextlib.contextmanager
     def nested(self, session: t.Any) -> c.Iterator[t.Any]:
         """``with session.begin_nested():`` in either flavour."""
-        with self._enter(session.begin_nested()) as transaction:
+        with self.enter(session.begin_nested()) as transaction:
             yield transaction
 
     @contextlib.contextmanager
-    def _enter(self, manager: t.Any) -> c.Iterator[t.Any]:
+    def enter(self, manager: t.Any) -> c.Iterator[t.Any]:
+        """``with manager``, or ``async with manager`` in the async flavour."""
         if not self.is_async:
             with manager as transaction:
                 yield transaction
