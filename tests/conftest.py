@@ -142,7 +142,7 @@ def async_engine(backend: str, engine: sa.Engine) -> sa_asyncio.AsyncEngine:
     """A new async engine on the database of ``engine`` (the tables exist already)."""
     if backend != "sqlite":
         return sa_asyncio.create_async_engine(async_url(backend, engine), pool_size=10)
-    new = sa_asyncio.create_async_engine(async_url(backend, engine), connect_args={"timeout": 2})
+    new = sa_asyncio.create_async_engine(async_url(backend, engine), connect_args={"timeout": 10})
 
     # As for pysqlite: let SQLAlchemy emit BEGIN itself so that SAVEPOINT works.
     @sa_event.listens_for(new.sync_engine, "connect")

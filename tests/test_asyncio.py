@@ -532,6 +532,40 @@ class TestTasks:
             messages
         )
 
+    async def test_cancelled_before_the_commit_drops_callbacks(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+        connect: Connector,
+    ) -> None:
+        """Cancelled in a before_commit receiver: nothing committed, the rollback drops all."""
+        waiting = asyncio.Event()
+        ran: list[str] = []
+        rollbacks = connect.record(signals.after_rollback)
+
+        async def stall(sender: object, **kwargs: object) -> None:
+            waiting.set()
+            await asyncio.sleep(30)
+
+        connect(signals.before_commit, stall)
+        session = AsyncScoped()
+
+        async def commit() -> None:
+            session.add(Item(name="a"))
+            sa_signals.on_commit(lambda: ran.append("callback"), session)
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await session.rollback()
+        assert ran == []
+        assert [sender for sender, _ in rollbacks] == [session]
+        assert await acount(aengine, Item) == 0
+
     async def test_shielded_commit_runs_every_callback_despite_cancellation(
         self,
         arunner: asyncio.Runner,
