@@ -10,6 +10,8 @@ import asyncio
 import contextvars
 import functools
 import logging
+import pathlib
+import runpy
 import typing as t
 
 import pytest
@@ -24,6 +26,8 @@ from tests.models import Item
 
 if t.TYPE_CHECKING:
     from tests.conftest import Connector
+
+EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 AsyncScopedT = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
 
@@ -601,6 +605,14 @@ class TestTasks:
         await committing[0]
         assert ran == ["slow", "later"]
         assert await acount(aengine, Audit) == 1
+
+
+class TestExample:
+    def test_outbox_example_runs(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """examples/asyncio_outbox.py runs and publishes only the committed order."""
+        module = runpy.run_path(str(EXAMPLES / "asyncio_outbox.py"))
+        asyncio.run(module["main"]())
+        assert capsys.readouterr().out == "order 1 created: book\n"
 
 
 class TestScopes:
