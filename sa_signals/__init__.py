@@ -6,6 +6,8 @@ from . import signals
 from ._bridge import install
 from ._bridge import uninstall
 from ._runner import current_session
+from .asyncio import current_async_session
+from .asyncio import on_commit_async
 from .changes import Change
 from .changes import NOT_LOADED
 from .exceptions import CoroutineMisuseError
@@ -31,10 +33,12 @@ __all__ = [
     "ScopeError",
     "SessionLeftOpenError",
     "SessionScope",
+    "current_async_session",
     "current_session",
     "distinct_session",
     "install",
     "on_commit",
+    "on_commit_async",
     "session_scope",
     "signals",
     "uninstall",

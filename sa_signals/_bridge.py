@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import types
 import typing as t
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from ._state import current_transaction
 from ._state import Installation
 from ._state import INSTALLATION_ATTR
 from ._state import installation_for
+from ._state import is_async_factory
 from ._state import SessionState
 from ._state import STATE_ATTR
 from ._state import state_of
@@ -31,6 +33,7 @@ from .on_commit import end_savepoint
 from .on_commit import take_queue
 
 if t.TYPE_CHECKING:
+    from ._aio import AsyncSupport
     from .typing import InstallTarget
 
 _lock = threading.RLock()
@@ -38,26 +41,51 @@ _installed: list[type[sa_orm.Session]] = []
 
 
 def send(
-    signal: Signal, sender: object, session: sa_orm.Session, robust: bool, /, **kwargs: t.Any
+    signal: Signal,
+    sender: object,
+    origin: object,
+    robust: bool,
+    aio: AsyncSupport | None,
+    /,
+    **kwargs: t.Any,
 ) -> None:
     """Call the receivers of ``signal`` for ``sender`` in order, inside the transaction.
 
-    A failing receiver is reported and the others still run; with ``robust=False`` its
-    exception propagates at once, aborting the flush or commit (a veto).
+    A failing receiver is reported with ``origin`` (the session the user holds) and the others
+    still run; with ``robust=False`` its exception propagates at once, aborting the flush or
+    commit (a veto). Coroutine receivers are awaited for an async install.
     """
     for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
-            if is_coroutine:
-                msg = (
-                    f"{receiver!r} is a coroutine function connected to {signal.name}, but the"
-                    " event came from a synchronous Session where nothing can await it."
-                )
-                raise CoroutineMisuseError(msg)
-            receiver(sender, **kwargs)
+            if is_coroutine and aio is None:
+                raise _coroutine_receiver_error(signal, receiver)
+            result = receiver(sender, **kwargs)
+            if isinstance(result, types.CoroutineType):  # also a partial of an async function
+                if aio is None:
+                    result.close()
+                    raise _coroutine_receiver_error(signal, receiver)
+                aio.await_(result)
         except Exception as exc:
             if not robust:
                 raise
-            report_receiver(signal, receiver, session, exc)
+            report_receiver(signal, receiver, origin, exc, aio)
+
+
+def _coroutine_receiver_error(signal: Signal, receiver: object) -> CoroutineMisuseError:
+    msg = (
+        f"{receiver!r} is a coroutine function connected to {signal.name}, but the event came"
+        " from a synchronous Session where nothing can await it."
+    )
+    return CoroutineMisuseError(msg)
+
+
+def _send_session(signal: Signal, session: sa_orm.Session, **kwargs: t.Any) -> None:
+    installation = installation_for(session)
+    if installation is None:  # uninstalled while the session was in use
+        return
+    aio = installation.aio
+    sender = session if aio is None else aio.public(session)
+    send(signal, sender, sender, installation.robust, aio, **kwargs)
 
 
 # Session-level listeners, attached to each installed session class.
@@ -72,12 +100,12 @@ def _after_begin(
 
 def _before_flush(session: sa_orm.Session, flush_context: object, instances: object) -> None:
     if signals.before_flush.receivers:
-        send(signals.before_flush, session, session, _robust(session))
+        _send_session(signals.before_flush, session)
 
 
 def _after_flush(session: sa_orm.Session, flush_context: object) -> None:
     if signals.after_flush.receivers:
-        send(signals.after_flush, session, session, _robust(session))
+        _send_session(signals.after_flush, session)
 
 
 def _before_commit(session: sa_orm.Session) -> None:
@@ -87,17 +115,11 @@ def _before_commit(session: sa_orm.Session) -> None:
         and not session.in_nested_transaction()
         and not is_layer_session(session)
     ):
-        send(signals.before_commit, session, session, _robust(session))
+        _send_session(signals.before_commit, session)
     if signals.before_models_committed.receivers and not is_layer_session(session):
         collected = changes.collect_before_commit(session)
         if collected:
-            send(
-                signals.before_models_committed,
-                session,
-                session,
-                _robust(session),
-                changes=collected,
-            )
+            _send_session(signals.before_models_committed, session, changes=collected)
 
 
 def _after_commit(session: sa_orm.Session) -> None:
@@ -136,6 +158,8 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
     installation = installation_for(session)
     if installation is None:  # uninstalled while the transaction was open
         return
+    aio = installation.aio
+    public = session if aio is None else aio.public(session)
     if committed:
         has_receivers = bool(signals.after_commit.receivers)
         if not (has_receivers or queue or events) or not _really_committed(session, connections):
@@ -144,17 +168,17 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         layer = is_layer_session(session)
         if has_receivers and not layer:
             items.extend(
-                Work(receiver, installation.robust, (session,), signals.after_commit, is_coro)
-                for receiver, is_coro in signals.after_commit.receivers_in_order(session)
+                Work(receiver, installation.robust, (public,), signals.after_commit, is_coro)
+                for receiver, is_coro in signals.after_commit.receivers_in_order(public)
             )
         # Order: after_commit receivers, models_committed, committed, then on_commit callbacks.
         if events and not layer:
-            items.extend(changes.commit_work(events, session, installation))
+            items.extend(changes.commit_work(events, public, installation))
         items.extend(queue)
         if items:
             run(items, session, installation)
     elif signals.after_rollback.receivers and not is_layer_session(session):
-        send(signals.after_rollback, session, session, installation.robust)
+        send(signals.after_rollback, public, public, installation.robust, aio)
 
 
 def _really_committed(session: sa_orm.Session, connections: list[sa.Connection]) -> bool:
@@ -199,23 +223,22 @@ def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
         executed.rows,
     )
     signal = _BULK_SIGNALS[executed.operation]
-    if signal.receivers:
+    installation = installation_for(session)
+    if signal.receivers and installation is not None:
+        aio = installation.aio
+        public = session if aio is None else aio.public(session)
         send(
             signal,
             executed.model,
-            session,
-            _robust(session),
+            public,
+            installation.robust,
+            aio,
             statement=executed.statement,
             rowcount=executed.rowcount,
             identities=executed.identities,
-            session=session,
+            session=public,
         )
     return executed.result
-
-
-def _robust(session: sa_orm.Session) -> bool:
-    installation = installation_for(session)
-    return installation is None or installation.robust
 
 
 _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
@@ -271,13 +294,16 @@ def _model_send(
         target, include_collections=False
     ):
         return
+    aio = installation.aio
+    public = session if aio is None else aio.public(session)
     send(
         signal,
         mapper.class_,
-        session,
+        public,
         installation.robust,
+        aio,
         instance=target,
-        session=session,
+        session=public,
         **kwargs,
     )
 
@@ -331,7 +357,8 @@ _MAPPER_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
 def install(target: InstallTarget, /, *, robust: bool = True, track_changes: bool = False) -> None:
     """Send sa_signals signals and run on_commit callbacks for sessions made by ``target``.
 
-    ``target`` is a ``scoped_session``, a ``sessionmaker`` or a ``Session`` subclass. Installing
+    ``target`` is a ``scoped_session``, a ``sessionmaker`` or a ``Session`` subclass, or an
+    ``async_scoped_session`` or ``async_sessionmaker`` (see ``docs/asyncio.md``). Installing
     the same target again does nothing. Give the ``scoped_session`` when there is one: its
     registry is where callbacks find their distinct session.
 
@@ -343,10 +370,21 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
     signals (``models_committed`` ...) even while they have no receivers; otherwise recording
     happens only while one of them has a receiver.
     """
-    session_class, maker, scoped = _resolve(target)
     with _lock:
+        aio = None
+        if is_async_factory(target):
+            from ._aio import async_support  # needs greenlet: only for async users
+
+            aio = async_support(target, create=True)
+            assert aio is not None
+            session_class, maker, scoped = aio.session_class, None, None
+        else:
+            session_class, maker, scoped = _resolve(target)
         existing: Installation | None = session_class.__dict__.get(INSTALLATION_ATTR)
         if existing is not None:
+            if existing.aio is not None and aio is not None:
+                _check_same_async(existing, target, robust)
+                return
             _check_same(existing, scoped, robust, target)
             if track_changes and not existing.track_changes:
                 existing.track_changes = True
@@ -368,15 +406,14 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
                 sa_event.listen(sa_orm.Mapper, name, listener)
         for name, listener in _SESSION_LISTENERS:
             sa_event.listen(session_class, name, listener)
-        setattr(
-            session_class,
-            INSTALLATION_ATTR,
-            Installation(session_class, maker, scoped, robust, track_changes),
-        )
+        installation = Installation(session_class, maker, scoped, robust, track_changes, aio)
+        setattr(session_class, INSTALLATION_ATTR, installation)
         if track_changes:
             changes.force_tracking(1)
         _installed.append(session_class)
         _sync_execute_listener()
+        if aio is not None:
+            aio.apply()
 
 
 def uninstall(target: InstallTarget, /) -> None:
@@ -384,10 +421,21 @@ def uninstall(target: InstallTarget, /) -> None:
 
     Callbacks still queued on open transactions of its sessions will not run.
     """
-    session_class, _, _ = _resolve(target)
     with _lock:
+        aio = None
+        if is_async_factory(target):
+            from ._aio import async_support
+
+            aio = async_support(target, create=False)
+            if aio is None:
+                return
+            session_class = aio.session_class
+        else:
+            session_class, _, _ = _resolve(target)
         if session_class not in _installed:
             return
+        if aio is not None:
+            aio.restore()
         for name, listener in _SESSION_LISTENERS:
             sa_event.remove(session_class, name, listener)
         if session_class.__dict__[INSTALLATION_ATTR].track_changes:
@@ -400,6 +448,26 @@ def uninstall(target: InstallTarget, /) -> None:
         if not _installed:
             for name, listener in _MAPPER_LISTENERS:
                 sa_event.remove(sa_orm.Mapper, name, listener)
+
+
+def _check_same_async(existing: Installation, target: t.Any, robust: bool) -> None:
+    assert existing.aio is not None
+    if existing.robust != robust:
+        msg = f"{target!r} is already installed with robust={existing.robust}; uninstall it first."
+        raise InstallError(msg)
+    scoped = None if target is existing.aio.maker else target
+    if (
+        scoped is not None
+        and existing.aio.scoped is not None
+        and existing.aio.scoped is not scoped
+    ):
+        msg = (
+            f"{target!r} shares its async_sessionmaker with an async_scoped_session that is"
+            " already installed; give each async_scoped_session its own async_sessionmaker."
+        )
+        raise InstallError(msg)
+    if scoped is not None:
+        existing.aio.scoped = scoped
 
 
 def _check_same(
@@ -441,7 +509,8 @@ def _resolve(
     if isinstance(target, sa_orm.Session):
         hint = " To cover one session, install the sessionmaker or scoped_session it came from."
     msg = (
-        "install() takes a scoped_session, a sessionmaker or a Session subclass,"
+        "install() takes a scoped_session, a sessionmaker, a Session subclass, an"
+        " async_scoped_session or an async_sessionmaker,"
         f" got {target!r}.{hint}"
     )
     raise InstallError(msg)

@@ -19,6 +19,7 @@ from .exceptions import OutsideCallbackError
 from .exceptions import SessionLeftOpenError
 
 if t.TYPE_CHECKING:
+    from ._aio import AsyncSupport
     from ._state import Installation
 
 
@@ -53,6 +54,20 @@ class _Batch:
         self.items = items
         self.origin = origin
         self.installation = installation
+
+
+class Slot(t.Protocol):
+    """The distinct session of one commit-time call: :class:`DistinctSlot` or its async twin."""
+
+    def get(self) -> sa_orm.Session: ...
+
+    def created(self) -> sa_orm.Session | None: ...
+
+    def holds(self, session: sa_orm.Session) -> bool: ...
+
+    def commit(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class DistinctSlot:
@@ -120,7 +135,7 @@ class DistinctSlot:
                 self.previous = None
 
 
-_current: contextvars.ContextVar[DistinctSlot | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
     "sa_signals_current_slot", default=None
 )
 _pending: contextvars.ContextVar[collections.deque[_Batch] | None] = contextvars.ContextVar(
@@ -165,6 +180,7 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
     pending = collections.deque((batch,))
     token = _pending.set(pending)
     first_error: Exception | None = None
+    work: Work | None = None
     try:
         while pending:
             current = pending[0]
@@ -175,27 +191,39 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
             error = _run_one(work, current.origin, current.installation)
             if error is not None and first_error is None:
                 first_error = error
+    except BaseException as exc:
+        # KeyboardInterrupt, or the task's cancellation while a callback awaited.
+        if work is not None:
+            logger.error("commit-time call %s was interrupted by %r", describe(work.func), exc)
+        raise
     finally:
         _pending.reset(token)
-        dropped = sum(1 for batch in pending for _ in batch.items)
+        dropped = [describe(item.func) for batch in pending for item in batch.items]
         if dropped:
-            logger.error("%d commit-time call(s) did not run: the run was interrupted", dropped)
+            logger.error(
+                "%d commit-time call(s) did not run: the run was interrupted (%s)",
+                len(dropped),
+                ", ".join(dropped),
+            )
     if first_error is not None:
         raise first_error
 
 
 def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> Exception | None:
     was_open = origin.in_transaction()
-    slot = DistinctSlot(installation, origin)
+    aio = installation.aio
+    slot: Slot = DistinctSlot(installation, origin) if aio is None else aio.slot(origin)
     token = _current.set(slot)
     try:
         try:
-            if work.is_coroutine:
+            if work.is_coroutine and aio is None:
                 raise _coroutine_error(work.func)
             result = work.func(*work.args, **(work.kwargs or {}))
             if inspect.iscoroutine(result):
-                result.close()
-                raise _coroutine_error(work.func)
+                if aio is None:
+                    result.close()
+                    raise _coroutine_error(work.func)
+                aio.await_(result)
             slot.commit()
         finally:
             slot.release()
@@ -209,7 +237,7 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             )
             raise SessionLeftOpenError(msg)
     except Exception as exc:
-        report(work, origin, exc)
+        report(work, origin if aio is None else aio.public(origin), exc, aio)
         return None if work.robust else exc
     return None
 
@@ -229,27 +257,38 @@ def _close_quietly(session: sa_orm.Session) -> None:
         logger.exception("rolling back %r failed", session)
 
 
-def report(work: Work, origin: sa_orm.Session, exc: Exception) -> None:
+def report(work: Work, origin: object, exc: Exception, aio: AsyncSupport | None) -> None:
     """Log ``exc`` raised by ``work`` and send it on the matching failure signal."""
     if work.signal is None:
         logger.error("on_commit callback %s failed", describe(work.func), exc_info=exc)
-        send_failure(signals.on_commit_failed, origin, callback=work.func, exception=exc)
+        send_failure(signals.on_commit_failed, origin, aio, callback=work.func, exception=exc)
     else:
-        report_receiver(work.signal, work.func, origin, exc)
+        report_receiver(work.signal, work.func, origin, exc, aio)
 
 
-def report_receiver(signal: Signal, receiver: object, origin: object, exc: Exception) -> None:
+def report_receiver(
+    signal: Signal, receiver: object, origin: object, exc: Exception, aio: AsyncSupport | None
+) -> None:
     """Log a failing receiver of ``signal`` and send it on ``receiver_failed``."""
     logger.error("receiver %s of %s failed", describe(receiver), signal.name, exc_info=exc)
-    send_failure(signals.receiver_failed, origin, signal=signal, receiver=receiver, exception=exc)
+    send_failure(
+        signals.receiver_failed, origin, aio, signal=signal, receiver=receiver, exception=exc
+    )
 
 
-def send_failure(signal: Signal, sender: object, /, **kwargs: t.Any) -> None:
+def send_failure(
+    signal: Signal, sender: object, aio: AsyncSupport | None, /, **kwargs: t.Any
+) -> None:
     """Send a failure signal; a receiver that raises here is only logged."""
     if not signal.receivers:
         return
-    for receiver, _ in signal.receivers_in_order(sender):
+    for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
-            receiver(sender, **kwargs)
+            if not is_coroutine:
+                receiver(sender, **kwargs)
+            elif aio is None:
+                raise _coroutine_error(receiver)
+            else:
+                aio.await_(receiver(sender, **kwargs))
         except Exception:
             logger.exception("receiver %s of %s failed", describe(receiver), signal.name)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import typing as t
 
 import sqlalchemy.orm as sa_orm
 
 if t.TYPE_CHECKING:
+    import types
+
     import sqlalchemy as sa
 
+    from ._aio import AsyncSupport
     from .changes import Event
     from .on_commit import Pending
+    from .typing import AsyncSessionFactory
 
 INSTALLATION_ATTR = "_sa_signals_installation"
 """Class attribute set on an installed session class; subclasses inherit it."""
@@ -26,7 +31,7 @@ commit on it (a SAVEPOINT release) counts as a real COMMIT."""
 class Installation:
     """What ``install()`` recorded for one session class."""
 
-    __slots__ = ("maker", "robust", "scoped", "session_class", "track_changes")
+    __slots__ = ("aio", "maker", "robust", "scoped", "session_class", "track_changes")
 
     def __init__(
         self,
@@ -35,12 +40,15 @@ class Installation:
         scoped: sa_orm.scoped_session[t.Any] | None,
         robust: bool,
         track_changes: bool = False,
+        aio: AsyncSupport | None = None,
     ) -> None:
         self.session_class = session_class
         self.maker = maker
         self.scoped = scoped
         self.robust = robust
         self.track_changes = track_changes
+        self.aio = aio
+        """Set for an ``async_sessionmaker`` or ``async_scoped_session`` install."""
 
     def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
         """Return a fresh session configured like ``origin``."""
@@ -58,6 +66,22 @@ class Installation:
         # A bare Session class install: reuse the origin's binds, nothing else is known.
         binds: dict[t.Any, t.Any] = getattr(origin, "_Session__binds", {})
         return self.session_class(bind=origin.bind, binds=dict(binds) or None)
+
+
+def async_api() -> types.ModuleType | None:
+    """Return ``sqlalchemy.ext.asyncio`` if it was imported; no async object exists before.
+
+    Checking this instead of importing it keeps greenlet optional for sync users.
+    """
+    return sys.modules.get("sqlalchemy.ext.asyncio")
+
+
+def is_async_factory(target: object) -> t.TypeGuard[AsyncSessionFactory]:
+    """Whether ``target`` is an ``async_sessionmaker`` or an ``async_scoped_session``."""
+    api = async_api()
+    return api is not None and isinstance(
+        target, (api.async_sessionmaker, api.async_scoped_session)
+    )
 
 
 def installation_for(session: sa_orm.Session) -> Installation | None:

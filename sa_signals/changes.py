@@ -404,10 +404,11 @@ def _will_commit(session: sa_orm.Session) -> bool:
     )
 
 
-def commit_work(
-    events: list[Event], session: sa_orm.Session, installation: Installation
-) -> list[Work]:
-    """Return the commit-time sends of ``models_committed`` and ``committed`` for ``events``."""
+def commit_work(events: list[Event], session: object, installation: Installation) -> list[Work]:
+    """Return the commit-time sends of ``models_committed`` and ``committed`` for ``events``.
+
+    ``session`` is the sender: the session the user holds (an ``AsyncSession`` for async).
+    """
     changes = net_changes(events)
     if not changes:
         return []

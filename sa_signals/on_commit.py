@@ -9,6 +9,7 @@ import sqlalchemy.orm as sa_orm
 from ._dispatch import _is_coroutine_function
 from ._runner import run
 from ._runner import Work
+from ._state import async_api
 from ._state import current_transaction
 from ._state import installation_for
 from ._state import SessionState
@@ -37,7 +38,9 @@ class Pending(Work):
 def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = True) -> None:
     """Run ``callback`` after the outermost transaction of ``target`` truly commits.
 
-    ``target`` is a session, or a ``scoped_session`` standing for its current session.
+    ``target`` is a session, or a ``scoped_session`` standing for its current session; an
+    ``AsyncSession`` or ``async_scoped_session`` also takes coroutine functions, awaited
+    before ``await commit()`` returns (see ``docs/asyncio.md``).
 
     The callback is dropped if that transaction, or a savepoint it was registered in, rolls
     back. It runs with no arguments inside a distinct session (see :func:`current_session`).
@@ -55,8 +58,7 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     elif isinstance(target, sa_orm.Session):
         session = target
     else:
-        msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
-        raise TypeError(msg)
+        session = _sync_session_of(target)
     installation = installation_for(session)
     if installation is None:
         msg = (
@@ -64,7 +66,9 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
             " sessionmaker or scoped_session before registering on_commit callbacks."
         )
         raise NotInstalledError(msg)
-    if _is_coroutine_function(callback):
+    aio = installation.aio
+    is_coroutine = _is_coroutine_function(callback)
+    if is_coroutine and aio is None:
         msg = (
             f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
             " where nothing can await it; pass a plain function."
@@ -72,9 +76,32 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         raise CoroutineMisuseError(msg)
     transaction = current_transaction(session)
     if transaction is None:
+        if is_coroutine and aio is not None and not aio.can_await():
+            msg = (
+                f"on_commit() cannot await the coroutine function {callback!r} now: the"
+                " AsyncSession is not in a transaction, so it would run at once; use"
+                " `await sa_signals.on_commit_async(callback, session)`."
+            )
+            raise CoroutineMisuseError(msg)
         run((Work(callback, robust),), session, installation)
         return
     state_of(session).queue.append(Pending(transaction, callback, robust))
+
+
+def _sync_session_of(target: object) -> sa_orm.Session:
+    api = async_api()
+    if api is not None:
+        if isinstance(target, api.AsyncSession):
+            session: sa_orm.Session = target.sync_session
+            return session
+        if isinstance(target, api.async_scoped_session):
+            session = target().sync_session
+            return session
+    msg = (
+        "on_commit() needs a Session or a scoped_session (or an AsyncSession or an"
+        f" async_scoped_session), got {target!r}"
+    )
+    raise TypeError(msg)
 
 
 def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> None:

@@ -5,37 +5,48 @@ from __future__ import annotations
 import collections.abc as c
 import contextlib
 import functools
+import inspect
 import typing as t
 
 import sqlalchemy.orm as sa_orm
 
 from ._dispatch import logger
+from ._state import is_async_factory
 from .exceptions import ScopeError
 
 if t.TYPE_CHECKING:
     import types
 
+    import sqlalchemy.ext.asyncio as sa_asyncio
+
+    from .typing import AsyncSessionFactory
     from .typing import SessionFactory
 
 R = t.TypeVar("R")
 
 
+Opener: t.TypeAlias = c.Callable[[], contextlib.AbstractContextManager[sa_orm.Session]]
+AsyncOpener: t.TypeAlias = (
+    "c.Callable[[], contextlib.AbstractAsyncContextManager[sa_asyncio.AsyncSession]]"
+)
+
+
 class SessionScope:
     """A unit of work over one session: a context manager, and a decorator.
 
-    As a decorator it passes the session to the function as the keyword ``session``; a caller
-    that passes ``session=`` itself keeps control of that session (no commit, no close), so
-    decorated functions compose inside an outer scope.
+    Over an async factory it is an async context manager (``async with``) and decorates
+    ``async def`` functions. As a decorator it passes the session to the function as the
+    keyword ``session``; a caller that passes ``session=`` itself keeps control of that session
+    (no commit, no close), so decorated functions compose inside an outer scope.
     """
 
-    def __init__(
-        self, opener: c.Callable[[], contextlib.AbstractContextManager[sa_orm.Session]]
-    ) -> None:
+    def __init__(self, opener: Opener | None, async_opener: AsyncOpener | None = None) -> None:
         self._opener = opener
-        self._active: list[contextlib.AbstractContextManager[sa_orm.Session]] = []
+        self._async_opener = async_opener
+        self._active: list[t.Any] = []
 
     def __enter__(self) -> sa_orm.Session:
-        manager = self._opener()
+        manager = self._sync_opener()
         session = manager.__enter__()
         self._active.append(manager)
         return session
@@ -46,30 +57,85 @@ class SessionScope:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> bool | None:
-        return self._active.pop().__exit__(exc_type, exc, tb)
+        result: bool | None = self._active.pop().__exit__(exc_type, exc, tb)
+        return result
+
+    async def __aenter__(self) -> sa_asyncio.AsyncSession:
+        manager = self._get_async_opener()()
+        session = await manager.__aenter__()
+        self._active.append(manager)
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool | None:
+        result: bool | None = await self._active.pop().__aexit__(exc_type, exc, tb)
+        return result
 
     def __call__(self, func: c.Callable[..., R]) -> c.Callable[..., R]:
+        if inspect.iscoroutinefunction(func):
+            return self._wrap_async(func)
+        opener = self._sync_opener
+
         @functools.wraps(func)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> R:
             if kwargs.get("session") is not None:
                 return func(*args, **kwargs)
-            with self._opener() as session:
+            with opener() as session:
                 return func(*args, session=session, **kwargs)
 
         return wrapper
 
+    def _wrap_async(self, func: c.Callable[..., t.Any]) -> c.Callable[..., t.Any]:
+        opener = self._get_async_opener()
 
-def session_scope(factory: SessionFactory, /) -> SessionScope:
+        @functools.wraps(func)
+        async def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            if kwargs.get("session") is not None:
+                return await func(*args, **kwargs)
+            async with opener() as session:
+                return await func(*args, session=session, **kwargs)
+
+        return wrapper
+
+    def _sync_opener(self) -> contextlib.AbstractContextManager[sa_orm.Session]:
+        if self._opener is None:
+            msg = (
+                "this scope is over an async factory: use `async with`, or decorate an"
+                " `async def` function."
+            )
+            raise TypeError(msg)
+        return self._opener()
+
+    def _get_async_opener(self) -> AsyncOpener:
+        if self._async_opener is None:
+            msg = (
+                "this scope is over a synchronous factory: use `with`, or decorate a plain"
+                " function; give an async_sessionmaker or async_scoped_session for `async with`."
+            )
+            raise TypeError(msg)
+        return self._async_opener
+
+
+def session_scope(factory: SessionFactory | AsyncSessionFactory, /) -> SessionScope:
     """Return a scope that yields a session, commits on success and rolls back on error.
 
     The session is always closed at the end; for a ``scoped_session``, ``remove()`` is called, so
-    the registry holds nothing afterwards. An exception is re-raised after the rollback.
+    the registry holds nothing afterwards. An exception is re-raised after the rollback. Over an
+    ``async_sessionmaker`` or ``async_scoped_session`` the same holds with ``async with``.
     """
+    if is_async_factory(factory):
+        from ._aio import unit_of_work  # needs greenlet: only for async users
+
+        return SessionScope(None, functools.partial(unit_of_work, factory))
     _check_factory(factory, "session_scope")
-    return SessionScope(functools.partial(_unit_of_work, factory))
+    return SessionScope(functools.partial(_unit_of_work, t.cast("SessionFactory", factory)))
 
 
-def distinct_session(factory: SessionFactory, /) -> SessionScope:
+def distinct_session(factory: SessionFactory | AsyncSessionFactory, /) -> SessionScope:
     """Return a scope over a fresh session that commits on its own, whatever the outer one does.
 
     For a ``scoped_session`` the fresh session is set into its registry for the duration (so
@@ -79,8 +145,12 @@ def distinct_session(factory: SessionFactory, /) -> SessionScope:
     .. note:: SQLite lets one connection write at a time: the distinct session cannot write
        while the outer session holds an open write transaction on the same database file.
     """
+    if is_async_factory(factory):
+        from ._aio import distinct
+
+        return SessionScope(None, functools.partial(distinct, factory))
     _check_factory(factory, "distinct_session")
-    return SessionScope(functools.partial(_distinct, factory))
+    return SessionScope(functools.partial(_distinct, t.cast("SessionFactory", factory)))
 
 
 def _check_factory(factory: object, name: str) -> None:

@@ -3,11 +3,21 @@
 SQLite always runs. PostgreSQL and MariaDB run when their URL is given in
 ``SA_SIGNALS_TEST_POSTGRESQL_URL`` / ``SA_SIGNALS_TEST_MARIADB_URL``; a server that was named but
 cannot be reached fails the run instead of skipping it.
+
+Tests that take the ``flavour`` fixture (directly, or through ``AnySession`` / ``any_session``)
+run twice: ``sync`` with a ``scoped_session``, and ``async`` with an ``async_scoped_session`` over
+the backend's async driver (aiosqlite, asyncpg, aiomysql; the URL is derived from the sync one,
+or given in ``SA_SIGNALS_TEST_POSTGRESQL_ASYNC_URL`` / ``SA_SIGNALS_TEST_MARIADB_ASYNC_URL``).
+An async-flavoured test body runs inside one asyncio task, in SQLAlchemy's greenlet, so it
+writes ``flavour.aw(session.commit())`` for both flavours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc as c
+import contextlib
+import inspect
 import os
 import typing as t
 
@@ -15,7 +25,9 @@ import hypothesis
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
+import sqlalchemy.util.concurrency as sa_concurrency
 
 import sa_signals
 from tests.models import Base
@@ -40,7 +52,20 @@ DEFERRABLE = ("sqlite", "postgresql")
 """Backends with DEFERRABLE INITIALLY DEFERRED constraints."""
 
 
+ASYNC_URL_VARIABLES = {
+    "postgresql": "SA_SIGNALS_TEST_POSTGRESQL_ASYNC_URL",
+    "mariadb": "SA_SIGNALS_TEST_MARIADB_ASYNC_URL",
+}
+
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+"""The async driver for each backend; MySQL-family URLs use ``mysql+aiomysql``."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "flavour" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("flavours")
+        flavours = list(marker.args) if marker is not None else ["sync", "async"]
+        metafunc.parametrize("flavour", flavours, indirect=True)
     if "backend" not in metafunc.fixturenames:
         return
     backends = configured_backends()
@@ -110,6 +135,196 @@ def _clean_rows(request: pytest.FixtureRequest) -> c.Iterator[None]:
                 connection.execute(table.delete())
 
 
+def async_url(backend: str, engine: sa.Engine) -> sa.URL:
+    """The async URL of ``backend``: from its variable, or ``engine``'s with the async driver."""
+    given = os.environ.get(ASYNC_URL_VARIABLES.get(backend, ""))
+    if given:
+        return sa.make_url(given)
+    driver = ASYNC_DRIVERS.get(backend, "mysql+aiomysql")
+    return engine.url.set(drivername=driver)
+
+
+def async_engine(backend: str, engine: sa.Engine) -> sa_asyncio.AsyncEngine:
+    """A new async engine on the database of ``engine`` (the tables exist already)."""
+    if backend != "sqlite":
+        return sa_asyncio.create_async_engine(async_url(backend, engine), pool_size=10)
+    new = sa_asyncio.create_async_engine(async_url(backend, engine), connect_args={"timeout": 10})
+
+    # As for pysqlite: let SQLAlchemy emit BEGIN itself so that SAVEPOINT works.
+    @sa_event.listens_for(new.sync_engine, "connect")
+    def _connect(dbapi_connection: t.Any, record: object) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa_event.listens_for(new.sync_engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return new
+
+
+class Flavour:
+    """Drives a test in one flavour: ``sync``, or ``async`` inside one task of ``runner``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.is_async = name == "async"
+        self.runner = asyncio.Runner() if self.is_async else None
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def aw(self, value: t.Any) -> t.Any:
+        """Return ``value``, awaited first if it is awaitable (the async API's result)."""
+        if self.is_async and inspect.isawaitable(value):
+            return sa_concurrency.await_only(value)
+        return value
+
+    def run(self, coroutine: c.Coroutine[t.Any, t.Any, t.Any]) -> t.Any:
+        """Run ``coroutine`` to completion in this flavour's event loop."""
+        assert self.runner is not None
+        return self.runner.run(coroutine)
+
+    @contextlib.contextmanager
+    def begin(self, session: t.Any) -> c.Iterator[t.Any]:
+        """``with session.begin():`` in either flavour."""
+        with self.enter(session.begin()) as transaction:
+            yield transaction
+
+    @contextlib.contextmanager
+    def nested(self, session: t.Any) -> c.Iterator[t.Any]:
+        """``with session.begin_nested():`` in either flavour."""
+        with self.enter(session.begin_nested()) as transaction:
+            yield transaction
+
+    @contextlib.contextmanager
+    def enter(self, manager: t.Any) -> c.Iterator[t.Any]:
+        """``with manager``, or ``async with manager`` in the async flavour."""
+        if not self.is_async:
+            with manager as transaction:
+                yield transaction
+            return
+        transaction = self.aw(manager.__aenter__())
+        try:
+            yield transaction
+        except BaseException as exc:
+            if not self.aw(manager.__aexit__(type(exc), exc, exc.__traceback__)):
+                raise
+        else:
+            self.aw(manager.__aexit__(None, None, None))
+
+
+@pytest.fixture
+def flavour(request: pytest.FixtureRequest) -> c.Iterator[Flavour]:
+    """``sync`` or ``async``; see the module docstring."""
+    new = Flavour(request.param)
+    yield new
+    if new.runner is not None:
+        new.runner.close()
+
+
+class InTask:
+    """A fixture value made inside the async test's task, where task scopes exist."""
+
+    def __init__(self, make: c.Callable[[], object]) -> None:
+        self.make = make
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests in ``arunner``, async-flavoured ones in SQLAlchemy's greenlet."""
+    names = pyfuncitem._fixtureinfo.argnames
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        runner = pyfuncitem.funcargs["arunner"]
+        assert isinstance(runner, asyncio.Runner), "an async def test needs the arunner fixture"
+        runner.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+        return True
+    flavour = pyfuncitem.funcargs.get("flavour")
+    if not isinstance(flavour, Flavour) or not flavour.is_async:
+        return None
+
+    def body() -> None:
+        args = {name: pyfuncitem.funcargs[name] for name in names}
+        for name, value in args.items():
+            if isinstance(value, InTask):
+                args[name] = value.make()
+        pyfuncitem.obj(**args)
+
+    flavour.run(sa_concurrency.greenlet_spawn(body))
+    return True
+
+
+@pytest.fixture
+def AnySession(flavour: Flavour, backend: str, engine: sa.Engine) -> c.Iterator[t.Any]:
+    """An installed ``scoped_session``, or ``async_scoped_session`` per task, by flavour."""
+    if not flavour.is_async:
+        scoped = sa_orm.scoped_session(sa_orm.sessionmaker(engine))
+        sa_signals.install(scoped)
+        yield scoped
+        scoped.remove()
+        sa_signals.uninstall(scoped)
+        return
+    new = async_engine(backend, engine)
+    ascoped = sa_asyncio.async_scoped_session(
+        sa_asyncio.async_sessionmaker(new), scopefunc=asyncio.current_task
+    )
+    sa_signals.install(ascoped)
+    yield ascoped
+    sa_signals.uninstall(ascoped)
+    flavour.run(_close_all(ascoped, new))
+
+
+async def _close_all(
+    scoped: sa_asyncio.async_scoped_session[t.Any], engine: sa_asyncio.AsyncEngine | None
+) -> None:
+    for session in list(scoped.registry.registry.values()):
+        await session.close()
+    scoped.registry.registry.clear()
+    if engine is not None:
+        await engine.dispose()
+
+
+@pytest.fixture
+def arunner() -> c.Iterator[asyncio.Runner]:
+    """The event loop an ``async def`` test and its async fixtures run in."""
+    with asyncio.Runner() as runner:
+        yield runner
+
+
+@pytest.fixture
+def aengine(
+    arunner: asyncio.Runner, backend: str, engine: sa.Engine
+) -> c.Iterator[sa_asyncio.AsyncEngine]:
+    """An async engine on ``engine``'s database, disposed in ``arunner``."""
+    new = async_engine(backend, engine)
+    yield new
+    arunner.run(new.dispose())
+
+
+@pytest.fixture
+def AsyncScoped(
+    arunner: asyncio.Runner, aengine: sa_asyncio.AsyncEngine
+) -> c.Iterator[sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]]:
+    """An installed ``async_scoped_session`` scoped to the current task."""
+    scoped = sa_asyncio.async_scoped_session(
+        sa_asyncio.async_sessionmaker(aengine), scopefunc=asyncio.current_task
+    )
+    sa_signals.install(scoped)
+    yield scoped
+    sa_signals.uninstall(scoped)
+    arunner.run(_close_all(scoped, None))
+
+
+@pytest.fixture
+def any_session(AnySession: t.Any, flavour: Flavour) -> t.Any:
+    """The current session of ``AnySession`` (made inside the test's task when async)."""
+    if flavour.is_async:
+        return InTask(AnySession)
+    return AnySession()
+
+
 @pytest.fixture
 def Session(engine: sa.Engine) -> c.Iterator[sa_orm.scoped_session[sa_orm.Session]]:
     """An installed ``scoped_session``; removed and uninstalled afterwards."""
@@ -127,32 +342,50 @@ def session(Session: sa_orm.scoped_session[sa_orm.Session]) -> sa_orm.Session:
 
 
 class Recorder:
-    """Makes callbacks that record their name when run; ``assert_done`` checks what ran."""
+    """Makes callbacks that record their name when run; ``assert_done`` checks what ran.
 
-    def __init__(self) -> None:
+    With ``coroutines=True`` (the async flavour) the callbacks are coroutine functions that
+    yield to the event loop before recording, so the order checks prove they were awaited.
+    """
+
+    def __init__(self, coroutines: bool = False) -> None:
         self.done: list[object] = []
+        self.coroutines = coroutines
 
-    def do(self, name: object) -> c.Callable[[], None]:
+    def do(self, name: object) -> c.Callable[[], t.Any]:
         def callback() -> None:
             self.done.append(name)
 
-        callback.__qualname__ = f"do({name!r})"
-        return callback
+        async def acallback() -> None:
+            await asyncio.sleep(0)
+            self.done.append(name)
 
-    def fail(self, name: object, exc: Exception | None = None) -> c.Callable[[], None]:
+        chosen: t.Any = acallback if self.coroutines else callback
+        chosen.__qualname__ = f"do({name!r})"
+        return t.cast("c.Callable[[], t.Any]", chosen)
+
+    def fail(self, name: object, exc: Exception | None = None) -> c.Callable[[], t.Any]:
         def callback() -> None:
             self.done.append(name)
             raise exc or RuntimeError(f"callback {name} failed")
 
-        callback.__qualname__ = f"fail({name!r})"
-        return callback
+        async def acallback() -> None:
+            await asyncio.sleep(0)
+            callback()
+
+        chosen: t.Any = acallback if self.coroutines else callback
+        chosen.__qualname__ = f"fail({name!r})"
+        return t.cast("c.Callable[[], t.Any]", chosen)
 
     def assert_done(self, expected: list[object]) -> None:
         assert self.done == expected
 
 
 @pytest.fixture
-def recorder() -> Recorder:
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    """A recorder; its callbacks are coroutine functions in the async flavour."""
+    if "flavour" in request.fixturenames:
+        return Recorder(coroutines=request.getfixturevalue("flavour").is_async)
     return Recorder()
 
 

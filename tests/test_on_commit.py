@@ -22,9 +22,25 @@ from tests.models import orders
 
 if t.TYPE_CHECKING:
     from tests.conftest import Connector
+    from tests.conftest import Flavour
     from tests.conftest import Recorder
 
-Scoped = sa_orm.scoped_session[sa_orm.Session]
+Scoped = t.Any
+"""A ``scoped_session`` or an ``async_scoped_session``, by flavour."""
+
+AnySession = t.Any
+"""A ``Session`` or an ``AsyncSession``, by flavour."""
+
+
+@pytest.fixture
+def Session(AnySession: Scoped) -> Scoped:
+    """Every test of this module runs in the sync and the async flavour (see conftest)."""
+    return AnySession
+
+
+@pytest.fixture
+def session(any_session: AnySession) -> AnySession:
+    return any_session
 
 
 def count(engine: sa.Engine, model: type[t.Any]) -> int:
@@ -33,60 +49,69 @@ def count(engine: sa.Engine, model: type[t.Any]) -> int:
 
 
 class TestRunsAfterCommit:
-    def test_runs_once_after_commit(self, session: sa_orm.Session, recorder: Recorder) -> None:
+    def test_runs_once_after_commit(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
         """A callback runs once, after the outermost commit."""
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
         recorder.assert_done([])
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([1])
         session.add(Item(name="b"))
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([1])
 
-    def test_runs_in_registration_order(self, session: sa_orm.Session, recorder: Recorder) -> None:
+    def test_runs_in_registration_order(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
         """Callbacks run in the order they were registered."""
         session.add(Item(name="a"))
         for n in range(5):
             sa_signals.on_commit(recorder.do(n), session)
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([0, 1, 2, 3, 4])
 
     def test_accepts_the_scoped_session(
         self,
+        flavour: Flavour,
         Session: Scoped,
         recorder: Recorder,
     ) -> None:
         """A scoped_session stands for its current session."""
         Session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         recorder.assert_done([1])
 
-    def test_sees_committed_data(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_sees_committed_data(
+        self, flavour: Flavour, Session: Scoped, engine: sa.Engine
+    ) -> None:
         """The callback reads what the transaction committed."""
         seen: list[int] = []
         Session.add(Item(name="a", value=7))
         sa_signals.on_commit(
-            lambda: seen.append(Session().scalars(sa.select(Item.value)).one()), Session
+            lambda: seen.append(flavour.aw(Session().scalars(sa.select(Item.value))).one()),
+            Session,
         )
-        Session.commit()
+        flavour.aw(Session.commit())
         assert seen == [7]
 
     def test_runs_at_context_manager_commit(
         self,
+        flavour: Flavour,
         Session: Scoped,
         recorder: Recorder,
     ) -> None:
         """``with session.begin():`` commits and runs the callbacks on exit."""
-        with Session.begin():
+        with flavour.begin(Session):
             Session.add(Item(name="a"))
             sa_signals.on_commit(recorder.do(1), Session)
             recorder.assert_done([])
         recorder.assert_done([1])
 
     def test_registered_during_the_commits_own_flush_runs(
-        self, session: sa_orm.Session, recorder: Recorder, connect: Connector
+        self, flavour: Flavour, session: AnySession, recorder: Recorder, connect: Connector
     ) -> None:
         """A post_save receiver registering a callback in commit()'s final flush is not lost."""
         connect(
@@ -97,187 +122,191 @@ class TestRunsAfterCommit:
             Item,
         )
         session.add(Item(name="a"))
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done(["a"])
 
     def test_queue_cleared_after_successful_commit(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """The next transaction starts with an empty queue."""
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
-        session.commit()
+        flavour.aw(session.commit())
         session.add(Item(name="b"))
         sa_signals.on_commit(recorder.do(2), session)
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([1, 2])
 
     def test_strict_error_does_not_prevent_clearing_the_queue(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """After a strict callback raised, the next commit does not run old callbacks again."""
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.fail(1), session, robust=False)
         with pytest.raises(RuntimeError):
-            session.commit()
+            flavour.aw(session.commit())
         session.add(Item(name="b"))
         sa_signals.on_commit(recorder.do(2), session)
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([1, 2])
 
 
 class TestDiscarded:
-    def test_discards_on_rollback(self, session: sa_orm.Session, recorder: Recorder) -> None:
+    def test_discards_on_rollback(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
         """rollback() drops the callbacks; a later commit does not run them."""
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
-        session.rollback()
+        flavour.aw(session.rollback())
         session.add(Item(name="b"))
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([])
 
     def test_discards_on_exception_in_begin_block(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """An exception in ``with session.begin():`` rolls back and drops the callbacks."""
-        with pytest.raises(ZeroDivisionError), session.begin():
+        with pytest.raises(ZeroDivisionError), flavour.begin(session):
             sa_signals.on_commit(recorder.do(1), session)
             _ = 1 / 0
         recorder.assert_done([])
 
     def test_discards_on_integrity_error_at_flush(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """A flush that fails leaves a transaction that can only roll back."""
         session.add(Item(name="dup"))
-        session.commit()
+        flavour.aw(session.commit())
         session.add(Item(name="dup"))
         sa_signals.on_commit(recorder.do(1), session)
         with pytest.raises(sa_exc.IntegrityError):
-            session.commit()
-        session.rollback()
+            flavour.aw(session.commit())
+        flavour.aw(session.rollback())
         recorder.assert_done([])
 
     @pytest.mark.parametrize("end", ["close", "reset"])
     def test_discards_on_close_or_reset(
-        self, session: sa_orm.Session, recorder: Recorder, end: str
+        self, flavour: Flavour, session: AnySession, recorder: Recorder, end: str
     ) -> None:
         """close() / reset() with the transaction open drop the callbacks."""
         session.add(Item(name="a"))
-        session.flush()
+        flavour.aw(session.flush())
         sa_signals.on_commit(recorder.do(1), session)
-        getattr(session, end)()
+        flavour.aw(getattr(session, end)())
         session.add(Item(name="b"))
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([])
 
     @pytest.mark.backends("sqlite", "postgresql")
     def test_discards_when_commit_itself_fails(
-        self, session: sa_orm.Session, recorder: Recorder, engine: sa.Engine
+        self, flavour: Flavour, session: AnySession, recorder: Recorder, engine: sa.Engine
     ) -> None:
         """A deferred constraint violated at COMMIT: nothing committed, nothing runs."""
-        session.execute(orders.insert().values(id=1, customer_id=999))
+        flavour.aw(session.execute(orders.insert().values(id=1, customer_id=999)))
         sa_signals.on_commit(recorder.do(1), session)
         with pytest.raises(sa_exc.IntegrityError):
-            session.commit()
-        session.rollback()
+            flavour.aw(session.commit())
+        flavour.aw(session.rollback())
         recorder.assert_done([])
-        session.execute(customers.insert().values(id=5))
+        flavour.aw(session.execute(customers.insert().values(id=5)))
         sa_signals.on_commit(recorder.do(2), session)
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([2])
 
 
 class TestSavepoints:
     def test_discards_callbacks_from_rolled_back_savepoint(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """Only callbacks registered outside the rolled-back savepoint run, in order."""
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
-        savepoint = session.begin_nested()
+        savepoint = flavour.aw(session.begin_nested())
         sa_signals.on_commit(recorder.do(2), session)
-        savepoint.rollback()
+        flavour.aw(savepoint.rollback())
         sa_signals.on_commit(recorder.do(3), session)
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([1, 3])
 
     def test_released_savepoint_waits_for_outer_commit(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """Releasing a savepoint is not a commit."""
-        with session.begin_nested():
+        with flavour.nested(session):
             session.add(Item(name="a"))
             sa_signals.on_commit(recorder.do(1), session)
         recorder.assert_done([])
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([1])
 
     def test_inner_savepoint_rolled_back_with_outer(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """A released inner savepoint's callbacks go when its enclosing savepoint rolls back."""
-        outer = session.begin_nested()
-        with session.begin_nested():
+        outer = flavour.aw(session.begin_nested())
+        with flavour.nested(session):
             sa_signals.on_commit(recorder.do(1), session)
-        outer.rollback()
-        session.commit()
+        flavour.aw(outer.rollback())
+        flavour.aw(session.commit())
         recorder.assert_done([])
 
     def test_inner_savepoint_rolled_back_by_outer_rollback_directly(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """Rolling back an outer savepoint while an inner one is open drops both."""
-        outer = session.begin_nested()
+        outer = flavour.aw(session.begin_nested())
         sa_signals.on_commit(recorder.do(1), session)
-        session.begin_nested()
+        flavour.aw(session.begin_nested())
         sa_signals.on_commit(recorder.do(2), session)
-        outer.rollback()
+        flavour.aw(outer.rollback())
         sa_signals.on_commit(recorder.do(3), session)
-        session.commit()
+        flavour.aw(session.commit())
         recorder.assert_done([3])
 
     def test_released_savepoint_then_outer_rollback(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
     ) -> None:
         """A savepoint released, then its outer transaction rolled back: nothing runs."""
-        with session.begin_nested():
+        with flavour.nested(session):
             sa_signals.on_commit(recorder.do(1), session)
-        session.rollback()
+        flavour.aw(session.rollback())
         recorder.assert_done([])
 
-    def test_nested_to_any_depth(self, session: sa_orm.Session, recorder: Recorder) -> None:
+    def test_nested_to_any_depth(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
         """Depth does not matter: surviving levels run, rolled-back levels do not."""
         savepoints = []
         for depth in range(6):
-            savepoints.append(session.begin_nested())
+            savepoints.append(flavour.aw(session.begin_nested()))
             session.add(Item(name=f"d{depth}"))
             sa_signals.on_commit(recorder.do(depth), session)
         for savepoint in reversed(savepoints[3:]):
-            savepoint.rollback()
+            flavour.aw(savepoint.rollback())
         for savepoint in reversed(savepoints[:3]):
-            savepoint.commit()
-        session.commit()
+            flavour.aw(savepoint.commit())
+        flavour.aw(session.commit())
         recorder.assert_done([0, 1, 2])
 
     def test_integrity_error_in_savepoint_keeps_outer_callbacks(
-        self, session: sa_orm.Session, recorder: Recorder, engine: sa.Engine
+        self, flavour: Flavour, session: AnySession, recorder: Recorder, engine: sa.Engine
     ) -> None:
         """A failed flush inside a savepoint drops its callbacks; the outer ones survive."""
         session.add(Item(name="dup"))
         sa_signals.on_commit(recorder.do("outer"), session)
-        with pytest.raises(sa_exc.IntegrityError), session.begin_nested():
+        with pytest.raises(sa_exc.IntegrityError), flavour.nested(session):
             session.add(Item(name="dup"))
             sa_signals.on_commit(recorder.do("inner"), session)
-            session.flush()
-        session.commit()
+            flavour.aw(session.flush())
+        flavour.aw(session.commit())
         recorder.assert_done(["outer"])
         assert count(engine, Item) == 1
 
 
 class TestOutsideTransaction:
     def test_runs_immediately_outside_transaction(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, session: AnySession, recorder: Recorder
     ) -> None:
         """Registered with no transaction open, the callback runs at once."""
         assert not session.in_transaction()
@@ -299,6 +328,7 @@ class TestOutsideTransaction:
 class TestDistinctSession:
     def test_callback_gets_distinct_session_from_registry(
         self,
+        flavour: Flavour,
         Session: Scoped,
     ) -> None:
         """``Session()`` inside the callback is a fresh session; the original is restored."""
@@ -306,24 +336,26 @@ class TestDistinctSession:
         seen: list[sa_orm.Session] = []
         original.add(Item(name="a"))
         sa_signals.on_commit(lambda: seen.append(Session()), original)
-        original.commit()
+        flavour.aw(original.commit())
         assert seen[0] is not original
         assert isinstance(seen[0], type(original))
         assert Session() is original
 
     def test_callback_writes_are_committed(
         self,
+        flavour: Flavour,
         Session: Scoped,
         engine: sa.Engine,
     ) -> None:
         """What the callback writes through its distinct session is committed on return."""
         Session.add(Item(name="a"))
         sa_signals.on_commit(lambda: Session.add(Audit(message="saw a")), Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         assert count(engine, Audit) == 1
 
     def test_callback_writes_rolled_back_when_it_raises(
         self,
+        flavour: Flavour,
         Session: Scoped,
         engine: sa.Engine,
     ) -> None:
@@ -331,17 +363,18 @@ class TestDistinctSession:
 
         def write_then_fail() -> None:
             Session.add(Audit(message="never"))
-            Session.flush()
+            flavour.aw(Session.flush())
             raise RuntimeError("boom")
 
         Session.add(Item(name="a"))
         sa_signals.on_commit(write_then_fail, Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         assert count(engine, Audit) == 0
         assert count(engine, Item) == 1
 
     def test_original_session_left_as_sqlalchemy_left_it(
         self,
+        flavour: Flavour,
         Session: Scoped,
         engine: sa.Engine,
     ) -> None:
@@ -349,15 +382,16 @@ class TestDistinctSession:
         original = Session()
         original.add(Item(name="a"))
         sa_signals.on_commit(lambda: Session.add(Audit(message="x")), original)
-        original.commit()
+        flavour.aw(original.commit())
         assert not original.in_transaction()
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         original.add(Item(name="b"))
-        original.commit()
+        flavour.aw(original.commit())
         assert count(engine, Item) == 2
 
     def test_callback_using_original_session_is_cleaned_and_reported(
         self,
+        flavour: Flavour,
         Session: Scoped,
         connect: Connector,
         caplog: pytest.LogCaptureFixture,
@@ -368,11 +402,11 @@ class TestDistinctSession:
         original.add(Item(name="a"))
 
         def misuse() -> None:
-            original.scalars(sa.select(Item)).all()
+            flavour.aw(original.scalars(sa.select(Item))).all()
 
         sa_signals.on_commit(misuse, original)
         with caplog.at_level(logging.ERROR, logger="sa_signals"):
-            original.commit()
+            flavour.aw(original.commit())
         assert not original.in_transaction()
         assert len(failures) == 1
         assert isinstance(failures[0][1]["exception"], sa_signals.SessionLeftOpenError)
@@ -425,18 +459,19 @@ class TestDistinctSession:
         with pytest.raises(sa_signals.OutsideCallbackError, match="only inside an on_commit"):
             sa_signals.current_session()
 
-    def test_distinct_session_created_lazily(self, Session: Scoped) -> None:
+    def test_distinct_session_created_lazily(self, flavour: Flavour, Session: Scoped) -> None:
         """A callback that never asks for a session gets none: the registry stays empty."""
         states: list[bool] = []
         Session.add(Item(name="a"))
         sa_signals.on_commit(lambda: states.append(Session.registry.has()), Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         assert states == [False]
 
 
 class TestCallbacksRegisteringCallbacks:
     def test_callback_registered_in_callback_runs_after_its_session_commits(
         self,
+        flavour: Flavour,
         Session: Scoped,
         engine: sa.Engine,
     ) -> None:
@@ -449,11 +484,12 @@ class TestCallbacksRegisteringCallbacks:
 
         Session.add(Item(name="a"))
         sa_signals.on_commit(first, Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         assert seen == [1]
 
     def test_callback_registered_outside_transaction_in_callback_runs(
         self,
+        flavour: Flavour,
         Session: Scoped,
         recorder: Recorder,
     ) -> None:
@@ -466,11 +502,12 @@ class TestCallbacksRegisteringCallbacks:
         Session.add(Item(name="a"))
         sa_signals.on_commit(first, Session)
         sa_signals.on_commit(recorder.do("third"), Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         recorder.assert_done(["first", "second", "third"])
 
     def test_hundreds_of_nested_registrations_do_not_recurse(
         self,
+        flavour: Flavour,
         Session: Scoped,
         recorder: Recorder,
     ) -> None:
@@ -487,14 +524,15 @@ class TestCallbacksRegisteringCallbacks:
 
         Session.add(Item(name="a"))
         sa_signals.on_commit(chain(0), Session)
-        Session.commit()
+        flavour.aw(Session.commit())
         recorder.assert_done(list(range(501)))
 
 
 class TestErrors:
     def test_robust_failure_logged_and_others_run(
         self,
-        session: sa_orm.Session,
+        flavour: Flavour,
+        session: AnySession,
         recorder: Recorder,
         connect: Connector,
         caplog: pytest.LogCaptureFixture,
@@ -507,7 +545,7 @@ class TestErrors:
         sa_signals.on_commit(failing, session)
         sa_signals.on_commit(recorder.do(3), session)
         with caplog.at_level(logging.ERROR, logger="sa_signals"):
-            session.commit()
+            flavour.aw(session.commit())
         recorder.assert_done([1, 2, 3])
         assert [(sender, kw["callback"]) for sender, kw in failures] == [(session, failing)]
         assert str(failures[0][1]["exception"]) == "callback 2 failed"
@@ -517,24 +555,25 @@ class TestErrors:
         assert record.exc_info is not None
 
     def test_non_robust_failure_propagates_after_others_ran(
-        self, session: sa_orm.Session, recorder: Recorder, engine: sa.Engine
+        self, flavour: Flavour, session: AnySession, recorder: Recorder, engine: sa.Engine
     ) -> None:
         """robust=False raises out of commit() after every other callback ran; data stays."""
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.fail(1, ValueError("strict")), session, robust=False)
         sa_signals.on_commit(recorder.do(2), session)
         with pytest.raises(ValueError, match="strict"):
-            session.commit()
+            flavour.aw(session.commit())
         recorder.assert_done([1, 2])
         assert count(engine, Item) == 1
         assert not session.in_transaction()
         session.add(Item(name="b"))
-        session.commit()
+        flavour.aw(session.commit())
         assert count(engine, Item) == 2
 
     def test_failing_failure_receiver_is_only_logged(
         self,
-        session: sa_orm.Session,
+        flavour: Flavour,
+        session: AnySession,
         recorder: Recorder,
         connect: Connector,
         caplog: pytest.LogCaptureFixture,
@@ -549,13 +588,14 @@ class TestErrors:
         sa_signals.on_commit(recorder.fail(1), session)
         sa_signals.on_commit(recorder.do(2), session)
         with caplog.at_level(logging.ERROR, logger="sa_signals"):
-            session.commit()
+            flavour.aw(session.commit())
         recorder.assert_done([1, 2])
         assert "receiver broke" in caplog.text
 
     @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit, GeneratorExit])
     def test_base_exceptions_propagate_and_session_stays_usable(
         self,
+        flavour: Flavour,
         Session: Scoped,
         recorder: Recorder,
         exc_type: type[BaseException],
@@ -572,12 +612,12 @@ class TestErrors:
         sa_signals.on_commit(interrupt, original)
         sa_signals.on_commit(recorder.do("later"), original)
         with caplog.at_level(logging.ERROR, logger="sa_signals"), pytest.raises(exc_type):
-            original.commit()
+            flavour.aw(original.commit())
         assert Session() is original
         assert not original.in_transaction()
         assert "1 commit-time call(s) did not run" in caplog.text
         original.add(Item(name="b"))
-        original.commit()
+        flavour.aw(original.commit())
 
 
 class TestTestSavepointPattern:
@@ -585,24 +625,26 @@ class TestTestSavepointPattern:
         "mode", ["create_savepoint", "rollback_only", "conditional_savepoint"]
     )
     def test_no_callbacks_when_joined_into_outer_transaction(
-        self, engine: sa.Engine, recorder: Recorder, mode: str
+        self, flavour: Flavour, Session: Scoped, recorder: Recorder, mode: str
     ) -> None:
         """session.commit() inside a test's outer transaction commits nothing: nothing runs."""
-        maker = sa_orm.sessionmaker(join_transaction_mode=mode)  # type: ignore[call-overload]
+        bind = Session.session_factory.kw["bind"]
+        maker = type(Session.session_factory)(join_transaction_mode=mode)
         sa_signals.install(maker)
         try:
-            with engine.connect() as connection:
-                outer = connection.begin()
-                session = maker(bind=connection)
-                session.add(Item(name="a"))
-                sa_signals.on_commit(recorder.do(1), session)
-                session.commit()
-                sa_signals.on_commit(recorder.do(2), session)  # no transaction: at once
-                session.begin()
-                sa_signals.on_commit(recorder.do(3), session)
-                session.commit()  # no SQL emitted: the bound connection decides
-                session.close()
-                outer.rollback()
+            connection = flavour.aw(bind.connect())
+            outer = flavour.aw(connection.begin())
+            session = maker(bind=connection)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do(1), session)
+            flavour.aw(session.commit())
+            sa_signals.on_commit(recorder.do(2), session)  # no transaction: at once
+            flavour.aw(session.begin())
+            sa_signals.on_commit(recorder.do(3), session)
+            flavour.aw(session.commit())  # no SQL emitted: the bound connection decides
+            flavour.aw(session.close())
+            flavour.aw(outer.rollback())
+            flavour.aw(connection.close())
             recorder.assert_done([2])
         finally:
             sa_signals.uninstall(maker)
@@ -610,6 +652,7 @@ class TestTestSavepointPattern:
 
 class TestThreadsAndState:
     @pytest.mark.backends("postgresql", "mariadb")
+    @pytest.mark.flavours("sync")
     def test_eight_threads_each_run_their_own_callbacks(
         self,
         Session: Scoped,
@@ -653,6 +696,7 @@ class TestThreadsAndState:
 
     def test_nothing_kept_after_transaction(
         self,
+        flavour: Flavour,
         Session: Scoped,
     ) -> None:
         """Sessions and callbacks are collectable once the transaction ends."""
@@ -667,8 +711,8 @@ class TestThreadsAndState:
         session_ref = weakref.ref(session)
         session.add(Item(name="a"))
         sa_signals.on_commit(callback, session)
-        session.commit()
-        session.close()
+        flavour.aw(session.commit())
+        flavour.aw(session.close())
         del callback, session
         gc.collect()
         assert callback_ref() is None
@@ -676,7 +720,7 @@ class TestThreadsAndState:
 
 
 class TestBadInput:
-    def test_non_callable_fails_at_registration(self, session: sa_orm.Session) -> None:
+    def test_non_callable_fails_at_registration(self, session: AnySession) -> None:
         """A non-callable is refused at once, not at commit."""
         with pytest.raises(TypeError, match="on_commit\\(\\) needs a callable, got 42"):
             sa_signals.on_commit(42, session)  # type: ignore[arg-type]
@@ -694,6 +738,7 @@ class TestBadInput:
         ):
             sa_signals.on_commit(lambda: None, session)
 
+    @pytest.mark.flavours("sync")
     def test_coroutine_function_refused_for_sync_session(self, session: sa_orm.Session) -> None:
         """A coroutine function cannot be awaited after a sync commit: refused at once."""
 

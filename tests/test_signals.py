@@ -475,7 +475,7 @@ class TestInstall:
     @pytest.mark.parametrize(
         ("target", "message"),
         [
-            (42, "install\\(\\) takes a scoped_session, a sessionmaker or a Session subclass"),
+            (42, "install\\(\\) takes a scoped_session, a sessionmaker, a Session subclass"),
             (sa_orm.Session(), "install the sessionmaker or scoped_session it came from"),
             (sa_orm.scoped_session(lambda: sa_orm.Session()), "built on a sessionmaker"),
         ],

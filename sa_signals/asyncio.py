@@ -1,0 +1,65 @@
+"""Async helpers: :func:`on_commit_async` and :func:`current_async_session`.
+
+See ``docs/asyncio.md``. Importing this module does not need greenlet; using an
+``AsyncSession`` does (``pip install "sa-signals[asyncio]"``).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+import sqlalchemy.util.concurrency as sa_concurrency
+
+from ._runner import _current
+from ._runner import DistinctSlot
+from ._state import async_api
+from .exceptions import OutsideCallbackError
+from .on_commit import on_commit
+
+if t.TYPE_CHECKING:
+    import sqlalchemy.ext.asyncio as sa_asyncio
+
+    from ._aio import AsyncSlot
+    from .typing import AsyncCallback
+    from .typing import Callback
+
+
+def current_async_session() -> sa_asyncio.AsyncSession:
+    """Return the distinct ``AsyncSession`` of the running on_commit callback or receiver.
+
+    The async counterpart of :func:`~sa_signals.current_session`, for async installs.
+    """
+    slot = _current.get()
+    if slot is None:
+        msg = (
+            "current_async_session() works only inside an on_commit callback or a commit-time"
+            " receiver; elsewhere use your own session or sa_signals.distinct_session()."
+        )
+        raise OutsideCallbackError(msg)
+    if isinstance(slot, DistinctSlot):
+        msg = (
+            "current_async_session() was called for a synchronous Session's commit; use"
+            " sa_signals.current_session() there."
+        )
+        raise OutsideCallbackError(msg)
+    return t.cast("AsyncSlot", slot).get_async()
+
+
+async def on_commit_async(
+    callback: Callback | AsyncCallback,
+    target: sa_asyncio.AsyncSession | sa_asyncio.async_scoped_session[t.Any],
+    /,
+    *,
+    robust: bool = True,
+) -> None:
+    """Register ``callback`` like :func:`~sa_signals.on_commit`; with no transaction, run it now.
+
+    The awaitable form for an ``AsyncSession``: inside a transaction it only queues
+    ``callback`` (nothing to await); outside one it runs ``callback`` at once in a distinct
+    ``AsyncSession``, awaiting it if it is a coroutine function, and returns when it is done.
+    """
+    api = async_api()
+    if api is None or not isinstance(target, (api.AsyncSession, api.async_scoped_session)):
+        msg = f"on_commit_async() needs an AsyncSession or an async_scoped_session, got {target!r}"
+        raise TypeError(msg)
+    await sa_concurrency.greenlet_spawn(on_commit, callback, target, robust=robust)
