@@ -114,11 +114,8 @@ class DjangoSystem:
         from django.db.models.signals import post_save
 
         self.Item.objects.using(self.alias).all().delete()
-        if workload in ("W3", "A-recv"):
-            count = ROWS if workload == "W3" else self.amplification // ROWS
-            self.receivers = [make_receiver() for _ in range(count)]
-            for receiver in self.receivers:
-                post_save.connect(receiver, sender=self.Item, weak=False)
+        if workload == "W3":
+            self.connect_receivers(ROWS)
         if workload == "W6":
             self.ids = [
                 self.Item.objects.using(self.alias).create(name=f"r{i}", value=0).pk
@@ -128,12 +125,33 @@ class DjangoSystem:
             self.models_committed.connect(read_changes, weak=False)
         return True
 
-    def teardown(self, workload: str) -> None:
+    def connect_receivers(self, count: int) -> None:
+        from django.db.models.signals import post_save
+
+        self.receivers = [make_receiver() for _ in range(count)]
+        for receiver in self.receivers:
+            post_save.connect(receiver, sender=self.Item, weak=False)
+
+    def disconnect_receivers(self) -> None:
         from django.db.models.signals import post_save
 
         for receiver in self.receivers:
             post_save.disconnect(receiver, sender=self.Item)
         self.receivers = []
+
+    def before_batch(self, workload: str) -> None:
+        """Connect the receivers of an A-recv batch (its W1 batches run without them)."""
+        if workload == "A-recv":
+            self.connect_receivers(self.amplification // ROWS)
+
+    def after_batch(self, workload: str) -> None:
+        if workload == "A-recv":
+            self.disconnect_receivers()
+
+    def teardown(self, workload: str) -> None:
+        from django.db.models.signals import post_save
+
+        self.disconnect_receivers()
         if workload == "W6":
             post_save.disconnect(self._collect_diff, sender=self.Item)
             self.models_committed.disconnect(read_changes)

@@ -114,36 +114,57 @@ def make_systems(db: str, url: str | None, directory: str, settings: Settings) -
 
 def measure(
     systems: list[t.Any], workload: str, settings: Settings, rng: random.Random
-) -> dict[str, Samples | None]:
-    """Time ``workload`` on every system, interleaving their batches; seconds per transaction."""
+) -> tuple[dict[str, Samples | None], dict[str, Samples]]:
+    """Time ``workload`` on every system, interleaving their batches; seconds per transaction.
+
+    For an amplified workload each system also runs a W1 batch right before or after each of its
+    batches; the second result holds the per-round differences (amplified - W1), so that the
+    per-call figures do not carry the drift of a noisy machine.
+    """
     samples: dict[str, Samples | None] = {}
+    deltas: dict[str, Samples] = {}
     active = []
     for system in systems:
         if system.setup(workload):
             samples[system.label] = []
-            active.append((system, system.transaction(workload)))
+            base = system.transaction("W1") if workload.startswith("A-") else None
+            active.append((system, system.transaction(workload), base))
         else:
             samples[system.label] = None
     try:
         # Round 0 warms caches and the connection pools; it is not recorded.
         for round_ in range(settings.rounds + 1):
             rng.shuffle(active)
-            for system, transaction in active:
+            for system, transaction, base in active:
                 system.enter()
                 try:
-                    gc.collect()
-                    start = time.perf_counter()
-                    for _ in range(settings.batch):
-                        transaction()
-                    elapsed = time.perf_counter() - start
+                    if base is not None and round_ % 2:
+                        floor = _batch(base, settings.batch)
+                    system.before_batch(workload)
+                    try:
+                        elapsed = _batch(transaction, settings.batch)
+                    finally:
+                        system.after_batch(workload)
+                    if base is not None and not round_ % 2:
+                        floor = _batch(base, settings.batch)
                 finally:
                     system.exit()
                 if round_:
-                    t.cast(Samples, samples[system.label]).append(elapsed / settings.batch)
+                    t.cast(Samples, samples[system.label]).append(elapsed)
+                    if base is not None:
+                        deltas.setdefault(system.label, []).append(elapsed - floor)
     finally:
         for system in systems:
             system.teardown(workload)
-    return samples
+    return samples, deltas
+
+
+def _batch(transaction: t.Callable[[], None], count: int) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(count):
+        transaction()
+    return (time.perf_counter() - start) / count
 
 
 def p90(values: Samples) -> float:
@@ -181,25 +202,20 @@ def report_table(
             print(f"{name:<52} {label:<16} {us(median)} {us(p90(values))} {ratio}")
 
 
-def per_call(
-    results: dict[str, dict[str, Samples | None]], settings: Settings
-) -> dict[str, dict[str, float]]:
-    """Microseconds per call: (amplified median - W1 median) / calls per transaction."""
+def per_call(deltas: dict[str, dict[str, Samples]], settings: Settings) -> dict[str, dict[str, float]]:
+    """Microseconds per call: median of (amplified - W1) per round / calls per transaction."""
     calls = {
         "A-cb": ("per on_commit callback (no DB)", settings.amplification),
         "A-recv": ("per post_save receiver call", settings.amplification),
         "A-query": ("per callback doing one query", settings.amplification // 10),
     }
     figures: dict[str, dict[str, float]] = {}
-    base = results.get("W1", {})
     for workload, (label, count) in calls.items():
-        if workload not in results:
-            continue
-        row = figures.setdefault(label, {})
-        for system, values in results[workload].items():
-            floor = base.get(system)
-            if values and floor:
-                row[system] = (statistics.median(values) - statistics.median(floor)) * 1e6 / count
+        if workload in deltas:
+            figures[label] = {
+                system: statistics.median(values) * 1e6 / count
+                for system, values in deltas[workload].items()
+            }
     return figures
 
 
@@ -208,7 +224,7 @@ def report_per_call(figures: dict[str, dict[str, float]], settings: Settings) ->
         return
     n = settings.amplification
     print(f"\nPer call, microseconds, from the amplified workloads ({n} calls per transaction,")
-    print(f"{n // 10} for the query callbacks): (A-* median - W1 median) / calls")
+    print(f"{n // 10} for the query callbacks): median over rounds of (A-* - W1) / calls")
     print(f"{'':<32}" + "".join(f"{label:>17}" for label in SYSTEM_LABELS))
     for label, row in figures.items():
         cells = "".join(
@@ -342,12 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sa_signals_bench_") as directory:
         for db in args.db:
             systems = make_systems(db, args.postgresql, directory, settings)
+            results[db], deltas = {}, {}
             try:
-                results[db] = {w: measure(systems, w, settings, rng) for w in workloads}
+                for workload in workloads:
+                    results[db][workload], deltas[workload] = measure(
+                        systems, workload, settings, rng
+                    )
             finally:
                 for system in systems:
                     system.close()
-            figures = per_call(results[db], settings)
+            figures = per_call(deltas, settings)
             report_table(DATABASES[db], results[db], settings)
             report_per_call(figures, settings)
             if db == "sqlite-memory":

@@ -131,9 +131,8 @@ class SqlAlchemySystem:
         """Prepare ``workload``; False if this system does not run it."""
         with self.engine.begin() as connection:
             connection.execute(self.Item.__table__.delete())
-        if workload in ("W3", "A-recv"):
-            count = ROWS if workload == "W3" else self.amplification // ROWS
-            self.connect_receivers([make_receiver() for _ in range(count)])
+        if workload == "W3":
+            self.connect_receivers([make_receiver() for _ in range(ROWS)])
         if workload == "W6":
             with self.maker.begin() as session:
                 items = [self.Item(name=f"r{i}", value=0) for i in range(ROWS)]
@@ -143,8 +142,19 @@ class SqlAlchemySystem:
             return self.connect_diffs()
         return True
 
+    def before_batch(self, workload: str) -> None:
+        """Connect the receivers of an A-recv batch (its W1 batches run without them)."""
+        if workload == "A-recv":
+            self.connect_receivers(
+                [make_receiver() for _ in range(self.amplification // ROWS)]
+            )
+
+    def after_batch(self, workload: str) -> None:
+        if workload == "A-recv":
+            self.disconnect_receivers()
+
     def teardown(self, workload: str) -> None:
-        if workload in ("W3", "A-recv"):
+        if workload == "W3":
             self.disconnect_receivers()
         if workload == "W6":
             self.disconnect_diffs()

@@ -6,6 +6,7 @@ import collections.abc as c
 import inspect
 import logging
 import threading
+import types
 import typing as t
 import weakref
 
@@ -129,6 +130,10 @@ class Signal(blinker.NamedSignal):
 
 
 def _is_coroutine_function(receiver: t.Any) -> bool:
+    # Fast path, on every on_commit(): for a plain function without attributes (so without a
+    # markcoroutinefunction() marker), inspect.iscoroutinefunction() reads only the code flags.
+    if type(receiver) is types.FunctionType and not receiver.__dict__:
+        return bool(receiver.__code__.co_flags & inspect.CO_COROUTINE)
     func = getattr(receiver, "__func__", receiver)
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - a callable object's async __call__

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 import collections.abc as c
+import contextlib
 import contextvars
-import inspect
+import types
 import typing as t
 
 import sqlalchemy.orm as sa_orm
@@ -43,7 +44,7 @@ class Work:
 
 
 class _Batch:
-    __slots__ = ("installation", "items", "origin")
+    __slots__ = ("installation", "items", "origin", "slot")
 
     def __init__(
         self, items: c.Iterator[Work], origin: sa_orm.Session, installation: Installation
@@ -51,26 +52,63 @@ class _Batch:
         self.items = items
         self.origin = origin
         self.installation = installation
+        self.slot: DistinctSlot | None = None
+
+
+class _Swap:
+    """A scoped registry emptied for the items of one run and put back as it was afterwards.
+
+    Emptying it once per run rather than once per item keeps an item that never touches the
+    database cheap. It is put back before a failure is reported and at the end of the run, so
+    nothing outside the items ever sees it empty.
+    """
+
+    __slots__ = ("active", "had_previous", "previous", "registry")
+
+    def __init__(self, registry: t.Any) -> None:
+        self.registry = registry
+        self.active = False
+        self.had_previous = False
+        self.previous: sa_orm.Session | None = None
+
+    def empty(self) -> None:
+        """Save what the registry holds and empty it, unless that is already done."""
+        if self.active:
+            return
+        registry = self.registry
+        self.had_previous = registry.has()
+        if self.had_previous:
+            self.previous = registry()
+            registry.clear()
+        self.active = True
+
+    def restore(self) -> None:
+        """Put back what the registry held before :meth:`empty`."""
+        if not self.active:
+            return
+        self.active = False
+        if self.had_previous:
+            self.registry.set(self.previous)
+        else:
+            self.registry.clear()
+        self.previous = None
 
 
 class DistinctSlot:
-    """The distinct session of the item being run, created on first use."""
+    """The distinct session of the item being run, created on first use.
 
-    __slots__ = ("had_previous", "installation", "origin", "previous", "session")
+    One slot serves the items of a batch in turn, each getting a session of its own.
+    """
 
-    def __init__(self, installation: Installation, origin: sa_orm.Session) -> None:
+    __slots__ = ("installation", "origin", "session", "swap")
+
+    def __init__(
+        self, installation: Installation, origin: sa_orm.Session, swap: _Swap | None
+    ) -> None:
         self.installation = installation
         self.origin = origin
         self.session: sa_orm.Session | None = None
-        self.previous: sa_orm.Session | None = None
-        self.had_previous = False
-        scoped = installation.scoped
-        if scoped is not None:
-            registry = scoped.registry
-            if registry.has():
-                self.had_previous = True
-                self.previous = registry()
-                registry.clear()
+        self.swap = swap
 
     def get(self) -> sa_orm.Session:
         """Return the distinct session, creating it (and registering it) on first use."""
@@ -94,28 +132,34 @@ class DistinctSlot:
         """Whether ``session`` is this slot's distinct session."""
         return session is self.created()
 
-    def commit(self) -> None:
-        """Commit the distinct session's open transaction, if any."""
+    def finish(self) -> None:
+        """Commit the distinct session the item made, if any, then close it."""
         session = self.created()
-        if session is not None and session.in_transaction():
-            session.commit()
+        if session is None:
+            return
+        try:
+            if session.in_transaction():
+                session.commit()
+        finally:
+            self._close(session)
 
     def release(self) -> None:
-        """Close the distinct session and put the registry back as it was. Never raises."""
+        """Close the distinct session the item made, if any. Never raises."""
         session = self.created()
+        if session is not None:
+            self._close(session)
+
+    def _close(self, session: sa_orm.Session) -> None:
+        # Empties the registry again for the next item; the slot serves a whole batch.
         try:
-            if session is not None:
-                session.close()
+            session.close()
         except Exception:
             logger.exception("closing the distinct session %r failed", session)
         finally:
+            self.session = None
             scoped = self.installation.scoped
             if scoped is not None:
-                if self.had_previous:
-                    scoped.registry.set(self.previous)
-                else:
-                    scoped.registry.clear()
-                self.previous = None
+                scoped.registry.clear()
 
 
 _current: contextvars.ContextVar[DistinctSlot | None] = contextvars.ContextVar(
@@ -163,17 +207,18 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
     pending = collections.deque((batch,))
     token = _pending.set(pending)
     first_error: Exception | None = None
+    swaps: dict[int, _Swap] = {}
     try:
         while pending:
             current = pending[0]
-            work = next(current.items, None)
-            if work is None:
-                pending.popleft()
-                continue
-            error = _run_one(work, current.origin, current.installation)
+            error = _run_batch(current, pending, swaps)
             if error is not None and first_error is None:
                 first_error = error
+            if pending[0] is current:  # done, not interrupted by a nested batch
+                pending.popleft()
     finally:
+        for swap in swaps.values():
+            swap.restore()
         _pending.reset(token)
         dropped = sum(1 for batch in pending for _ in batch.items)
         if dropped:
@@ -182,24 +227,60 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
         raise first_error
 
 
-def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> Exception | None:
-    was_open = origin.in_transaction()
-    slot = DistinctSlot(installation, origin)
+def _run_batch(
+    batch: _Batch, pending: collections.deque[_Batch], swaps: dict[int, _Swap]
+) -> Exception | None:
+    """Run the items of ``batch`` until it is done or an item queues a nested batch.
+
+    The batch's slot stays current from one item to the next (set once, not once per item);
+    only the error path steps out of it (see :func:`_outside`).
+    """
+    slot = batch.slot
+    if slot is None:
+        swap = None
+        scoped = batch.installation.scoped
+        if scoped is not None:
+            # One swap per registry for the whole run (see _Swap), keyed by identity.
+            swap = swaps.get(id(scoped.registry))
+            if swap is None:
+                swap = swaps[id(scoped.registry)] = _Swap(scoped.registry)
+        slot = batch.slot = DistinctSlot(batch.installation, batch.origin, swap)
+    first_error: Exception | None = None
     token = _current.set(slot)
+    try:
+        for work in batch.items:
+            error = _run_one(work, slot)
+            if error is not None and first_error is None:
+                first_error = error
+            if pending[0] is not batch:  # the item queued a nested batch: it runs first
+                break
+    finally:
+        _current.reset(token)
+    return first_error
+
+
+def _run_one(work: Work, slot: DistinctSlot) -> Exception | None:
+    origin = slot.origin
+    was_open = origin.in_transaction()
+    swap = slot.swap
+    if swap is not None and not swap.active:
+        swap.empty()
     try:
         try:
             if work.is_coroutine:
                 raise _coroutine_error(work.func)
             result = work.func(*work.args)
-            if inspect.iscoroutine(result):
+            # inspect.iscoroutine(), without the call.
+            if isinstance(result, types.CoroutineType):
                 result.close()
                 raise _coroutine_error(work.func)
-            slot.commit()
-        finally:
+        except BaseException:
             slot.release()
-            _current.reset(token)
+            raise
+        slot.finish()
         if not was_open and origin.in_transaction():
-            _close_quietly(origin)
+            with _outside(slot):
+                _close_quietly(origin)
             msg = (
                 f"{describe(work.func)} began a transaction on the session that had committed;"
                 " it was rolled back. Inside a callback use the distinct session: call the"
@@ -207,9 +288,26 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             )
             raise SessionLeftOpenError(msg)
     except Exception as exc:
-        report(work, origin, exc)
+        with _outside(slot):
+            report(work, origin, exc)
         return None if work.robust else exc
     return None
+
+
+@contextlib.contextmanager
+def _outside(slot: DistinctSlot) -> c.Iterator[None]:
+    """Step out of ``slot`` (no current slot, the registry as before the run) for a while.
+
+    Failure receivers and the rollback of a session left open see the state the committing
+    code left, as if no item were running.
+    """
+    token = _current.set(None)
+    if slot.swap is not None:
+        slot.swap.restore()
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def _coroutine_error(func: object) -> CoroutineMisuseError:

@@ -29,7 +29,12 @@ class Pending(Work):
     def __init__(
         self, transaction: sa_orm.SessionTransaction, callback: Callback, robust: bool
     ) -> None:
-        super().__init__(callback, robust)
+        # Work.__init__ inlined: one of these is made per on_commit() call.
+        self.func = callback
+        self.robust = robust
+        self.args = ()
+        self.signal = None
+        self.is_coroutine = False
         self.transaction = transaction
 
 
@@ -49,10 +54,10 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     if not callable(callback):
         msg = f"on_commit() needs a callable, got {callback!r}"
         raise TypeError(msg)
-    if isinstance(target, sa_orm.scoped_session):
-        session: sa_orm.Session = target()
-    elif isinstance(target, sa_orm.Session):
-        session = target
+    if isinstance(target, sa_orm.Session):
+        session: sa_orm.Session = target
+    elif isinstance(target, sa_orm.scoped_session):
+        session = target()
     else:
         msg = f"on_commit() needs a Session or a scoped_session, got {target!r}"
         raise TypeError(msg)
