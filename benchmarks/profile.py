@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     system.setup(workload)
     transaction = system.transaction(workload)
     system.enter()
+    system.before_batch(workload)
     try:
         for _ in range(50):
             transaction()
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> int:
             transaction()
         profiler.disable()
     finally:
+        system.after_batch(workload)
         system.exit()
         system.teardown(workload)
         system.close()
