@@ -1,1 +1,1 @@
-"""Benchmarks: the cost of sa_signals next to bare SQLAlchemy, a hand-rolled listener and Django."""
+"""Benchmarks: what sa_signals costs next to bare SQLAlchemy, a hand-rolled listener, Django."""

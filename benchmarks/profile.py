@@ -10,8 +10,8 @@ import cProfile
 import pstats
 import sys
 
-from benchmarks.systems import SYSTEMS
 from benchmarks.systems import sqlite_engine
+from benchmarks.systems import SYSTEMS
 
 
 def main(argv: list[str]) -> int:

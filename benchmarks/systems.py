@@ -145,9 +145,7 @@ class SqlAlchemySystem:
     def before_batch(self, workload: str) -> None:
         """Connect the receivers of an A-recv batch (its W1 batches run without them)."""
         if workload == "A-recv":
-            self.connect_receivers(
-                [make_receiver() for _ in range(self.amplification // ROWS)]
-            )
+            self.connect_receivers([make_receiver() for _ in range(self.amplification // ROWS)])
 
     def after_batch(self, workload: str) -> None:
         if workload == "A-recv":
