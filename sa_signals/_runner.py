@@ -72,9 +72,7 @@ class _Swap:
         self.previous: sa_orm.Session | None = None
 
     def empty(self) -> None:
-        """Save what the registry holds and empty it, unless that is already done."""
-        if self.active:
-            return
+        """Save what the registry holds and empty it (callers check :attr:`active` first)."""
         registry = self.registry
         self.had_previous = registry.has()
         if self.had_previous:
@@ -245,6 +243,9 @@ def _run_batch(
             if swap is None:
                 swap = swaps[id(scoped.registry)] = _Swap(scoped.registry)
         slot = batch.slot = DistinctSlot(batch.installation, batch.origin, swap)
+    for other in swaps.values():
+        if other is not slot.swap:
+            other.restore()  # a nested batch of another installation sees the others as before
     first_error: Exception | None = None
     token = _current.set(slot)
     try:
