@@ -98,7 +98,7 @@ class DistinctSlot:
     One slot serves the items of a batch in turn, each getting a session of its own.
     """
 
-    __slots__ = ("installation", "origin", "session", "swap")
+    __slots__ = ("installation", "origin", "registry", "scoped", "session", "swap")
 
     def __init__(
         self, installation: Installation, origin: sa_orm.Session, swap: _Swap | None
@@ -107,10 +107,13 @@ class DistinctSlot:
         self.origin = origin
         self.session: sa_orm.Session | None = None
         self.swap = swap
+        # Pinned for the whole batch, like the swap.
+        self.scoped = installation.scoped if swap is not None else None
+        self.registry = None if swap is None else swap.registry
 
     def get(self) -> sa_orm.Session:
         """Return the distinct session, creating it (and registering it) on first use."""
-        scoped = self.installation.scoped
+        scoped = self.scoped
         if scoped is not None:
             session: sa_orm.Session = scoped()
             return session
@@ -120,21 +123,17 @@ class DistinctSlot:
 
     def created(self) -> sa_orm.Session | None:
         """Return the distinct session if the item asked for one."""
-        scoped = self.installation.scoped
-        if scoped is None:
+        registry = self.registry
+        if registry is None:
             return self.session
-        registry = scoped.registry
         return registry() if registry.has() else None
 
     def holds(self, session: sa_orm.Session) -> bool:
         """Whether ``session`` is this slot's distinct session."""
         return session is self.created()
 
-    def finish(self) -> None:
-        """Commit the distinct session the item made, if any, then close it."""
-        session = self.created()
-        if session is None:
-            return
+    def finish(self, session: sa_orm.Session) -> None:
+        """Commit ``session``, the distinct session the item made, then close it."""
         try:
             if session.in_transaction():
                 session.commit()
@@ -155,9 +154,8 @@ class DistinctSlot:
             logger.exception("closing the distinct session %r failed", session)
         finally:
             self.session = None
-            scoped = self.installation.scoped
-            if scoped is not None:
-                scoped.registry.clear()
+            if self.registry is not None:
+                self.registry.clear()
 
 
 _current: contextvars.ContextVar[DistinctSlot | None] = contextvars.ContextVar(
@@ -278,7 +276,9 @@ def _run_one(work: Work, slot: DistinctSlot) -> Exception | None:
         except BaseException:
             slot.release()
             raise
-        slot.finish()
+        made = slot.created()
+        if made is not None:  # most items never ask for a distinct session
+            slot.finish(made)
         if not was_open and origin.in_transaction():
             with _outside(slot):
                 _close_quietly(origin)
