@@ -31,7 +31,13 @@ class Pending(Work):
     def __init__(
         self, transaction: sa_orm.SessionTransaction, callback: Callback, robust: bool
     ) -> None:
-        super().__init__(callback, robust)
+        # Work.__init__ inlined: one of these is made per on_commit() call.
+        self.func = callback
+        self.robust = robust
+        self.args = ()
+        self.signal = None
+        self.is_coroutine = False
+        self.kwargs = None
         self.transaction = transaction
 
 
@@ -53,10 +59,10 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     if not callable(callback):
         msg = f"on_commit() needs a callable, got {callback!r}"
         raise TypeError(msg)
-    if isinstance(target, sa_orm.scoped_session):
-        session: sa_orm.Session = target()
-    elif isinstance(target, sa_orm.Session):
-        session = target
+    if isinstance(target, sa_orm.Session):
+        session: sa_orm.Session = target
+    elif isinstance(target, sa_orm.scoped_session):
+        session = target()
     else:
         session = _sync_session_of(target)
     installation = installation_for(session)
