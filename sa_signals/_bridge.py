@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import typing as t
 
@@ -13,6 +14,7 @@ from . import signals
 from ._dispatch import Signal
 from ._runner import is_layer_session
 from ._runner import report_receiver
+from ._runner import returned_coroutine_error
 from ._runner import run
 from ._runner import Work
 from ._state import current_transaction
@@ -50,7 +52,10 @@ def send(
                     " event came from a synchronous Session where nothing can await it."
                 )
                 raise CoroutineMisuseError(msg)
-            receiver(sender, **kwargs)
+            result = receiver(sender, **kwargs)
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: close it rather than leak a RuntimeWarning
+                raise returned_coroutine_error(receiver)
         except Exception as exc:
             if not robust:
                 raise

@@ -193,7 +193,7 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             result = work.func(*work.args)
             if inspect.iscoroutine(result):
                 result.close()
-                raise _coroutine_error(work.func)
+                raise returned_coroutine_error(work.func)
             slot.commit()
         finally:
             slot.release()
@@ -216,6 +216,15 @@ def _coroutine_error(func: object) -> CoroutineMisuseError:
     msg = (
         f"{describe(func)} is a coroutine function, but the commit came from a synchronous"
         " Session where nothing can await it; use a plain function, or an AsyncSession."
+    )
+    return CoroutineMisuseError(msg)
+
+
+def returned_coroutine_error(func: object) -> CoroutineMisuseError:
+    """The error for a plain function that returned a coroutine, which was closed unawaited."""
+    msg = (
+        f"{describe(func)} returned a coroutine, which a synchronous Session cannot await; it"
+        " was closed without running. Use a plain function, or an AsyncSession."
     )
     return CoroutineMisuseError(msg)
 
@@ -248,6 +257,9 @@ def send_failure(signal: Signal, sender: object, /, **kwargs: t.Any) -> None:
         return
     for receiver, _ in signal.receivers_in_order(sender):
         try:
-            receiver(sender, **kwargs)
+            result = receiver(sender, **kwargs)
+            if inspect.iscoroutine(result):
+                result.close()
+                raise returned_coroutine_error(receiver)
         except Exception:
             logger.exception("receiver %s of %s failed", describe(receiver), signal.name)
