@@ -278,6 +278,23 @@ class SessionHistory(hs.RuleBasedStateMachine):
             self.session.flush()
         savepoint.rollback()
 
+    @hs.rule(data=st.data(), at_commit=st.booleans())
+    def integrity_error_then_rollback(self, data: st.DataObject, at_commit: bool) -> None:
+        """A duplicate row fails a flush or the commit's flush; only rollback() is left."""
+        picked = self.pick(data)
+        if picked is None:
+            return
+        self.session.add(Item(name=picked[0]))
+        self.model.autobegin()
+        with pytest.raises(sa_exc.IntegrityError):
+            if at_commit:
+                self.session.commit()
+            else:
+                self.session.flush()
+        self.session.rollback()
+        self.model.end_outermost(committed=False)
+        self.savepoints.clear()
+
     # Callbacks and receivers.
 
     def callback(self, number: int, fails: bool) -> t.Callable[[], None]:

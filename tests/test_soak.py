@@ -1,7 +1,8 @@
 """Soak: threads committing, failing and rolling back savepoints for a while, on PostgreSQL.
 
 Every callback records its effect in the ``audits`` table from its distinct session; at the end
-the effects are compared with the rows that really committed. ``SA_SIGNALS_SOAK_SECONDS``
+the effects are compared with the rows that really committed. Meanwhile another thread keeps
+connecting and disconnecting receivers. ``SA_SIGNALS_SOAK_SECONDS``
 sets the duration (default 20).
 """
 
@@ -25,6 +26,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from sa_signals import signals
 from tests.models import Audit
 from tests.models import Item
 
@@ -155,16 +157,42 @@ def counting_reports() -> c.Iterator[CountingHandler]:
         logger.handlers, logger.propagate = saved
 
 
-def run_phase(workers: list[Worker], seconds: float) -> None:
+class Toggler:
+    """Connects and disconnects receivers while the workers send, to race the receiver cache."""
+
+    SIGNALS = (signals.before_commit, signals.post_save, signals.after_commit)
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.error: BaseException | None = None
+
+    def receiver(self, sender: object, **kwargs: object) -> None:
+        self.calls.append("call")
+
+    def run(self, deadline: float) -> None:
+        try:
+            while time.monotonic() < deadline:
+                for signal in self.SIGNALS:
+                    signal.connect(self.receiver)
+                time.sleep(0.002)
+                for signal in self.SIGNALS:
+                    signal.disconnect(self.receiver)
+                time.sleep(0.001)
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            self.error = exc
+
+
+def run_phase(workers: list[Worker], toggler: Toggler, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=worker.run, args=(deadline,)) for worker in workers]
+    threads.append(threading.Thread(target=toggler.run, args=(deadline,)))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for worker in workers:
-        if worker.error is not None:
-            raise worker.error
+    for runner in [*workers, toggler]:
+        if runner.error is not None:
+            raise runner.error
 
 
 def server_connections(engine: sa.Engine) -> int:
@@ -190,15 +218,16 @@ def test_threads_run_each_committed_callback_exactly_once(engine: sa.Engine) -> 
     sa_signals.install(Session)
     seed = random.randrange(2**32)
     workers = [Worker(n, Session, seed + n) for n in range(THREADS)]
+    toggler = Toggler()
     try:
         with counting_reports() as reports:
-            run_phase(workers, SECONDS / 3)  # warm-up: pools, caches, compiled statements
+            run_phase(workers, toggler, SECONDS / 3)  # warm-up: pools, caches, compiled statements
             gc.collect()
             connections = server_connections(engine)
             tracemalloc.start()
             try:
                 before = tracemalloc.take_snapshot()
-                run_phase(workers, SECONDS * 2 / 3)
+                run_phase(workers, toggler, SECONDS * 2 / 3)
                 gc.collect()
                 after = tracemalloc.take_snapshot()
             finally:
@@ -226,3 +255,4 @@ def test_threads_run_each_committed_callback_exactly_once(engine: sa.Engine) -> 
     assert calls == expected_calls, f"seed {seed}"
     failed = sum(w.expected_calls[key] for w in workers for key in w.failing)
     assert reports.count == failed, f"seed {seed}"
+    assert toggler.calls
