@@ -123,18 +123,19 @@ class SessionHistory(hs.RuleBasedStateMachine):
             for table in reversed(Base.metadata.sorted_tables):
                 connection.execute(table.delete())
 
-    @hs.initialize(joined=st.booleans())
-    def install(self, joined: bool) -> None:
-        """A plain session, or one joined into a test's outer transaction."""
-        self.model = Model(joined)
-        if joined:
+    @hs.initialize(bind=st.sampled_from(["engine", "connection", "joined"]))
+    def install(self, bind: str) -> None:
+        """A session on the engine, on a connection, or joined into a test's transaction."""
+        self.model = Model(joined=bind == "joined")
+        if bind == "engine":
+            maker = sa_orm.sessionmaker(self.engine)
+        else:
             self.connection = self.engine.connect()
-            self.outer = self.connection.begin()
+            if bind == "joined":
+                self.outer = self.connection.begin()
             maker = sa_orm.sessionmaker(
                 bind=self.connection, join_transaction_mode="create_savepoint"
             )
-        else:
-            maker = sa_orm.sessionmaker(self.engine)
         self.Session = sa_orm.scoped_session(maker)
         sa_signals.install(self.Session)
 
@@ -149,12 +150,13 @@ class SessionHistory(hs.RuleBasedStateMachine):
         if self.Session is not None:
             self.Session.remove()
             sa_signals.uninstall(self.Session)
-        if self.connection is not None:
-            assert self.outer is not None
+        if self.outer is not None:
+            assert self.connection is not None
             self.outer.rollback()
-            self.connection.close()
             # Nothing of the test's transaction reached the database.
             assert self.read(self.engine) == ({}, set())
+        if self.connection is not None:
+            self.connection.close()
 
     # Transactions.
 
@@ -356,7 +358,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
             return query(connection)
 
     def check_database(self) -> None:
-        source = self.connection if self.connection is not None else self.engine
+        source = self.connection if self.outer is not None else self.engine
         assert self.read(source) == (self.model.rows, self.model.audits)
 
     @hs.invariant()
@@ -377,6 +379,8 @@ class SessionHistory(hs.RuleBasedStateMachine):
             assert state is None or (not state.queue and not state.connections)
             if self.connection is None:
                 assert self.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+            elif self.outer is None:
+                assert not self.connection.in_transaction()
 
 
 @pytest.mark.backends("sqlite", "postgresql")
