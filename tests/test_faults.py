@@ -61,23 +61,30 @@ def Session(make_session: c.Callable[..., Scoped]) -> Scoped:
 
 
 @pytest.fixture
-def kill(engine: sa.Engine) -> c.Iterator[c.Callable[[sa.Connection], None]]:
-    """Kill the server side of a connection from another connection, and wait until it is gone."""
+def kill(engine: sa.Engine) -> c.Iterator[c.Callable[[sa.Connection | int], None]]:
+    """Kill the server side of a connection (or server process id) from another connection."""
     killer = sa.create_engine(engine.url, poolclass=sa_pool.NullPool, isolation_level="AUTOCOMMIT")
     postgresql = engine.dialect.name == "postgresql"
 
-    def kill(victim: sa.Connection) -> None:
-        query = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
-        pid = victim.exec_driver_sql(query).scalar()
+    def kill(victim: sa.Connection | int) -> None:
+        pid = victim if isinstance(victim, int) else server_pid(victim)
         with killer.connect() as connection:
             if postgresql:
+                # Waits until the server process has gone.
                 terminate = sa.text("SELECT pg_terminate_backend(:pid, 5000)")
-                connection.execute(terminate, {"pid": pid})
+                assert connection.execute(terminate, {"pid": pid}).scalar()
             else:
-                connection.exec_driver_sql(f"KILL {int(t.cast(int, pid))}")
+                connection.exec_driver_sql(f"KILL {pid:d}")
 
     yield kill
     killer.dispose()
+
+
+def server_pid(connection: sa.Connection) -> int:
+    """The server's id for ``connection``: its backend pid, or its MariaDB thread id."""
+    postgresql = connection.dialect.name == "postgresql"
+    query = "SELECT pg_backend_pid()" if postgresql else "SELECT CONNECTION_ID()"
+    return int(connection.exec_driver_sql(query).scalar_one())
 
 
 def engine_of(Session: Scoped) -> sa.Engine:
@@ -124,7 +131,7 @@ class TestConnectionKilled:
     def test_killed_before_commit(
         self,
         Session: Scoped,
-        kill: c.Callable[[sa.Connection], None],
+        kill: c.Callable[[sa.Connection | int], None],
         recorder: Recorder,
         connect: Connector,
     ) -> None:
@@ -149,13 +156,13 @@ class TestConnectionKilled:
     def test_killed_during_flush(
         self,
         Session: Scoped,
-        kill: c.Callable[[sa.Connection], None],
+        kill: c.Callable[[sa.Connection | int], None],
         recorder: Recorder,
         connect: Connector,
     ) -> None:
         """The connection dies between a pre_save receiver and its INSERT: nothing runs."""
         session = Session()
-        victim = session.connection()
+        victim = server_pid(session.connection())
 
         def killer(sender: object, **kwargs: object) -> None:
             kill(victim)
@@ -180,7 +187,7 @@ class TestConnectionKilled:
     def test_killed_inside_callback_distinct_session(
         self,
         Session: Scoped,
-        kill: c.Callable[[sa.Connection], None],
+        kill: c.Callable[[sa.Connection | int], None],
         recorder: Recorder,
         connect: Connector,
         robust: bool,
@@ -224,6 +231,54 @@ class TestConnectionKilled:
         assert names(engine, Item.name) == ["kept"]
         assert names(engine, Audit.message) == ["survivor"]
         assert_usable(Session, recorder, "again")
+
+    @pytest.mark.parametrize("pre_ping", [True, False])
+    def test_killed_in_the_pool_between_commit_and_callbacks(
+        self,
+        make_session: c.Callable[..., Scoped],
+        kill: c.Callable[[sa.Connection | int], None],
+        connect: Connector,
+        pre_ping: bool,
+    ) -> None:
+        """The released connection dies before a callback takes it: it fails alone, never twice.
+
+        With ``pool_pre_ping`` the pool replaces the dead connection and every callback writes.
+        """
+        Session = make_session(pool_size=1, max_overflow=0, pool_pre_ping=pre_ping)
+        failures = connect.record(signals.on_commit_failed)
+        kill_reports = connect.record(signals.receiver_failed)
+        calls: list[str] = []
+        session = Session()
+        session.add(Item(name="kept"))
+        victim = server_pid(session.connection())
+
+        def killer(sender: object, **kwargs: object) -> None:
+            # Commit-time receivers run before the callbacks, once the connection is pooled.
+            kill(victim)
+
+        def write(name: str) -> c.Callable[[], None]:
+            def callback() -> None:
+                calls.append(name)
+                Session.add(Audit(message=name))
+
+            return callback
+
+        connect(signals.after_commit, killer)
+        sa_signals.on_commit(write("first"), session)
+        sa_signals.on_commit(write("second"), session)
+        session.commit()
+        assert calls == ["first", "second"]
+        engine = engine_of(Session)
+        assert kill_reports == []
+        if pre_ping:
+            assert failures == []
+            assert names(engine, Audit.message) == ["first", "second"]
+        else:
+            [(_, kwargs)] = failures
+            assert_database_error(kwargs["exception"])
+            assert names(engine, Audit.message) == ["second"]
+        assert names(engine, Item.name) == ["kept"]
+        assert_nothing_left(Session, session)
 
 
 class TestCommitFails:
