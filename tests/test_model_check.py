@@ -33,7 +33,7 @@ MODEL_SETTINGS = settings(
     max_examples=int(os.environ.get("SA_SIGNALS_MODEL_EXAMPLES", "100")),
     stateful_step_count=50,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    suppress_health_check=list(HealthCheck),
 )
 """Bounded so the default suite stays fast; the variable above lengthens the search."""
 
