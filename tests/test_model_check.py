@@ -5,7 +5,7 @@ callbacks, receivers, commit, rollback, close and reset, and after every step co
 with what a plain model of the documented semantics says must run. A failure prints the
 shortest sequence of steps found that reproduces it.
 
-``SA_SIGNALS_MODEL_EXAMPLES`` raises the number of histories tried (default 100).
+``SA_SIGNALS_MODEL_EXAMPLES`` raises the number of histories tried (default 150).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.models import Base
 from tests.models import Item
 
 MODEL_SETTINGS = settings(
-    max_examples=int(os.environ.get("SA_SIGNALS_MODEL_EXAMPLES", "100")),
+    max_examples=int(os.environ.get("SA_SIGNALS_MODEL_EXAMPLES", "150")),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -39,12 +39,15 @@ MODEL_SETTINGS = settings(
 
 Event = tuple[t.Any, ...]
 
+Callback = tuple[int, bool, "int | None"]
+"""A callback's number, whether it fails, and the number of the callback it registers, if any."""
+
 
 class Frame:
     """The model of one open transaction level: the outermost one or a savepoint."""
 
     def __init__(self) -> None:
-        self.callbacks: list[tuple[int, bool]] = []
+        self.callbacks: list[Callback] = []
         self.writes: list[tuple[str, int | None]] = []
 
 
@@ -53,7 +56,8 @@ class Model:
 
     ``rows`` is the committed table (name -> value), ``audits`` the committed callback effects.
     A callback runs once iff its outermost transaction really commits and no savepoint it was
-    registered in rolled back; ``after_commit`` receivers run first.
+    registered in rolled back; ``after_commit`` receivers run first. A callback registered by a
+    callback in its distinct session runs right after it, if that session really commits.
     """
 
     def __init__(self, joined: bool) -> None:
@@ -75,10 +79,13 @@ class Model:
         if not self.frames:
             self.frames.append(Frame())
 
-    def run_callback(self, number: int, fails: bool) -> None:
+    def run_callback(self, number: int, fails: bool, child: int | None) -> None:
         self.events.append(("callback", number))
-        if not fails:
-            self.audits.add(number)
+        if fails:
+            return
+        self.audits.add(number)
+        if child is not None and not self.joined:
+            self.run_callback(child, False, None)
 
     def end_outermost(self, committed: bool) -> None:
         frames, self.frames = self.frames, []
@@ -90,8 +97,8 @@ class Model:
             if "after_commit" in self.receivers:
                 self.events.append(("after_commit",))
             for frame in frames:
-                for number, fails in frame.callbacks:
-                    self.run_callback(number, fails)
+                for callback in frame.callbacks:
+                    self.run_callback(*callback)
         elif frames and "after_rollback" in self.receivers:
             self.events.append(("after_rollback",))
 
@@ -274,7 +281,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
         self.model.autobegin()
         if register:
             self.counter += 1
-            sa_signals.on_commit(self.callback(self.counter, False), self.session)
+            sa_signals.on_commit(self.callback(self.counter, False, None), self.session)
         self.session.add(Item(name=picked[0]))
         with pytest.raises(sa_exc.IntegrityError):
             self.session.flush()
@@ -299,28 +306,35 @@ class SessionHistory(hs.RuleBasedStateMachine):
 
     # Callbacks and receivers.
 
-    def callback(self, number: int, fails: bool) -> t.Callable[[], None]:
+    def callback(self, number: int, fails: bool, child: int | None) -> t.Callable[[], None]:
         scoped = self.Session
 
         def callback() -> None:
             assert scoped is not None
             self.events.append(("callback", number))
             scoped.add(Audit(message=str(number)))
+            if child is not None:
+                sa_signals.on_commit(self.callback(child, False, None), scoped)
             if fails:
                 scoped.flush()
                 raise RuntimeError(f"callback {number} failed")
 
         return callback
 
-    @hs.rule(fails=st.booleans())
-    def register(self, fails: bool) -> None:
-        """Register a callback that writes its number, then raises if ``fails``."""
+    @hs.rule(fails=st.booleans(), nests=st.booleans())
+    def register(self, fails: bool, nests: bool = False) -> None:
+        """Register a callback that writes its number, may register another, then may raise."""
         self.counter += 1
-        sa_signals.on_commit(self.callback(self.counter, fails), self.session)
+        number = self.counter
+        child = None
+        if nests:
+            self.counter += 1
+            child = self.counter
+        sa_signals.on_commit(self.callback(number, fails, child), self.session)
         if self.model.frames:
-            self.model.frames[-1].callbacks.append((self.counter, fails))
+            self.model.frames[-1].callbacks.append((number, fails, child))
         else:
-            self.model.run_callback(self.counter, fails)  # no transaction: runs at once
+            self.model.run_callback(number, fails, child)  # no transaction: runs at once
 
     @hs.rule(name=st.sampled_from(["after_commit", "after_rollback", "post_save"]))
     def toggle_receiver(self, name: str) -> None:
