@@ -397,7 +397,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
                 assert not self.connection.in_transaction()
 
 
-@pytest.mark.backends("sqlite", "postgresql")
+@pytest.mark.backends("sqlite", "postgresql", "mariadb")
 def test_random_histories_match_the_model(engine: sa.Engine) -> None:
     """Callbacks, after_commit, after_rollback and post_save follow the model in any history."""
     machine = type("History", (SessionHistory,), {"engine": engine})
