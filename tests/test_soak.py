@@ -197,7 +197,10 @@ def run_phase(workers: list[Worker], toggler: Toggler, seconds: float) -> None:
 
 def server_connections(engine: sa.Engine) -> int:
     with engine.connect() as connection:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_type = 'client backend'"
+        )
         return int(connection.exec_driver_sql(query).scalar() or 0)
 
 
