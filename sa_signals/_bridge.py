@@ -16,6 +16,7 @@ from . import signals
 from ._dispatch import Signal
 from ._runner import is_layer_session
 from ._runner import report_receiver
+from ._runner import returned_coroutine_error
 from ._runner import run
 from ._runner import Work
 from ._state import current_transaction
@@ -62,8 +63,8 @@ def send(
             result = receiver(sender, **kwargs)
             if isinstance(result, types.CoroutineType):  # also a partial of an async function
                 if aio is None:
-                    result.close()
-                    raise _coroutine_receiver_error(signal, receiver)
+                    result.close()  # never awaited: close it rather than leak a RuntimeWarning
+                    raise returned_coroutine_error(receiver)
                 aio.await_(result)
         except Exception as exc:
             if not robust:

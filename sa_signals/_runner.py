@@ -222,7 +222,7 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             if inspect.iscoroutine(result):
                 if aio is None:
                     result.close()
-                    raise _coroutine_error(work.func)
+                    raise returned_coroutine_error(work.func)
                 aio.await_(result)
             slot.commit()
         finally:
@@ -246,6 +246,15 @@ def _coroutine_error(func: object) -> CoroutineMisuseError:
     msg = (
         f"{describe(func)} is a coroutine function, but the commit came from a synchronous"
         " Session where nothing can await it; use a plain function, or an AsyncSession."
+    )
+    return CoroutineMisuseError(msg)
+
+
+def returned_coroutine_error(func: object) -> CoroutineMisuseError:
+    """The error for a plain function that returned a coroutine, which was closed unawaited."""
+    msg = (
+        f"{describe(func)} returned a coroutine, which a synchronous Session cannot await; it"
+        " was closed without running. Use a plain function, or an AsyncSession."
     )
     return CoroutineMisuseError(msg)
 
@@ -284,11 +293,13 @@ def send_failure(
         return
     for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
-            if not is_coroutine:
-                receiver(sender, **kwargs)
-            elif aio is None:
+            if is_coroutine and aio is None:
                 raise _coroutine_error(receiver)
-            else:
-                aio.await_(receiver(sender, **kwargs))
+            result = receiver(sender, **kwargs)
+            if inspect.iscoroutine(result):
+                if aio is None:
+                    result.close()
+                    raise returned_coroutine_error(receiver)
+                aio.await_(result)
         except Exception:
             logger.exception("receiver %s of %s failed", describe(receiver), signal.name)
