@@ -59,6 +59,8 @@ class _Batch:
 class Slot(t.Protocol):
     """The distinct session of one commit-time call: :class:`DistinctSlot` or its async twin."""
 
+    origin: sa_orm.Session
+
     def get(self) -> sa_orm.Session: ...
 
     def created(self) -> sa_orm.Session | None: ...
@@ -160,9 +162,13 @@ def current_session() -> sa_orm.Session:
 
 
 def is_layer_session(session: sa_orm.Session) -> bool:
-    """Whether ``session`` is the distinct session the layer made for the running item."""
+    """Whether ``session`` commits inside the commit-time work the layer is running for it.
+
+    True for the distinct session of the running item, and for the committed session itself
+    when an item commits it again: neither sends commit signals, so nothing can loop.
+    """
     slot = _current.get()
-    return slot is not None and slot.holds(session)
+    return slot is not None and (slot.origin is session or slot.holds(session))
 
 
 def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installation) -> None:

@@ -305,7 +305,7 @@ class TestConnectDisconnectDuringSend:
     def test_weak_receiver_dropped_during_a_send_gets_that_send_only(
         self, session: sa_orm.Session, connect: Connector
     ) -> None:
-        """A send uses the receivers alive when it began; a weak one dropped meanwhile then goes."""
+        """A send uses the receivers alive when it began; a weak one dropped meanwhile goes."""
         seen: list[str] = []
 
         class Late:

@@ -525,3 +525,21 @@ class TestSignalClass:
         signal.connect(lambda sender, **kw: calls.append((sender, kw)), weak=False)
         signal.send("me", value=1)
         assert calls == [("me", {"value": 1})]
+
+
+class TestNoLoops:
+    def test_after_commit_receiver_committing_the_sender_does_not_loop(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A receiver that commits the committed session again is not called again."""
+        calls: list[object] = []
+
+        def recommit(sender: sa_orm.Session, **kwargs: object) -> None:
+            calls.append(sender)
+            sender.commit()  # nothing to commit: an empty transaction
+
+        connect(signals.after_commit, recommit)
+        session.add(Item(name="a"))
+        session.commit()
+        assert calls == [session]
+        assert not session.in_transaction()
