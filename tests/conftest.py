@@ -61,6 +61,31 @@ ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg
 """The async driver for each backend; MySQL-family URLs use ``mysql+aiomysql``."""
 
 
+SERVICE_VARIABLES = {
+    "redis": "SA_SIGNALS_TEST_REDIS_URL",
+    "rabbitmq": "SA_SIGNALS_TEST_BROKER_URL",
+}
+"""Servers that tests marked ``services(...)`` need, each named by its URL variable."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the tests of servers that were not named: deselected, not skipped.
+
+    That covers tests limited to database backends none of which was named, too.
+    """
+    missing = {name for name, var in SERVICE_VARIABLES.items() if not os.environ.get(var)}
+    kept, left_out = [], []
+    for item in items:
+        marker = item.get_closest_marker("services")
+        unnamed_service = marker is not None and bool(missing & set(marker.args))
+        skip = item.get_closest_marker("skip")
+        no_backend = skip is not None and "empty parameter set" in str(skip.kwargs.get("reason"))
+        (left_out if unnamed_service or no_backend else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "flavour" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("flavours")

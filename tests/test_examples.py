@@ -12,6 +12,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+pytestmark = pytest.mark.services("redis")
+
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 

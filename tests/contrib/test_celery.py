@@ -24,6 +24,8 @@ from sa_signals.contrib.celery import TaskNotSentError
 from tests.contrib import celery_app
 from tests.models import Item
 
+pytestmark = pytest.mark.services("rabbitmq", "redis")
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 20
 """Seconds to wait for one task result."""

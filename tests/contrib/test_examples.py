@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import URL_VARIABLES
 
+pytestmark = pytest.mark.services("rabbitmq", "redis")
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
