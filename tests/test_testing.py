@@ -608,6 +608,24 @@ class TestAsyncTransactional:
             await connection.rollback()
         assert count(engine, Item) == 0
 
+    async def test_closes_sessions_of_other_tasks(
+        self, AsyncScoped: t.Any, engine: sa.Engine
+    ) -> None:
+        """Scoped sessions made in other tasks in the mode are closed and removed at its end."""
+
+        async def elsewhere() -> sa_asyncio.AsyncSession:
+            session: sa_asyncio.AsyncSession = AsyncScoped()
+            session.add(Item(name="a"))
+            await session.flush()
+            return session
+
+        async with testing.transactional(AsyncScoped):
+            other = await asyncio.create_task(elsewhere())
+            assert other.in_transaction()
+        assert not other.in_transaction()
+        assert AsyncScoped.registry.registry == {}
+        assert count(engine, Item) == 0
+
     @pytest.mark.backends("sqlite")
     async def test_refuses_the_wrong_with(self, AsyncScoped: t.Any, Session: Scoped) -> None:
         """An async factory needs `async with`, a sync one `with`; each error says so."""
@@ -645,6 +663,12 @@ class TestDocs:
             "examples/testing/conftest.py",
             "examples/testing/test_shop.py",
             "examples/testing/test_shop_unittest.py",
+            "examples/testing_async/shop.py",
+            "examples/testing_async/conftest.py",
+            "examples/testing_async/test_shop.py",
+            "examples/testing_async/test_shop_unittest.py",
         }
         for path, block in blocks:
             assert block in (root / path).read_text(), path
+        ini = (root / "examples" / "testing_async" / "pytest.ini").read_text()
+        assert f"```ini\n{ini}```" in text
