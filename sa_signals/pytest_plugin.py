@@ -20,6 +20,7 @@ import typing as t
 import pytest
 
 from . import testing
+from ._state import is_async_factory
 
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
@@ -75,6 +76,12 @@ def sa_signals_transaction(
     receivers as in production, and everything is rolled back after the test. See
     :func:`sa_signals.testing.transactional`.
     """
+    if is_async_factory(sa_signals_session_factory):
+        msg = (
+            "sa_signals_session_factory is an async factory: use the sa_signals_async_session"
+            " or sa_signals_async_transaction fixture, in an `async def` test."
+        )
+        pytest.fail(msg, pytrace=False)
     _watch_failures(request)
     with testing.transactional(sa_signals_session_factory) as connection:
         yield connection

@@ -51,7 +51,7 @@ def test_example_app_in_its_own_process(
     monkeypatch.setenv("SHOP_DATABASE_URL", url)
     engine = sa.create_engine(url)
     try:
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
         result.assert_outcomes(passed=10, failed=1)
         result.stdout.fnmatch_lines(
             [
@@ -411,6 +411,10 @@ def test_sync_test_refused(sa_signals_async_session):
     pass
 
 
+def test_sync_fixture_refused(sa_signals_session):
+    pass
+
+
 async def test_rows_rolled_back(engine):
     async with engine.connect() as connection:
         assert await connection.scalar(sa.select(sa.func.count()).select_from(Note)) == 0
@@ -422,10 +426,11 @@ def test_async_fixtures_in_process(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(ASYNC_CONFTEST)
     pytester.makepyfile(test_plugin=ASYNC_PLUGIN_TESTS)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
-    result.assert_outcomes(passed=3, failed=2, errors=1)
+    result.assert_outcomes(passed=3, failed=2, errors=2)
     result.stdout.fnmatch_lines(
         [
             "*sa_signals_async_transaction works only for an `async def` test*",
+            "*an async factory: use the sa_signals_async_session or sa_signals_async_transaction*",
             "*_ test_robust_failure_fails_the_test _*",
             "*raise LookupError*",
             "E * LookupError: robust coroutine broke",
