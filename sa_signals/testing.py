@@ -8,6 +8,9 @@
   and everything is rolled back at the end.
 - :func:`raise_failures` turns callbacks and receivers that failed robustly (only logged) into
   an exception, so that a test cannot pass over them.
+
+``capture_on_commit`` and ``transactional`` take the async sessions and factories too, entered
+with ``async with``.
 """
 
 from __future__ import annotations
@@ -16,29 +19,41 @@ import collections.abc as c
 import contextlib
 import dataclasses
 import functools
+import inspect
 import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+import sqlalchemy.util.concurrency as sa_concurrency
 
 from . import signals as _signals
 from ._dispatch import Signal
 from ._runner import _current
 from ._runner import run
+from ._state import async_api
 from ._state import INSTALLATION_ATTR
 from ._state import installation_for
+from ._state import is_async_factory
 from ._state import state_of
 from ._state import TRANSACTIONAL_ATTR
 from .exceptions import NotInstalledError
 from .exceptions import ScopeError
 
 if t.TYPE_CHECKING:
+    import types
+
+    import sqlalchemy.ext.asyncio as sa_asyncio
+
+    from .on_commit import Pending
+    from .typing import AsyncSessionFactory
     from .typing import Callback
     from .typing import SessionFactory
     from .typing import SessionTarget
 
 __all__ = [
+    "OnCommitCapture",
     "SignalRecord",
+    "TransactionalMode",
     "capture_on_commit",
     "capture_signals",
     "raise_failures",
@@ -46,47 +61,97 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def capture_on_commit(
-    target: SessionTarget, /, *, execute: bool = False
-) -> c.Iterator[list[Callback]]:
+def capture_on_commit(target: SessionTarget, /, *, execute: bool = False) -> OnCommitCapture:
     """Collect the on_commit callbacks registered on ``target`` inside the block.
 
-    ``target`` is a session, or a ``scoped_session`` standing for its current session. The
-    yielded list is filled when the block ends, in registration order, with the callbacks still
-    queued then: those of savepoints rolled back inside the block are left out (they would never
-    run), and so are those of a transaction that ended inside the block (they ran, or were
-    dropped).
+    ``target`` is a session, or a ``scoped_session`` standing for its current session (or their
+    async twins). The yielded list is filled when the block ends, in registration order, with
+    the callbacks still queued then: those of savepoints rolled back inside the block are left
+    out (they would never run), and so are those of a transaction that ended inside the block
+    (they ran, or were dropped).
 
     With ``execute=False`` the callbacks stay queued for the real commit. With ``execute=True``
     they are taken out of the queue and run when the block ends without an exception, as after a
     commit: each in a distinct session, robust or strict as registered. Callbacks they register
-    in their own transaction are run after it commits and are added to the list.
+    in their own transaction are run after it commits and are added to the list. For an
+    ``AsyncSession`` use ``async with``: coroutine callbacks are awaited, each in a distinct
+    ``AsyncSession``.
     """
-    session = _resolve_session(target, "capture_on_commit")
-    installation = installation_for(session)
-    if installation is None:
-        msg = (
-            f"{type(session).__name__} is not installed: call sa_signals.install() on its"
-            " sessionmaker or scoped_session before capturing its on_commit callbacks."
-        )
-        raise NotInstalledError(msg)
-    state = state_of(session)
-    queued = list(state.queue)  # held, so that no new entry can reuse one of their ids
-    before = {id(pending) for pending in queued}
-    callbacks: list[Callback] = []
-    try:
-        yield callbacks
-    finally:
+    return OnCommitCapture(_resolve_session(target, "capture_on_commit"), execute)
+
+
+class OnCommitCapture:
+    """What :func:`capture_on_commit` returns: a context manager, also usable with ``async with``.
+
+    Re-entering it starts a new capture.
+    """
+
+    def __init__(self, session: sa_orm.Session, execute: bool) -> None:
+        installation = installation_for(session)
+        if installation is None:
+            msg = (
+                f"{type(session).__name__} is not installed: call sa_signals.install() on its"
+                " sessionmaker or scoped_session before capturing its on_commit callbacks."
+            )
+            raise NotInstalledError(msg)
+        self._session = session
+        self._installation = installation
+        self._execute = execute
+        self._queued: list[Pending] = []
+        self._callbacks: list[Callback] = []
+
+    def __enter__(self) -> list[Callback]:
+        # Held, so that no new entry can reuse one of their ids.
+        self._queued = list(state_of(self._session).queue)
+        self._callbacks = []
+        return self._callbacks
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        aio = self._installation.aio
+        if self._execute and exc_type is None and aio is not None and not aio.can_await():
+            self._take(False)
+            msg = (
+                "capture_on_commit(execute=True) on an AsyncSession runs its callbacks when"
+                " the block ends, which needs `async with`."
+            )
+            raise TypeError(msg)
+        captured = self._take(exc_type is None)
+        if captured:
+            run(captured, self._session, self._installation)
+
+    async def __aenter__(self) -> list[Callback]:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        captured = self._take(exc_type is None)
+        if captured:
+            # The runner awaits coroutine callbacks through SQLAlchemy's greenlet.
+            await sa_concurrency.greenlet_spawn(run, captured, self._session, self._installation)
+
+    def _take(self, succeeded: bool) -> list[Pending]:
+        """List the block's callbacks; return them, dequeued, if they are to run now."""
+        state = state_of(self._session)
+        before = {id(pending) for pending in self._queued}
+        self._queued = []
         captured = [pending for pending in state.queue if id(pending) not in before]
-        callbacks.extend(pending.func for pending in captured)
-    if not execute or not captured:
-        return
-    taken = {id(pending) for pending in captured}
-    state.queue = [pending for pending in state.queue if id(pending) not in taken]
-    for pending in captured:
-        pending.func = _recording(pending.func, callbacks)
-    run(captured, session, installation)
+        self._callbacks.extend(pending.func for pending in captured)
+        if not (self._execute and succeeded and captured):
+            return []
+        taken = {id(pending) for pending in captured}
+        state.queue = [pending for pending in state.queue if id(pending) not in taken]
+        for pending in captured:
+            pending.func = _recording(pending.func, self._callbacks)
+        return captured
 
 
 def _recording(callback: c.Callable[..., object], callbacks: list[Callback]) -> Callback:
@@ -94,18 +159,37 @@ def _recording(callback: c.Callable[..., object], callbacks: list[Callback]) -> 
 
     @functools.wraps(callback)
     def recording() -> object:
+        finished = True
         try:
-            return callback()
+            result = callback()
+            if inspect.iscoroutine(result):
+                finished = False
+                return _awaiting(result, callbacks)
+            return result
         finally:
-            slot = _current.get()
-            session = slot.created() if slot is not None else None
-            if session is not None:
-                # Still queued: the distinct session commits after this returns.
-                for pending in state_of(session).queue:
-                    callbacks.append(pending.func)
-                    pending.func = _recording(pending.func, callbacks)
+            if finished:
+                _record_registered(callbacks)
 
     return recording
+
+
+async def _awaiting(
+    coroutine: c.Coroutine[t.Any, t.Any, object], callbacks: list[Callback]
+) -> object:
+    try:
+        return await coroutine
+    finally:
+        _record_registered(callbacks)
+
+
+def _record_registered(callbacks: list[Callback]) -> None:
+    slot = _current.get()
+    session = slot.created() if slot is not None else None
+    if session is not None:
+        # Still queued: the distinct session commits after the callback returns.
+        for pending in state_of(session).queue:
+            callbacks.append(pending.func)
+            pending.func = _recording(pending.func, callbacks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +261,16 @@ def raise_failures() -> c.Iterator[list[Exception]]:
         raise failures[0]
 
 
-@contextlib.contextmanager
 def transactional(
-    factory: SessionFactory, /, *, bind: sa.Engine | sa.Connection | None = None
-) -> c.Iterator[sa.Connection]:
+    factory: SessionFactory | AsyncSessionFactory,
+    /,
+    *,
+    bind: sa.Engine
+    | sa.Connection
+    | sa_asyncio.AsyncEngine
+    | sa_asyncio.AsyncConnection
+    | None = None,
+) -> TransactionalMode:
     """Run the block in the transactional test mode, and roll everything back at its end.
 
     ``factory`` is the installed ``scoped_session`` or ``sessionmaker`` of the code under test.
@@ -192,10 +282,72 @@ def transactional(
     so they see the test's data. At the end the scoped session is removed, the factory's
     configuration restored, and the outer transaction rolled back. Yields the Connection.
 
+    For an ``async_scoped_session`` or ``async_sessionmaker`` the same holds with ``async with``,
+    which yields the ``AsyncConnection``.
+
     .. note:: This is a test mode: callbacks run although nothing reached the database. Given a
        Connection as ``bind``, its transaction (begun if there is none) belongs to the caller,
        who rolls it back.
     """
+    return TransactionalMode(factory, bind)
+
+
+class TransactionalMode:
+    """What :func:`transactional` returns: a context manager.
+
+    Enter it with ``with`` over a sync factory, with ``async with`` over an async one.
+    """
+
+    def __init__(self, factory: t.Any, bind: t.Any) -> None:
+        self._factory = factory
+        self._bind = bind
+        self._active: list[t.Any] = []
+
+    def __enter__(self) -> sa.Connection:
+        if is_async_factory(self._factory):
+            msg = "transactional() over an async factory needs `async with`."
+            raise TypeError(msg)
+        manager = _transactional(self._factory, bind=self._bind)
+        connection = manager.__enter__()
+        self._active.append(manager)
+        return connection
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self._active.pop().__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> sa_asyncio.AsyncConnection:
+        if not is_async_factory(self._factory):
+            msg = (
+                "transactional() over a synchronous factory needs `with`; give an"
+                " async_sessionmaker or async_scoped_session for `async with`."
+            )
+            raise TypeError(msg)
+        from . import _atesting  # needs greenlet: only for async users
+
+        manager = _atesting.transactional(self._factory, self._bind)
+        connection = await manager.__aenter__()
+        self._active.append(manager)
+        return connection
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        await self._active.pop().__aexit__(exc_type, exc, tb)
+
+
+@contextlib.contextmanager
+def _transactional(
+    factory: SessionFactory, /, *, bind: sa.Engine | sa.Connection | None = None
+) -> c.Iterator[sa.Connection]:
+    """The sync transactional test mode; see :func:`transactional`."""
     scoped = factory if isinstance(factory, sa_orm.scoped_session) else None
     maker: object = scoped.session_factory if scoped is not None else factory
     if not isinstance(maker, sa_orm.sessionmaker):
@@ -249,8 +401,14 @@ def _resolve_session(target: object, name: str) -> sa_orm.Session:
         return session
     if isinstance(target, sa_orm.Session):
         return target
+    api = async_api()
+    if api is not None:
+        if isinstance(target, api.AsyncSession):
+            return t.cast("sa_orm.Session", target.sync_session)
+        if isinstance(target, api.async_scoped_session):
+            return t.cast("sa_orm.Session", target().sync_session)
     msg = (
-        f"{name}() needs a Session or a scoped_session, got {target!r}; for a sessionmaker,"
-        " pass the session it made."
+        f"{name}() needs a Session or a scoped_session (or their async twins), got {target!r};"
+        " for a sessionmaker, pass the session it made."
     )
     raise TypeError(msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
 import re
@@ -10,16 +11,19 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import signals
 from sa_signals import testing
+from sa_signals._state import TRANSACTIONAL_ATTR
 from tests.models import Audit
 from tests.models import Item
 
 if t.TYPE_CHECKING:
     from tests.conftest import Connector
+    from tests.conftest import Flavour
     from tests.conftest import Recorder
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
@@ -32,97 +36,117 @@ def count(engine: sa.Engine, model: type[t.Any]) -> int:
 
 class TestCaptureOnCommit:
     def test_collects_callbacks_registered_in_block(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
     ) -> None:
         """Only the block's callbacks are listed, at its end; they stay queued for the commit."""
-        session.add(Item(name="a"))
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.flush())
         before, first, second = recorder.do(0), recorder.do(1), recorder.do(2)
-        sa_signals.on_commit(before, session)
-        with testing.capture_on_commit(session) as callbacks:
-            sa_signals.on_commit(first, session)
-            sa_signals.on_commit(second, session)
+        sa_signals.on_commit(before, any_session)
+        with flavour.enter(testing.capture_on_commit(any_session)) as callbacks:
+            sa_signals.on_commit(first, any_session)
+            sa_signals.on_commit(second, any_session)
             assert callbacks == []
         assert callbacks == [first, second]
         recorder.assert_done([])
-        session.commit()
+        flavour.aw(any_session.commit())
         recorder.assert_done([0, 1, 2])
 
     def test_leaves_out_rolled_back_savepoint(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
     ) -> None:
         """Callbacks of a savepoint rolled back inside the block would never run: not listed."""
         kept, dropped = recorder.do(1), recorder.do(2)
-        session.begin()
-        with testing.capture_on_commit(session) as callbacks:
-            sa_signals.on_commit(kept, session)
-            savepoint = session.begin_nested()
-            sa_signals.on_commit(dropped, session)
-            savepoint.rollback()
+        flavour.aw(any_session.begin())
+        with flavour.enter(testing.capture_on_commit(any_session)) as callbacks:
+            sa_signals.on_commit(kept, any_session)
+            savepoint = flavour.aw(any_session.begin_nested())
+            sa_signals.on_commit(dropped, any_session)
+            flavour.aw(savepoint.rollback())
         assert callbacks == [kept]
+        flavour.aw(any_session.rollback())
 
-    def test_accepts_the_scoped_session(self, Session: Scoped, recorder: Recorder) -> None:
+    def test_accepts_the_scoped_session(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
         """A scoped_session stands for its current session."""
         callback = recorder.do(1)
-        with testing.capture_on_commit(Session) as callbacks:
-            Session.add(Item(name="a"))
-            sa_signals.on_commit(callback, Session)
+        with flavour.enter(testing.capture_on_commit(AnySession)) as callbacks:
+            flavour.aw(AnySession.begin())
+            sa_signals.on_commit(callback, AnySession)
         assert callbacks == [callback]
+        flavour.aw(AnySession.rollback())
 
     def test_execute_runs_at_end_and_dequeues(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
     ) -> None:
-        """execute=True runs the block's callbacks at its end, and a commit does not rerun them."""
-        session.add(Item(name="a"))
-        sa_signals.on_commit(recorder.do(0), session)
-        with testing.capture_on_commit(session, execute=True):
-            sa_signals.on_commit(recorder.do(1), session)
-            sa_signals.on_commit(recorder.do(2), session)
+        """execute=True runs the block's callbacks at its end (awaited if coroutines), once."""
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.flush())
+        sa_signals.on_commit(recorder.do(0), any_session)
+        with flavour.enter(testing.capture_on_commit(any_session, execute=True)):
+            sa_signals.on_commit(recorder.do(1), any_session)
+            sa_signals.on_commit(recorder.do(2), any_session)
             recorder.assert_done([])
         recorder.assert_done([1, 2])
-        session.commit()
+        flavour.aw(any_session.commit())
         recorder.assert_done([1, 2, 0])
 
-    def test_execute_runs_each_in_a_distinct_session(self, Session: Scoped) -> None:
+    def test_execute_runs_each_in_a_distinct_session(
+        self, flavour: Flavour, AnySession: t.Any
+    ) -> None:
         """Executed callbacks get their own session, as after a commit."""
-        origin = Session()
-        seen: list[sa_orm.Session] = []
-        with testing.capture_on_commit(Session, execute=True):
-            Session.add(Item(name="a"))
-            sa_signals.on_commit(lambda: seen.append(sa_signals.current_session()), Session)
-            sa_signals.on_commit(lambda: seen.append(Session()), Session)
+        origin = AnySession()
+        current = (
+            sa_signals.current_async_session if flavour.is_async else sa_signals.current_session
+        )
+        seen: list[object] = []
+        with flavour.enter(testing.capture_on_commit(AnySession, execute=True)):
+            flavour.aw(AnySession.begin())
+            sa_signals.on_commit(lambda: seen.append(current()), AnySession)
+            sa_signals.on_commit(lambda: seen.append(AnySession()), AnySession)
         assert len(seen) == 2
         assert seen[0] is not origin
         assert seen[1] is not origin
         assert seen[0] is not seen[1]
-        assert Session() is origin
+        assert AnySession() is origin
+        flavour.aw(AnySession.rollback())
 
     def test_execute_lists_callbacks_registered_by_callbacks(
-        self, Session: Scoped, recorder: Recorder
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
     ) -> None:
         """Callbacks registered by executed callbacks run after them and are listed."""
         inner, innermost = recorder.do("inner"), recorder.do("innermost")
 
-        def register(name: str, callback: t.Callable[[], None]) -> t.Callable[[], None]:
+        def register(name: str, callback: t.Callable[[], t.Any]) -> t.Callable[[], t.Any]:
             def outer() -> None:
                 recorder.done.append(name)
-                Session.begin()
-                sa_signals.on_commit(callback, Session)
+                AnySession.begin()
+                sa_signals.on_commit(callback, AnySession)
 
-            return outer
+            async def aouter() -> None:
+                await asyncio.sleep(0)
+                recorder.done.append(name)
+                await AnySession.begin()
+                sa_signals.on_commit(callback, AnySession)
+
+            return aouter if flavour.is_async else outer
 
         first = register("first", register("second", innermost))
-        with testing.capture_on_commit(Session, execute=True) as callbacks:
-            Session.begin()
-            sa_signals.on_commit(first, Session)
-            sa_signals.on_commit(inner, Session)
+        with flavour.enter(testing.capture_on_commit(AnySession, execute=True)) as callbacks:
+            flavour.aw(AnySession.begin())
+            sa_signals.on_commit(first, AnySession)
+            sa_signals.on_commit(inner, AnySession)
         recorder.assert_done(["first", "second", "innermost", "inner"])
         assert len(callbacks) == 4
         assert callbacks[:2] == [first, inner]
         assert callbacks[3] is innermost
+        flavour.aw(AnySession.rollback())
 
     def test_execute_keeps_robust_rule(
         self,
-        session: sa_orm.Session,
+        flavour: Flavour,
+        any_session: t.Any,
         recorder: Recorder,
         connect: Connector,
         caplog: pytest.LogCaptureFixture,
@@ -131,43 +155,62 @@ class TestCaptureOnCommit:
         failures = connect.record(signals.on_commit_failed)
         with (
             caplog.at_level(logging.ERROR, logger="sa_signals"),
-            testing.capture_on_commit(session, execute=True),
+            flavour.enter(testing.capture_on_commit(any_session, execute=True)),
         ):
-            session.begin()
-            sa_signals.on_commit(recorder.fail(1), session)
-            sa_signals.on_commit(recorder.do(2), session)
+            flavour.aw(any_session.begin())
+            sa_signals.on_commit(recorder.fail(1), any_session)
+            sa_signals.on_commit(recorder.do(2), any_session)
         recorder.assert_done([1, 2])
         assert str(failures[0][1]["exception"]) == "callback 1 failed"
         assert "fail(1)" in caplog.records[0].getMessage()
+        flavour.aw(any_session.rollback())
 
-    def test_execute_keeps_strict_rule(self, session: sa_orm.Session, recorder: Recorder) -> None:
+    def test_execute_keeps_strict_rule(
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
+    ) -> None:
         """A failing strict callback raises at the end of the block, after the others ran."""
-        session.begin()
+        flavour.aw(any_session.begin())
         with (
             pytest.raises(RuntimeError, match="callback 1 failed"),
-            testing.capture_on_commit(session, execute=True),
+            flavour.enter(testing.capture_on_commit(any_session, execute=True)),
         ):
-            sa_signals.on_commit(recorder.fail(1), session, robust=False)
-            sa_signals.on_commit(recorder.do(2), session)
+            sa_signals.on_commit(recorder.fail(1), any_session, robust=False)
+            sa_signals.on_commit(recorder.do(2), any_session)
         recorder.assert_done([1, 2])
-        session.commit()
+        flavour.aw(any_session.commit())
         recorder.assert_done([1, 2])
 
     def test_execute_runs_nothing_when_block_raises(
-        self, session: sa_orm.Session, recorder: Recorder
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
     ) -> None:
         """An exception in the block runs nothing and leaves the callbacks queued, and listed."""
-        session.add(Item(name="a"))
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.flush())
         callback = recorder.do(1)
         with (
             pytest.raises(ZeroDivisionError),
-            testing.capture_on_commit(session, execute=True) as callbacks,
+            flavour.enter(testing.capture_on_commit(any_session, execute=True)) as callbacks,
         ):
-            sa_signals.on_commit(callback, session)
+            sa_signals.on_commit(callback, any_session)
             _ = 1 / 0
         assert callbacks == [callback]
         recorder.assert_done([])
-        session.commit()
+        flavour.aw(any_session.commit())
+        recorder.assert_done([1])
+
+    @pytest.mark.backends("sqlite")
+    async def test_execute_on_async_session_needs_async_with(
+        self, AsyncScoped: t.Any, recorder: Recorder
+    ) -> None:
+        """Plain `with` cannot await the callbacks: the error names `async with`, nothing ran."""
+        session = AsyncScoped()
+        await session.begin()
+        callback = recorder.do(1)
+        with pytest.raises(TypeError, match="needs `async with`"):  # noqa: SIM117
+            with testing.capture_on_commit(session, execute=True) as callbacks:
+                sa_signals.on_commit(callback, session)
+        assert callbacks == [callback]
+        await session.commit()
         recorder.assert_done([1])
 
     def test_refuses_a_sessionmaker(self, Session: Scoped) -> None:
@@ -291,72 +334,79 @@ class TestRaiseFailures:
 
 class TestTransactional:
     def test_commit_runs_callbacks_and_rolls_back_at_end(
-        self, Session: Scoped, engine: sa.Engine, recorder: Recorder
+        self, flavour: Flavour, AnySession: t.Any, engine: sa.Engine, recorder: Recorder
     ) -> None:
         """commit() runs the callbacks, which see the test's data; nothing is left afterwards."""
         seen: list[list[str]] = []
 
         def read_and_write() -> None:
-            seen.append(list(Session.scalars(sa.select(Item.name))))
-            Session.add(Audit(message="saw a"))
+            seen.append(list(flavour.aw(AnySession.scalars(sa.select(Item.name)))))
+            AnySession.add(Audit(message="saw a"))
 
-        with testing.transactional(Session):
-            Session.add(Item(name="a"))
-            sa_signals.on_commit(read_and_write, Session)
-            sa_signals.on_commit(recorder.do(1), Session)
-            Session.commit()
+        with flavour.enter(testing.transactional(AnySession)):
+            AnySession.add(Item(name="a"))
+            sa_signals.on_commit(read_and_write, AnySession)
+            sa_signals.on_commit(recorder.do(1), AnySession)
+            flavour.aw(AnySession.commit())
             recorder.assert_done([1])
             assert seen == [["a"]]
-            assert Session.scalars(sa.select(Audit.message)).all() == ["saw a"]
+            assert list(flavour.aw(AnySession.scalars(sa.select(Audit.message)))) == ["saw a"]
         assert count(engine, Item) == 0
         assert count(engine, Audit) == 0
 
-    def test_commit_signals_fire(self, Session: Scoped, connect: Connector) -> None:
+    def test_commit_signals_fire(
+        self, flavour: Flavour, AnySession: t.Any, connect: Connector
+    ) -> None:
         """before_commit and after_commit are sent once per outermost commit, as in production."""
         before = connect.record(signals.before_commit)
         after = connect.record(signals.after_commit)
         rolled_back = connect.record(signals.after_rollback)
-        with testing.transactional(Session):
-            session = Session()
+        with flavour.enter(testing.transactional(AnySession)):
+            session = AnySession()
             session.add(Item(name="a"))
-            with session.begin_nested():
+            with flavour.nested(session):
                 session.add(Item(name="b"))
-            session.commit()
+            flavour.aw(session.commit())
             session.add(Item(name="c"))
-            session.rollback()
+            flavour.aw(session.rollback())
         assert [sender for sender, _ in before] == [session]
         assert [sender for sender, _ in after] == [session]
         assert [sender for sender, _ in rolled_back] == [session]
 
-    def test_savepoint_rules_still_apply(self, Session: Scoped, recorder: Recorder) -> None:
+    def test_savepoint_rules_still_apply(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
         """A rolled-back savepoint or transaction still drops its callbacks."""
-        with testing.transactional(Session):
-            Session.add(Item(name="a"))
-            sa_signals.on_commit(recorder.do(1), Session)
-            savepoint = Session.begin_nested()
-            sa_signals.on_commit(recorder.do(2), Session)
-            savepoint.rollback()
-            Session.commit()
-            sa_signals.on_commit(recorder.do(3), Session)  # no transaction: at once
-            Session.begin()
-            sa_signals.on_commit(recorder.do(4), Session)
-            Session.rollback()
+        with flavour.enter(testing.transactional(AnySession)):
+            AnySession.add(Item(name="a"))
+            flavour.aw(AnySession.flush())
+            sa_signals.on_commit(recorder.do(1), AnySession)
+            savepoint = flavour.aw(AnySession.begin_nested())
+            sa_signals.on_commit(recorder.do(2), AnySession)
+            flavour.aw(savepoint.rollback())
+            flavour.aw(AnySession.commit())
+            sa_signals.on_commit(recorder.do(3), AnySession)  # no transaction: at once
+            flavour.aw(AnySession.begin())
+            sa_signals.on_commit(recorder.do(4), AnySession)
+            flavour.aw(AnySession.rollback())
         recorder.assert_done([1, 3])
 
-    def test_callbacks_registering_callbacks(self, Session: Scoped, recorder: Recorder) -> None:
+    def test_callbacks_registering_callbacks(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
         """A callback's own commit counts too: what it registers runs after it."""
 
         def outer() -> None:
-            Session.add(Audit(message="outer"))
-            sa_signals.on_commit(recorder.do("inner"), Session)
+            AnySession.add(Audit(message="outer"))
+            sa_signals.on_commit(recorder.do("inner"), AnySession)
             recorder.done.append("outer")
 
-        with testing.transactional(Session):
-            Session.add(Item(name="a"))
-            sa_signals.on_commit(outer, Session)
-            Session.commit()
+        with flavour.enter(testing.transactional(AnySession)):
+            AnySession.add(Item(name="a"))
+            sa_signals.on_commit(outer, AnySession)
+            flavour.aw(AnySession.commit())
             recorder.assert_done(["outer", "inner"])
-            assert Session.scalars(sa.select(Audit.message)).all() == ["outer"]
+            assert list(flavour.aw(AnySession.scalars(sa.select(Audit.message)))) == ["outer"]
 
     def test_sessionmaker_install(self, engine: sa.Engine) -> None:
         """With a sessionmaker install the distinct session joins the test's Connection."""
@@ -401,31 +451,40 @@ class TestTransactional:
             sa_signals.uninstall(MySession)
         assert seen == [1]
 
-    def test_capture_inside(self, Session: Scoped, recorder: Recorder) -> None:
+    def test_capture_inside(self, flavour: Flavour, AnySession: t.Any, engine: sa.Engine) -> None:
         """capture_on_commit(execute=True) runs callbacks that join the test's Connection."""
         seen: list[list[str]] = []
+
+        def read() -> None:
+            seen.append(list(flavour.aw(AnySession.scalars(sa.select(Item.name)))))
+            AnySession.add(Audit(message="read"))
+
         with (
-            testing.transactional(Session),
-            testing.capture_on_commit(Session, execute=True) as callbacks,
+            flavour.enter(testing.transactional(AnySession)),
+            flavour.enter(testing.capture_on_commit(AnySession, execute=True)) as callbacks,
         ):
-            Session.add(Item(name="a"))
-            Session.flush()
-            sa_signals.on_commit(
-                lambda: seen.append(list(Session.scalars(sa.select(Item.name)))), Session
-            )
+            AnySession.add(Item(name="a"))
+            flavour.aw(AnySession.flush())
+            sa_signals.on_commit(read, AnySession)
         assert seen == [["a"]]
         assert len(callbacks) == 1
+        assert count(engine, Audit) == 0
 
-    def test_restores_the_factory(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_restores_the_factory(
+        self, flavour: Flavour, AnySession: t.Any, engine: sa.Engine
+    ) -> None:
         """The factory's configuration comes back, and the connection is unmarked and closed."""
-        maker = Session.session_factory
+        maker = AnySession.session_factory
         before = dict(maker.kw)
-        with testing.transactional(Session) as connection:
-            assert Session().get_bind() is connection
+        with flavour.enter(testing.transactional(AnySession)) as connection:
+            assert AnySession().bind is connection
+            marked = connection.sync_connection if flavour.is_async else connection
+            assert marked.__dict__[TRANSACTIONAL_ATTR]
         assert maker.kw == before
-        assert not Session.registry.has()
+        assert not AnySession.registry.has()
         assert connection.closed
-        assert Session().get_bind() is engine
+        assert TRANSACTIONAL_ATTR not in marked.__dict__
+        assert AnySession().bind is not connection
 
     def test_given_connection_stays_with_caller(
         self, Session: Scoped, engine: sa.Engine, recorder: Recorder
@@ -491,19 +550,106 @@ class TestTransactional:
         finally:
             sa_signals.uninstall(unbound)
 
-    def test_refuses_scoped_session_in_transaction(self, Session: Scoped) -> None:
+    def test_refuses_scoped_session_in_transaction(
+        self, flavour: Flavour, AnySession: t.Any
+    ) -> None:
         """A current session already in a transaction would escape the mode: refused."""
-        Session.begin()
-        with pytest.raises(sa_signals.ScopeError, match="call remove"):  # noqa: SIM117
-            with testing.transactional(Session):
+        flavour.aw(AnySession.begin())
+        with pytest.raises(sa_signals.ScopeError, match="remove"):  # noqa: SIM117
+            with flavour.enter(testing.transactional(AnySession)):
+                pass
+        flavour.aw(AnySession.rollback())
+
+    def test_replaces_idle_scoped_session(self, flavour: Flavour, AnySession: t.Any) -> None:
+        """An idle current session is removed, so the next one is bound to the Connection."""
+        idle = AnySession()
+        with flavour.enter(testing.transactional(AnySession)) as connection:
+            assert AnySession() is not idle
+            assert AnySession().bind is connection
+
+
+class TestAsyncTransactional:
+    async def test_async_sessionmaker_install(
+        self, aengine: sa_asyncio.AsyncEngine, engine: sa.Engine
+    ) -> None:
+        """With an async_sessionmaker the distinct AsyncSession joins the test's connection."""
+        maker = sa_asyncio.async_sessionmaker(aengine)
+        sa_signals.install(maker)
+        seen: list[tuple[object, int]] = []
+
+        async def callback() -> None:
+            session = sa_signals.current_async_session()
+            connection = await session.connection()
+            seen.append((connection, await session.scalar(sa.select(sa.func.count(Item.id)))))
+
+        try:
+            async with testing.transactional(maker) as connection, maker() as session:
+                session.add(Item(name="a"))
+                sa_signals.on_commit(callback, session)
+                await session.commit()
+                assert seen == [(connection, 1)]
+        finally:
+            sa_signals.uninstall(maker)
+        assert count(engine, Item) == 0
+
+    async def test_given_connection_stays_with_caller(
+        self, AsyncScoped: t.Any, aengine: sa_asyncio.AsyncEngine, engine: sa.Engine
+    ) -> None:
+        """An AsyncConnection given as bind keeps its transaction; the caller rolls it back."""
+        ran: list[int] = []
+        async with aengine.connect() as connection:
+            async with testing.transactional(AsyncScoped, bind=connection) as joined:
+                assert joined is connection
+                AsyncScoped.add(Item(name="a"))
+                sa_signals.on_commit(lambda: ran.append(1), AsyncScoped)
+                await AsyncScoped.commit()
+            assert ran == [1]
+            assert connection.in_transaction()
+            await connection.rollback()
+        assert count(engine, Item) == 0
+
+    async def test_closes_sessions_of_other_tasks(
+        self, AsyncScoped: t.Any, engine: sa.Engine
+    ) -> None:
+        """Scoped sessions made in other tasks in the mode are closed and removed at its end."""
+
+        async def elsewhere() -> sa_asyncio.AsyncSession:
+            session: sa_asyncio.AsyncSession = AsyncScoped()
+            session.add(Item(name="a"))
+            await session.flush()
+            return session
+
+        async with testing.transactional(AsyncScoped):
+            other = await asyncio.create_task(elsewhere())
+            assert other.in_transaction()
+        assert not other.in_transaction()
+        assert AsyncScoped.registry.registry == {}
+        assert count(engine, Item) == 0
+
+    @pytest.mark.backends("sqlite")
+    async def test_refuses_the_wrong_with(self, AsyncScoped: t.Any, Session: Scoped) -> None:
+        """An async factory needs `async with`, a sync one `with`; each error says so."""
+        with pytest.raises(TypeError, match="async factory needs `async with`"):  # noqa: SIM117
+            with testing.transactional(AsyncScoped):
+                pass
+        with pytest.raises(TypeError, match="synchronous factory needs `with`"):
+            async with testing.transactional(Session):
                 pass
 
-    def test_replaces_idle_scoped_session(self, Session: Scoped) -> None:
-        """An idle current session is removed, so the next one is bound to the Connection."""
-        idle = Session()
-        with testing.transactional(Session) as connection:
-            assert Session() is not idle
-            assert Session().get_bind() is connection
+    @pytest.mark.backends("sqlite")
+    async def test_refuses_bad_async_factories(self, aengine: sa_asyncio.AsyncEngine) -> None:
+        """An async factory not installed, or without an engine, fails early naming the fix."""
+        with pytest.raises(sa_signals.NotInstalledError, match=r"call sa_signals\.install\(\)"):
+            async with testing.transactional(sa_asyncio.async_sessionmaker(aengine)):
+                pass
+        unbound = sa_asyncio.async_sessionmaker()
+        sa_signals.install(unbound)
+        try:
+            with pytest.raises(TypeError, match="configure the async_sessionmaker with bind="):
+                async with testing.transactional(unbound):
+                    pass
+        finally:
+            sa_signals.uninstall(unbound)
 
 
 class TestDocs:
@@ -517,6 +663,12 @@ class TestDocs:
             "examples/testing/conftest.py",
             "examples/testing/test_shop.py",
             "examples/testing/test_shop_unittest.py",
+            "examples/testing_async/shop.py",
+            "examples/testing_async/conftest.py",
+            "examples/testing_async/test_shop.py",
+            "examples/testing_async/test_shop_unittest.py",
         }
         for path, block in blocks:
             assert block in (root / path).read_text(), path
+        ini = (root / "examples" / "testing_async" / "pytest.ini").read_text()
+        assert f"```ini\n{ini}```" in text
