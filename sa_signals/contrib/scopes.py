@@ -176,7 +176,9 @@ class Scope:
             yield key
         finally:
             try:
-                await _shielded(self._aclose(self._pop(key)))
+                popped = self._pop(key)
+                if popped:
+                    await _shielded(self._aclose(popped))
             finally:
                 self._finish(key, token)
 

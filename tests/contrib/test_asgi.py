@@ -9,11 +9,13 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_asyncio
+import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals.contrib.asgi import Message
 from sa_signals.contrib.asgi import SessionMiddleware
 from sa_signals.contrib.scopes import Scope
+from tests.models import Audit
 from tests.models import Item
 
 AsyncScoped = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
@@ -185,6 +187,61 @@ class TestSessionMiddleware:
         app = SessionMiddleware(App(Scoped, events), scope, commit=True)
         await call(app, "", events, kind="lifespan")
         assert events == ["lifespan"]
+
+    async def test_cancelled_request_is_removed(
+        self, arunner: asyncio.Runner, scope: Scope, Scoped: AsyncScoped, engine: sa.Engine
+    ) -> None:
+        """A request task cancelled mid-handler is rolled back and its session removed."""
+        flushed = asyncio.Event()
+
+        async def slow(scope_: t.Any, receive: t.Any, send: t.Any) -> None:
+            session = Scoped()
+            session.add(Item(name="a"))
+            await session.flush()
+            flushed.set()
+            await asyncio.sleep(30)
+
+        app = SessionMiddleware(slow, scope, commit=True)
+        task = asyncio.create_task(call(app, "/", []))
+        await flushed.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert names(engine) == []
+        assert scope.keys() == set()
+
+    async def test_commits_sync_and_async_sessions_of_the_unit(
+        self,
+        arunner: asyncio.Runner,
+        scope: Scope,
+        Scoped: AsyncScoped,
+        engine: sa.Engine,
+    ) -> None:
+        """A scope may track a sync scoped_session too: both are committed and removed."""
+        SyncScoped = scope.scoped_session(sa_orm.sessionmaker(engine))
+        sa_signals.install(SyncScoped)
+        events: list[str] = []
+        try:
+            inner = App(Scoped, events)
+
+            async def both(scope_: t.Any, receive: t.Any, send: t.Any) -> None:
+                await inner(scope_, receive, send)
+                SyncScoped().add(Audit(message="sync"))
+                sa_signals.on_commit(lambda: events.append("callback sync"), SyncScoped)
+
+            await call(SessionMiddleware(both, scope, commit=True), "/a/200", events)
+        finally:
+            sa_signals.uninstall(SyncScoped)
+        assert events == [
+            "sent http.response.start",
+            "sent http.response.body",
+            "callback a",
+            "callback sync",
+        ]
+        assert names(engine) == ["a"]
+        with engine.connect() as connection:
+            assert connection.scalar(sa.select(Audit.message)) == "sync"
+        assert scope.keys() == set()
 
     def test_before_response_needs_commit(self, scope: Scope) -> None:
         """before_response=True without commit=True is refused."""

@@ -22,6 +22,7 @@ import starlette.testclient
 import uvicorn
 
 import sa_signals
+from sa_signals.contrib.asgi import SessionMiddleware
 from sa_signals.contrib.scopes import Scope
 from sa_signals.contrib.starlette import SaSignals
 from tests.conftest import async_url
@@ -136,6 +137,18 @@ class TestStarletteMiddleware:
         with pytest.raises(ValueError, match="pass commit=True too"):
             SaSignals(maker, commit=False, before_response=True)
 
+    def test_given_the_app_adds_its_middleware(
+        self, maker: t.Any, uninstall: list[SaSignals]
+    ) -> None:
+        """SaSignals(factory, app) adds the session middleware with its settings."""
+        app = starlette.applications.Starlette()
+        db = SaSignals(maker, app, before_response=True)
+        uninstall.append(db)
+        [middleware] = app.user_middleware
+        assert middleware.cls is SessionMiddleware
+        assert middleware.args == (db.scope,)
+        assert middleware.kwargs == {"commit": True, "before_response": True}
+
 
 def fastapi_app(
     db: SaSignals, ran: list[str], *, middleware: bool, **depends: t.Any
@@ -178,6 +191,20 @@ class TestFastAPIDependency:
             assert client.post("/items/c?fail=raise").status_code == 500
         assert ran == ["a"]
         assert names(engine) == ["a"]
+        assert db.scope.keys() == set()
+
+    def test_dependency_without_commit_commits_nothing(
+        self, maker: t.Any, uninstall: list[SaSignals], engine: sa.Engine
+    ) -> None:
+        """With commit=False the dependency only scopes and removes the session."""
+        db = SaSignals(maker, commit=False)
+        uninstall.append(db)
+        ran: list[str] = []
+        app = fastapi_app(db, ran, middleware=False)
+        with starlette.testclient.TestClient(app) as client:
+            assert client.post("/items/a").status_code == 201
+        assert ran == []
+        assert names(engine) == []
         assert db.scope.keys() == set()
 
     def test_dependency_yields_the_middleware_session(
