@@ -172,6 +172,21 @@ def fastapi_app(
             raise RuntimeError("the handler failed")
         return {"name": name, "same": session is db.session()}
 
+    @app.get("/stream/{name}")
+    async def stream(
+        name: str, session: sa_asyncio.AsyncSession = dependency
+    ) -> starlette.responses.StreamingResponse:
+        session.add(Item(name=name))
+        sa_signals.on_commit(lambda: ran.append(name), session)
+        await session.flush()
+
+        async def chunks() -> c.AsyncIterator[bytes]:
+            for _ in range(100):  # 5 s at most, if the disconnect went unnoticed
+                yield b"."
+                await asyncio.sleep(0.05)
+
+        return starlette.responses.StreamingResponse(chunks())
+
     return app
 
 
@@ -235,7 +250,10 @@ class TestUvicorn:
     def test_concurrent_requests_under_uvicorn(
         self, maker: t.Any, uninstall: list[SaSignals], engine: sa.Engine
     ) -> None:
-        """Concurrent requests on a real server: each removed, committed callbacks run once."""
+        """Concurrent requests on a real server: each removed, committed callbacks run once.
+
+        Requests that fail, and one whose client disconnects mid-response, are rolled back.
+        """
         db = SaSignals(maker)
         uninstall.append(db)
         ran: list[str] = []
@@ -260,6 +278,12 @@ class TestUvicorn:
                     base_url=f"http://127.0.0.1:{port}", timeout=20
                 ) as client:
                     responses = await asyncio.gather(*(client.post(path) for path in paths))
+                    # A client that goes away in the middle of a streamed response.
+                    async with client.stream("GET", "/stream/gone") as streamed:
+                        assert streamed.status_code == 200
+                        async for chunk in streamed.aiter_raw():
+                            assert chunk.startswith(b".")
+                            break
                 return [response.status_code for response in responses]
 
             statuses = asyncio.run(asyncio.wait_for(send_all(), 60))
@@ -267,6 +291,7 @@ class TestUvicorn:
             server.should_exit = True
             thread.join(timeout=10)
         assert not thread.is_alive()
+        assert server.started  # the assertions below are about a server that ran
         assert statuses == [[201, 409, 500][i % 3] for i in range(30)]
         committed = sorted(f"r{i}" for i in range(0, 30, 3))
         assert sorted(ran) == committed  # each exactly once, the failed ones never
