@@ -333,6 +333,16 @@ class TestEnterAsync:
         assert ran == [True]
         assert scope.keys() == set()
 
+    async def test_unit_that_used_no_session(
+        self, arunner: asyncio.Runner, scope: Scope, AsyncScopeSession: AsyncScoped
+    ) -> None:
+        """A unit that never asked for a session creates none and leaves nothing."""
+        async with scope.enter_async("idle"):
+            assert scope() == "idle"
+            assert scope.sessions() == []
+        assert scope.keys() == set()
+        assert not scope.active
+
     def test_sync_enter_refuses_async_registries(
         self, scope: Scope, AsyncScopeSession: AsyncScoped
     ) -> None:
