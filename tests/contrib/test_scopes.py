@@ -9,6 +9,7 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
@@ -233,3 +234,156 @@ class TestRemoveSession:
         assert not scoped.registry.has()
         assert "close failed" in caplog.text
         remove_session(scoped)
+
+
+AsyncScoped = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
+
+
+@pytest.fixture
+def AsyncScopeSession(scope: Scope, aengine: sa_asyncio.AsyncEngine) -> c.Iterator[AsyncScoped]:
+    """An installed async_scoped_session keyed by ``scope``."""
+    scoped = scope.async_scoped_session(sa_asyncio.async_sessionmaker(aengine))
+    sa_signals.install(scoped)
+    yield scoped
+    sa_signals.uninstall(scoped)
+
+
+class TestEnterAsync:
+    async def test_closes_async_sessions_and_deletes_keys(
+        self,
+        arunner: asyncio.Runner,
+        scope: Scope,
+        AsyncScopeSession: AsyncScoped,
+        ScopedSession: Scoped,
+        engine: sa.Engine,
+    ) -> None:
+        """The async exit closes every tracked session, async and sync, and leaves no key."""
+        async with scope.enter_async("job") as key:
+            session = AsyncScopeSession()
+            assert AsyncScopeSession() is session
+            session.add(Item(name="committed"))
+            await session.commit()
+            session.add(Item(name="pending"))
+            await session.flush()
+            sync_session = ScopedSession()
+            assert scope.sessions() == [session, sync_session]
+            assert scope.keys() == {key} == {"job"}
+        assert scope.keys() == set()
+        assert not session.in_transaction()
+        assert not scope.active
+        assert names(engine) == ["committed"]
+
+    async def test_cleans_up_when_the_unit_raises(
+        self, arunner: asyncio.Runner, scope: Scope, AsyncScopeSession: AsyncScoped
+    ) -> None:
+        """An exception rolls back, removes the key and propagates."""
+        with pytest.raises(KeyError, match="boom"):
+            async with scope.enter_async():
+                AsyncScopeSession().add(Item(name="a"))
+                await AsyncScopeSession().flush()
+                raise KeyError("boom")
+        assert scope.keys() == set()
+
+    async def test_cancelled_task_still_closes(
+        self,
+        arunner: asyncio.Runner,
+        scope: Scope,
+        AsyncScopeSession: AsyncScoped,
+        engine: sa.Engine,
+    ) -> None:
+        """A task cancelled in the unit, and again during its exit, still closes its session."""
+        entered = asyncio.Event()
+        sessions: list[sa_asyncio.AsyncSession] = []
+
+        async def unit() -> None:
+            async with scope.enter_async("request"):
+                session = AsyncScopeSession()
+                sessions.append(session)
+                session.add(Item(name="a"))
+                await session.flush()
+                entered.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(unit())
+        await entered.wait()
+        task.cancel()
+        await asyncio.sleep(0)
+        task.cancel()  # as anyio's cancel scopes do, while the exit runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert scope.keys() == set()
+        assert not sessions[0].in_transaction()
+        assert names(engine) == []
+
+    async def test_on_commit_in_an_async_unit(
+        self, arunner: asyncio.Runner, scope: Scope, AsyncScopeSession: AsyncScoped
+    ) -> None:
+        """Callbacks run after the commit, with the unit's registry put back afterwards."""
+        ran: list[bool] = []
+        async with scope.enter_async():
+            session = AsyncScopeSession()
+
+            async def callback() -> None:
+                ran.append(AsyncScopeSession() is not session)
+
+            session.add(Item(name="a"))
+            sa_signals.on_commit(callback, session)
+            await session.commit()
+            assert AsyncScopeSession() is session
+        assert ran == [True]
+        assert scope.keys() == set()
+
+    async def test_unit_that_used_no_session(
+        self, arunner: asyncio.Runner, scope: Scope, AsyncScopeSession: AsyncScoped
+    ) -> None:
+        """A unit that never asked for a session creates none and leaves nothing."""
+        async with scope.enter_async("idle"):
+            assert scope() == "idle"
+            assert scope.sessions() == []
+        assert scope.keys() == set()
+        assert not scope.active
+
+    def test_sync_enter_refuses_async_registries(
+        self, scope: Scope, AsyncScopeSession: AsyncScoped
+    ) -> None:
+        """A scope with an async_scoped_session must be entered with enter_async()."""
+        with (
+            pytest.raises(sa_signals.ScopeError, match=r"async with scope\.enter_async"),
+            scope.enter(),
+        ):
+            pass  # pragma: no cover
+        assert not scope.active
+
+    def test_track_takes_an_async_scoped_session(
+        self, scope: Scope, aengine: sa_asyncio.AsyncEngine
+    ) -> None:
+        """An async_scoped_session built with scopefunc=scope can be tracked; others cannot."""
+        maker = sa_asyncio.async_sessionmaker(aengine)
+        scope.track(sa_asyncio.async_scoped_session(maker, scopefunc=scope))
+        other = sa_asyncio.async_scoped_session(maker, scopefunc=asyncio.current_task)
+        with pytest.raises(TypeError, match="does not use this scope"):
+            scope.track(other)
+        with pytest.raises(TypeError, match="or an async_scoped_session, got 42"):
+            scope.track(42)  # type: ignore[arg-type]
+
+    async def test_close_failure_is_logged(
+        self,
+        arunner: asyncio.Runner,
+        scope: Scope,
+        aengine: sa_asyncio.AsyncEngine,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """An AsyncSession whose close() raises is logged, and its key still deleted."""
+
+        class FailingAsyncClose(sa_asyncio.AsyncSession):
+            async def close(self) -> None:
+                await super().close()
+                raise RuntimeError("async close failed")
+
+        scoped = scope.async_scoped_session(
+            sa_asyncio.async_sessionmaker(aengine, class_=FailingAsyncClose)
+        )
+        async with scope.enter_async():
+            scoped().add(Item(name="a"))
+        assert scope.keys() == set()
+        assert "async close failed" in caplog.text

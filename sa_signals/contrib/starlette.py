@@ -1,0 +1,100 @@
+"""``SaSignals`` for Starlette and FastAPI: one ``AsyncSession`` per request, by middleware or
+dependency, committed on success and always removed.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import typing as t
+
+import sqlalchemy.ext.asyncio as sa_asyncio
+
+from .._bridge import install
+from .asgi import SessionMiddleware
+from .scopes import Scope
+
+if t.TYPE_CHECKING:
+    import starlette.applications
+
+__all__ = ["SaSignals", "SessionMiddleware"]
+
+
+class SaSignals:
+    """Scope an ``AsyncSession`` per request of a Starlette or FastAPI application.
+
+    ``factory`` is an ``async_sessionmaker``, from which :attr:`session` is built as an
+    ``async_scoped_session`` keyed by :attr:`scope` (one key per request, not per thread or
+    task), or an ``async_scoped_session`` built with ``scopefunc=`` a :class:`Scope`. It is passed
+    to :func:`sa_signals.install` with ``robust``.
+
+    :meth:`init_app` adds :class:`~sa_signals.contrib.asgi.SessionMiddleware` (``commit`` and
+    ``before_response`` are passed on); :meth:`dependency` is a FastAPI dependency that yields the
+    request's session, and scopes one itself where the middleware is not installed.
+    """
+
+    def __init__(
+        self,
+        factory: sa_asyncio.async_sessionmaker[t.Any] | sa_asyncio.async_scoped_session[t.Any],
+        app: starlette.applications.Starlette | None = None,
+        /,
+        *,
+        commit: bool = True,
+        before_response: bool = False,
+        robust: bool = True,
+    ) -> None:
+        if before_response and not commit:
+            msg = "before_response=True commits before the response: pass commit=True too."
+            raise ValueError(msg)
+        if isinstance(factory, sa_asyncio.async_scoped_session):
+            scope = getattr(factory.registry, "scopefunc", None)
+            if not isinstance(scope, Scope):
+                msg = (
+                    f"{factory!r} is not keyed by a Scope: pass its async_sessionmaker, or build"
+                    " it with async_scoped_session(factory, scopefunc=Scope())."
+                )
+                raise TypeError(msg)
+            scope.track(factory)
+            self.scope = scope
+            self.session: sa_asyncio.async_scoped_session[t.Any] = factory
+        elif isinstance(factory, sa_asyncio.async_sessionmaker):
+            self.scope = Scope("sa_signals_request")
+            self.session = self.scope.async_scoped_session(factory)
+        else:
+            msg = (
+                "SaSignals() takes an async_sessionmaker or an async_scoped_session, got"
+                f" {factory!r}"
+            )
+            raise TypeError(msg)
+        self.commit = commit
+        self.before_response = before_response
+        install(self.session, robust=robust)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: starlette.applications.Starlette, /) -> None:
+        """Add the middleware that runs each request of ``app`` as a unit of :attr:`scope`."""
+        app.add_middleware(
+            SessionMiddleware,
+            self.scope,
+            commit=self.commit,
+            before_response=self.before_response,
+        )
+
+    async def dependency(self) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
+        """Yield the request's ``AsyncSession``: ``Depends(db.dependency)`` in FastAPI.
+
+        Under the middleware this is the middleware's session, committed by it. Without the
+        middleware, the dependency runs the request as a unit of its own: when the handler
+        returns, the open transaction is committed (if ``commit``); when it raises (an
+        ``HTTPException`` too), nothing is; either way the session is closed and its key removed.
+        FastAPI runs that exit after the response is sent, or before with
+        ``Depends(db.dependency, scope="function")``.
+        """
+        if self.scope.active:
+            yield self.session()
+            return
+        async with self.scope.enter_async():
+            session: sa_asyncio.AsyncSession = self.session()
+            yield session
+            if self.commit and session.in_transaction():
+                await session.commit()
