@@ -779,6 +779,56 @@ class TestAsyncCancelled:
         await assert_async_usable(AsyncSession, done, "again")
         assert done == ["first", "again"]
 
+    async def test_cancelled_while_a_callback_session_commits(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        engine: sa.Engine,
+        slow_commits: sa.Table,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Cancelled during the COMMIT of a callback's own session: its work and the rest are lost.
+
+        The callback had returned; the layer was committing its distinct session. The server
+        cancels that COMMIT, the interruption is logged, and nothing is left checked out.
+        """
+        done: list[str] = []
+        sessions: list[sa_asyncio.AsyncSession] = []
+        pids: list[int] = []
+        ready = asyncio.Event()
+
+        async def writes() -> None:
+            own = AsyncSession()
+            own.add(Audit(message="lost"))
+            await own.execute(slow_commits.insert().values(id=1))
+            pids.append(await async_server_pid(own))
+            done.append("writes")
+            ready.set()
+
+        async def commit() -> None:
+            session = AsyncSession()
+            sessions.append(session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(writes, session)
+            sa_signals.on_commit(arecord(done, "later"), session)
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await ready.wait()
+        await wait_for_statement(engine, pids[0], "COMMIT")
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert done == ["writes"]
+        [session] = sessions
+        assert_async_nothing_left(AsyncSession, session)
+        assert await anames(AsyncSession, Item.name) == ["a"]
+        assert await anames(AsyncSession, Audit.message) == []
+        assert "writes was interrupted by CancelledError()" in caplog.text
+        assert "1 commit-time call(s) did not run" in caplog.text
+        await assert_async_usable(AsyncSession, done, "again")
+
     async def test_cancelled_while_an_after_commit_receiver_awaits(
         self,
         arunner: asyncio.Runner,
