@@ -516,3 +516,81 @@ class TestAsyncBaseExceptions:
         await assert_async_usable(AsyncScoped, recorder, "b")
         recorder.assert_done(["b"])
         assert await acount(aengine, Item) == 1
+
+
+class TestAsyncConnectDisconnectDuringSend:
+    """A send awaiting its receivers still uses the ones connected when it began."""
+
+    @pytest.mark.parametrize("name", ["before_commit", "after_commit"])
+    async def test_other_task_changes_receivers_mid_send(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        connect: Connector,
+        name: str,
+    ) -> None:
+        """Disconnected by another task while the send awaits: still called; a new one waits."""
+        signal: Signal = getattr(signals, name)
+        seen: list[str] = []
+        entered = asyncio.Event()
+        go = asyncio.Event()
+
+        async def first(sender: object, **kwargs: object) -> None:
+            seen.append("first")
+            entered.set()
+            await go.wait()
+
+        async def second(sender: object, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            seen.append("second")
+
+        def late(sender: object, **kwargs: object) -> None:
+            seen.append("late")
+
+        connect(signal, first)
+        connect(signal, second)
+
+        async def commit(name: str) -> None:
+            session = AsyncScoped()
+            session.add(Item(name=name))
+            await session.commit()
+            await AsyncScoped.remove()
+
+        task = asyncio.create_task(commit("a"))
+        await entered.wait()
+        signal.disconnect(second)
+        connect(signal, late)
+        go.set()
+        await task
+        assert seen == ["first", "second"]
+        await asyncio.create_task(commit("b"))
+        assert seen == ["first", "second", "first", "late"]
+        assert AsyncScoped.registry.registry == {}
+
+    async def test_weak_coroutine_receiver_dropped_mid_send(
+        self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT, connect: Connector
+    ) -> None:
+        """A weak coroutine receiver dropped while the send awaits gets that send, no later one."""
+        seen: list[str] = []
+
+        class Late:
+            async def __call__(self, sender: object, **kwargs: object) -> None:
+                await asyncio.sleep(0)
+                seen.append("late")
+
+        holder = [Late()]
+
+        async def first(sender: object, **kwargs: object) -> None:
+            seen.append("first")
+            holder.clear()
+            await asyncio.sleep(0)
+            gc.collect()
+
+        connect(signals.before_commit, first)
+        signals.before_commit.connect(holder[0])  # weak
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        await session.commit()
+        session.add(Item(name="b"))
+        await session.commit()
+        assert seen == ["first", "late", "first"]
