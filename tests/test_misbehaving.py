@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc as c
+import functools
 import gc
 import inspect
 import logging
@@ -594,3 +595,31 @@ class TestAsyncConnectDisconnectDuringSend:
         session.add(Item(name="b"))
         await session.commit()
         assert seen == ["first", "late", "first"]
+
+
+class TestAsyncCoroutinesFromPlainFunctions:
+    async def test_callback_returning_a_coroutine_is_awaited_in_its_session(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+    ) -> None:
+        """With an AsyncSession a partial of a coroutine function is awaited, and its work kept."""
+        seen: list[str] = []
+
+        async def audit(message: str) -> None:
+            await asyncio.sleep(0)
+            distinct = AsyncScoped()
+            assert distinct is not session
+            distinct.add(Audit(message=message))
+            await distinct.flush()
+            seen.append(message)
+
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(functools.partial(audit, "first"), session)
+        sa_signals.on_commit(lambda: audit("second"), session)
+        await session.commit()
+        assert seen == ["first", "second"]
+        assert await acount(aengine, Audit) == 2
+        assert_async_clean(AsyncScoped, session, aengine)
