@@ -6,12 +6,15 @@ runs once, nothing is left checked out or registered, and the error raised is th
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc as c
+import logging
 import typing as t
 
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.pool as sa_pool
 
@@ -19,6 +22,7 @@ import sa_signals
 from sa_signals import _runner
 from sa_signals import signals
 from sa_signals._state import STATE_ATTR
+from tests.conftest import async_url
 from tests.models import Audit
 from tests.models import customers
 from tests.models import Item
@@ -409,3 +413,461 @@ class TestPoolExhausted:
             holder.close()
         assert names(engine_of(Session), Item.name) == ["holder"]
         assert_usable(Session, recorder, "again")
+
+
+AsyncScoped = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
+
+
+@pytest.fixture
+def make_async_session(
+    arunner: asyncio.Runner, backend: str, engine: sa.Engine
+) -> c.Iterator[c.Callable[..., AsyncScoped]]:
+    """Build an installed ``async_scoped_session`` (per task) on a private async engine."""
+    made: list[tuple[AsyncScoped, sa_asyncio.AsyncEngine]] = []
+
+    def make(**pool: t.Any) -> AsyncScoped:
+        private = sa_asyncio.create_async_engine(async_url(backend, engine), **pool)
+        scoped = sa_asyncio.async_scoped_session(
+            sa_asyncio.async_sessionmaker(private), scopefunc=asyncio.current_task
+        )
+        sa_signals.install(scoped)
+        made.append((scoped, private))
+        return scoped
+
+    yield make
+
+    async def close() -> None:
+        for scoped, private in made:
+            for session in list(scoped.registry.registry.values()):
+                await session.close()
+            await private.dispose()
+
+    for scoped, _ in made:
+        sa_signals.uninstall(scoped)
+    arunner.run(close())
+
+
+@pytest.fixture
+def AsyncSession(make_async_session: c.Callable[..., AsyncScoped]) -> AsyncScoped:
+    return make_async_session()
+
+
+def async_engine_of(Session: AsyncScoped) -> sa_asyncio.AsyncEngine:
+    bind = Session.session_factory.kw["bind"]
+    assert isinstance(bind, sa_asyncio.AsyncEngine)
+    return bind
+
+
+async def async_server_pid(session: sa_asyncio.AsyncSession) -> int:
+    connection = await session.connection()
+    return int((await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())
+
+
+def assert_async_database_error(exc: BaseException) -> None:
+    """``exc`` is SQLAlchemy's wrapper of asyncpg's own error, not one of the layer's."""
+    assert isinstance(exc, sa_exc.DBAPIError)
+    assert not isinstance(exc, sa_signals.SaSignalsError)
+    # SQLAlchemy's asyncpg adapter re-raises asyncpg's exception as a DBAPI-style one.
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    assert type(cause).__module__.split(".")[0] == "asyncpg", repr(cause)
+
+
+def assert_async_nothing_left(Session: AsyncScoped, original: sa_asyncio.AsyncSession) -> None:
+    """No connection checked out, the registry holding ``original`` only, no queued work."""
+    assert async_engine_of(Session).sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert list(Session.registry.registry.values()) == [original]
+    assert not original.in_transaction()
+    state = original.sync_session.__dict__.get(STATE_ATTR)
+    assert state is None or (not state.queue and not state.connections)
+    assert _runner._current.get() is None
+    assert _runner._pending.get() is None
+
+
+async def anames(Session: AsyncScoped, column: sa.ColumnElement[t.Any]) -> list[t.Any]:
+    async with async_engine_of(Session).connect() as connection:
+        return sorted(await connection.scalars(sa.select(column)))
+
+
+def arecord(done: list[str], name: str) -> c.Callable[[], c.Awaitable[None]]:
+    async def callback() -> None:
+        await asyncio.sleep(0)
+        done.append(name)
+
+    callback.__qualname__ = f"arecord({name!r})"
+    return callback
+
+
+async def assert_async_usable(Session: AsyncScoped, done: list[str], name: str) -> None:
+    """The session commits again in a new task, and that commit runs its callback once."""
+
+    async def again() -> None:
+        session = Session()
+        session.add(Item(name=name))
+        sa_signals.on_commit(arecord(done, name), session)
+        await session.commit()
+        await Session.remove()
+
+    await asyncio.create_task(again())
+    assert done[-1] == name
+    assert done.count(name) == 1
+
+
+@pytest.mark.backends("postgresql")
+class TestAsyncConnectionKilled:
+    async def test_killed_before_commit(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        kill: c.Callable[[sa.Connection | int], None],
+        connect: Connector,
+    ) -> None:
+        """COMMIT on a dead asyncpg connection: asyncpg's error, nothing runs, nothing is left."""
+        after_commit = connect.record(signals.after_commit)
+        done: list[str] = []
+        session = AsyncSession()
+        session.add(Item(name="lost"))
+        await session.flush()
+        sa_signals.on_commit(arecord(done, "lost"), session)
+        sa_signals.on_commit(lambda: done.append("plain"), session)
+        kill(await async_server_pid(session))
+        with pytest.raises(sa_exc.DBAPIError) as excinfo:
+            await session.commit()
+        assert_async_database_error(excinfo.value)
+        await session.rollback()
+        assert done == []
+        assert after_commit == []
+        assert_async_nothing_left(AsyncSession, session)
+        assert await anames(AsyncSession, Item.name) == []
+        await assert_async_usable(AsyncSession, done, "again")
+        assert len(after_commit) == 1
+
+    @pytest.mark.parametrize("robust", [True, False])
+    async def test_killed_inside_callback_distinct_session(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        kill: c.Callable[[sa.Connection | int], None],
+        connect: Connector,
+        robust: bool,
+    ) -> None:
+        """A coroutine callback whose own session dies fails alone; the commit and others stand."""
+        failures = connect.record(signals.on_commit_failed)
+        done: list[str] = []
+        distinct: list[sa_asyncio.AsyncSession] = []
+
+        async def doomed() -> None:
+            done.append("doomed")
+            own = AsyncSession()
+            distinct.append(own)
+            own.add(Audit(message="doomed"))
+            await own.flush()
+            kill(await async_server_pid(own))
+
+        async def survivor() -> None:
+            await asyncio.sleep(0)
+            done.append("survivor")
+            AsyncSession().add(Audit(message="survivor"))
+
+        session = AsyncSession()
+        session.add(Item(name="kept"))
+        sa_signals.on_commit(doomed, session, robust=robust)
+        sa_signals.on_commit(survivor, session)
+        if robust:
+            await session.commit()
+            [(sender, kwargs)] = failures
+            assert sender is session
+            assert kwargs["callback"] is doomed
+            error = kwargs["exception"]
+        else:
+            with pytest.raises(sa_exc.DBAPIError) as excinfo:
+                await session.commit()
+            error = excinfo.value
+            assert failures[0][1]["exception"] is error
+        assert_async_database_error(error)
+        assert done == ["doomed", "survivor"]
+        assert distinct[0] is not session
+        assert not distinct[0].in_transaction()
+        assert len(distinct[0].identity_map) == 0
+        assert_async_nothing_left(AsyncSession, session)
+        assert await anames(AsyncSession, Item.name) == ["kept"]
+        assert await anames(AsyncSession, Audit.message) == ["survivor"]
+        await assert_async_usable(AsyncSession, done, "again")
+
+
+@pytest.fixture
+def slow_commits(engine: sa.Engine) -> c.Iterator[sa.Table]:
+    """A table whose deferred constraint trigger makes COMMIT sleep on the server."""
+    table = sa.Table("slow_commits", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+    with engine.begin() as connection:
+        table.create(connection)
+        connection.exec_driver_sql(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_sleep(10); RETURN NULL; END $$"
+        )
+        connection.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON slow_commits"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+        )
+    yield table
+    with engine.begin() as connection:
+        table.drop(connection)
+        connection.exec_driver_sql("DROP FUNCTION slow_commit()")
+
+
+async def wait_for_statement(engine: sa.Engine, pid: int, statement: str) -> None:
+    """Return once the server process ``pid`` is running ``statement``."""
+    query = sa.text("SELECT query, state FROM pg_stat_activity WHERE pid = :pid")
+    for _ in range(500):
+        with engine.connect() as connection:
+            row = connection.execute(query, {"pid": pid}).one()
+        if row.state == "active" and row.query.rstrip(";") == statement:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{statement} never ran: {row}")  # pragma: no cover
+
+
+@pytest.mark.backends("postgresql")
+class TestAsyncCancelled:
+    """``task.cancel()`` while a task awaits ``session.commit()``, at each point it can land."""
+
+    @pytest.mark.parametrize("where", ["pre_save", "before_commit"])
+    async def test_cancelled_before_the_commit_statement(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        connect: Connector,
+        where: str,
+    ) -> None:
+        """Cancelled in a receiver awaiting inside the commit: nothing commits or runs."""
+        waiting = asyncio.Event()
+        done: list[str] = []
+        after_commit = connect.record(signals.after_commit)
+
+        async def stall(sender: object, **kwargs: object) -> None:
+            waiting.set()
+            await asyncio.sleep(30)
+
+        connect(getattr(signals, where), stall, Item if where == "pre_save" else None)
+        sessions: list[sa_asyncio.AsyncSession] = []
+
+        async def commit() -> None:
+            session = AsyncSession()
+            sessions.append(session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(arecord(done, "a"), session)
+            sa_signals.on_commit(lambda: done.append("plain"), session)
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        connect.disconnect_all()
+        [session] = sessions
+        await session.rollback()
+        assert done == []
+        assert after_commit == []
+        assert await anames(AsyncSession, Item.name) == []
+        assert_async_nothing_left(AsyncSession, session)
+        await assert_async_usable(AsyncSession, done, "again")
+
+    async def test_cancelled_while_the_commit_statement_runs(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        engine: sa.Engine,
+        slow_commits: sa.Table,
+        connect: Connector,
+    ) -> None:
+        """Cancelled during COMMIT: no callback, no after_commit; the rollback leaves nothing.
+
+        Here the server cancels the COMMIT (its deferred trigger is interrupted), so nothing
+        was committed either.
+        """
+        done: list[str] = []
+        after_commit = connect.record(signals.after_commit)
+        sessions: list[sa_asyncio.AsyncSession] = []
+        pids: list[int] = []
+        ready = asyncio.Event()
+
+        async def commit() -> None:
+            session = AsyncSession()
+            sessions.append(session)
+            session.add(Item(name="a"))
+            await session.execute(slow_commits.insert().values(id=1))
+            pids.append(await async_server_pid(session))
+            sa_signals.on_commit(arecord(done, "a"), session)
+            sa_signals.on_commit(lambda: done.append("plain"), session)
+            ready.set()
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await ready.wait()
+        await wait_for_statement(engine, pids[0], "COMMIT")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [session] = sessions
+        await session.rollback()
+        assert done == []
+        assert after_commit == []
+        assert await anames(AsyncSession, Item.name) == []
+        assert_async_nothing_left(AsyncSession, session)
+        await assert_async_usable(AsyncSession, done, "again")
+
+    @pytest.mark.parametrize("robust", [True, False])
+    async def test_cancelled_while_a_callback_awaits_its_query(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        engine: sa.Engine,
+        caplog: pytest.LogCaptureFixture,
+        robust: bool,
+    ) -> None:
+        """Data committed; the earlier callbacks ran once, the rest are logged, none runs later.
+
+        The interrupted callback's distinct session, cancelled in the middle of a query, is
+        rolled back, closed and unswapped, and its connection goes back to the pool.
+        """
+        done: list[str] = []
+        sessions: list[sa_asyncio.AsyncSession] = []
+        pids: list[int] = []
+        waiting = asyncio.Event()
+
+        async def slow() -> None:
+            own = AsyncSession()
+            own.add(Audit(message="interrupted"))
+            await own.flush()
+            pids.append(await async_server_pid(own))
+            waiting.set()
+            await own.execute(sa.text("SELECT pg_sleep(10)"))
+            done.append("slow")  # pragma: no cover - cancelled first
+
+        async def commit() -> None:
+            session = AsyncSession()
+            sessions.append(session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(arecord(done, "first"), session)
+            sa_signals.on_commit(slow, session, robust=robust)
+            sa_signals.on_commit(arecord(done, "later"), session)
+            sa_signals.on_commit(lambda: done.append("plain"), session)
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await waiting.wait()
+        await wait_for_statement(engine, pids[0], "SELECT pg_sleep(10)")
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert done == ["first"]
+        [session] = sessions
+        assert_async_nothing_left(AsyncSession, session)
+        assert await anames(AsyncSession, Item.name) == ["a"]
+        assert await anames(AsyncSession, Audit.message) == []
+        messages = [record.getMessage() for record in caplog.records]
+        assert [m for m in messages if "interrupted" in m] == [
+            "commit-time call tests.test_faults.TestAsyncCancelled."
+            "test_cancelled_while_a_callback_awaits_its_query.<locals>.slow was interrupted by"
+            " CancelledError()",
+            "2 commit-time call(s) did not run: the run was interrupted"
+            " (tests.test_faults.arecord('later'),"
+            " tests.test_faults.TestAsyncCancelled."
+            "test_cancelled_while_a_callback_awaits_its_query.<locals>.commit.<locals>.<lambda>)",
+        ]
+        await assert_async_usable(AsyncSession, done, "again")
+        assert done == ["first", "again"]
+
+    async def test_cancelled_while_a_callback_session_commits(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        engine: sa.Engine,
+        slow_commits: sa.Table,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Cancelled during the COMMIT of a callback's own session: its work and the rest are lost.
+
+        The callback had returned; the layer was committing its distinct session. The server
+        cancels that COMMIT, the interruption is logged, and nothing is left checked out.
+        """
+        done: list[str] = []
+        sessions: list[sa_asyncio.AsyncSession] = []
+        pids: list[int] = []
+        ready = asyncio.Event()
+
+        async def writes() -> None:
+            own = AsyncSession()
+            own.add(Audit(message="lost"))
+            await own.execute(slow_commits.insert().values(id=1))
+            pids.append(await async_server_pid(own))
+            done.append("writes")
+            ready.set()
+
+        async def commit() -> None:
+            session = AsyncSession()
+            sessions.append(session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(writes, session)
+            sa_signals.on_commit(arecord(done, "later"), session)
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await ready.wait()
+        await wait_for_statement(engine, pids[0], "COMMIT")
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert done == ["writes"]
+        [session] = sessions
+        assert_async_nothing_left(AsyncSession, session)
+        assert await anames(AsyncSession, Item.name) == ["a"]
+        assert await anames(AsyncSession, Audit.message) == []
+        assert "writes was interrupted by CancelledError()" in caplog.text
+        assert "1 commit-time call(s) did not run" in caplog.text
+        await assert_async_usable(AsyncSession, done, "again")
+
+    async def test_cancelled_while_an_after_commit_receiver_awaits(
+        self,
+        arunner: asyncio.Runner,
+        AsyncSession: AsyncScoped,
+        connect: Connector,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Committed; the receiver's writes roll back, every callback is logged as not run."""
+        done: list[str] = []
+        sessions: list[sa_asyncio.AsyncSession] = []
+        waiting = asyncio.Event()
+
+        async def stall(sender: object, **kwargs: object) -> None:
+            AsyncSession().add(Audit(message="receiver"))
+            await AsyncSession().flush()
+            waiting.set()
+            await asyncio.sleep(30)
+
+        connect(signals.after_commit, stall)
+
+        async def commit() -> None:
+            session = AsyncSession()
+            sessions.append(session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(arecord(done, "a"), session)
+            await session.commit()
+
+        task = asyncio.create_task(commit())
+        await waiting.wait()
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        connect.disconnect_all()
+        assert done == []
+        [session] = sessions
+        assert_async_nothing_left(AsyncSession, session)
+        assert await anames(AsyncSession, Item.name) == ["a"]
+        assert await anames(AsyncSession, Audit.message) == []
+        assert "1 commit-time call(s) did not run" in caplog.text
+        assert "arecord('a')" in caplog.text
+        await assert_async_usable(AsyncSession, done, "again")

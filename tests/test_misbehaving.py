@@ -6,6 +6,9 @@ callbacks registering callbacks inside their transaction; this module covers the
 
 from __future__ import annotations
 
+import asyncio
+import collections.abc as c
+import functools
 import gc
 import inspect
 import logging
@@ -14,20 +17,19 @@ import warnings
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import signals
 from sa_signals._dispatch import Signal
 from sa_signals._state import STATE_ATTR
+from tests.conftest import Recorder
 from tests.models import Audit
 from tests.models import Item
 
 if t.TYPE_CHECKING:
-    import collections.abc as c
-
     from tests.conftest import Connector
-    from tests.conftest import Recorder
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
 
@@ -376,3 +378,248 @@ class TestDeepNesting:
         recorder.assert_done(list(range(300)))
         assert count(engine, Audit) == 1
         assert_clean(Session, session, engine)
+
+
+ASYNC_BASE_EXCEPTIONS = [*BASE_EXCEPTIONS, asyncio.CancelledError]
+
+AsyncScopedT = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
+
+
+async def acount(engine: sa_asyncio.AsyncEngine, model: type[t.Any]) -> int:
+    async with engine.connect() as connection:
+        return (await connection.scalar(sa.select(sa.func.count()).select_from(model))) or 0
+
+
+def assert_async_clean(
+    AsyncScoped: AsyncScopedT, session: sa_asyncio.AsyncSession, engine: sa_asyncio.AsyncEngine
+) -> None:
+    """Out of its transaction, holding no connection and no queued callback; registry intact."""
+    assert list(AsyncScoped.registry.registry.values()) == [session]
+    assert not session.in_transaction()
+    assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    state = session.sync_session.__dict__.get(STATE_ATTR)
+    assert state is None or (not state.queue and not state.connections)
+
+
+def araise(exc_type: type[BaseException]) -> c.Callable[..., c.Awaitable[None]]:
+    async def receiver(sender: object = None, **kwargs: object) -> None:
+        await asyncio.sleep(0)
+        raise exc_type
+
+    return receiver
+
+
+async def assert_async_usable(AsyncScoped: AsyncScopedT, recorder: Recorder, name: str) -> None:
+    session = AsyncScoped()
+    session.add(Item(name=name))
+    sa_signals.on_commit(recorder.do(name), session)
+    await session.commit()
+    assert recorder.done[-1:] == [name]
+
+
+class TestAsyncBaseExceptions:
+    """Coroutine receivers and callbacks raising BaseExceptions, CancelledError included."""
+
+    @pytest.fixture
+    def recorder(self) -> Recorder:
+        return Recorder(coroutines=True)
+
+    @pytest.mark.parametrize("exc_type", ASYNC_BASE_EXCEPTIONS)
+    @pytest.mark.parametrize("name", IN_TRANSACTION)
+    async def test_in_transaction_receiver_propagates_and_rollback_recovers(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+        recorder: Recorder,
+        connect: Connector,
+        name: str,
+        exc_type: type[BaseException],
+    ) -> None:
+        """Out of ``await commit()``; nothing runs; after rollback() the session commits again."""
+        connect_to(connect, name, araise(exc_type))
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do("a"), session)
+        with pytest.raises(exc_type):
+            await session.commit()
+        connect.disconnect_all()
+        await session.rollback()
+        assert_async_clean(AsyncScoped, session, aengine)
+        recorder.assert_done([])
+        assert await acount(aengine, Item) == 0
+        await assert_async_usable(AsyncScoped, recorder, "b")
+        recorder.assert_done(["b"])
+
+    @pytest.mark.parametrize("exc_type", ASYNC_BASE_EXCEPTIONS)
+    @pytest.mark.parametrize("where", ["after_commit", "callback", "plain callback"])
+    async def test_commit_time_raise_propagates_after_the_commit(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+        recorder: Recorder,
+        connect: Connector,
+        caplog: pytest.LogCaptureFixture,
+        where: str,
+        exc_type: type[BaseException],
+    ) -> None:
+        """Data committed, the raiser's writes rolled back, the rest logged; the session clean."""
+
+        async def raiser(sender: object = None, **kwargs: object) -> None:
+            AsyncScoped().add(Audit(message="raiser"))
+            await AsyncScoped().flush()
+            raise exc_type
+
+        def plain() -> None:
+            AsyncScoped().add(Audit(message="raiser"))
+            sa_signals.current_session().flush()
+            raise exc_type
+
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        await session.flush()
+        if where == "after_commit":
+            connect(signals.after_commit, raiser)
+        else:
+            sa_signals.on_commit(recorder.do("before"), session)
+            sa_signals.on_commit(raiser if where == "callback" else plain, session)
+        sa_signals.on_commit(recorder.do("a"), session)
+        with caplog.at_level(logging.ERROR, logger="sa_signals"), pytest.raises(exc_type):
+            await session.commit()
+        connect.disconnect_all()
+        assert "1 commit-time call(s) did not run" in caplog.text
+        recorder.assert_done([] if where == "after_commit" else ["before"])
+        assert_async_clean(AsyncScoped, session, aengine)
+        assert await acount(aengine, Item) == 1
+        assert await acount(aengine, Audit) == 0
+        await assert_async_usable(AsyncScoped, recorder, "b")
+
+    @pytest.mark.parametrize("exc_type", ASYNC_BASE_EXCEPTIONS)
+    async def test_after_rollback_receiver_propagates_after_the_rollback(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+        recorder: Recorder,
+        connect: Connector,
+        exc_type: type[BaseException],
+    ) -> None:
+        """The rollback is done and its callbacks dropped before the exception escapes."""
+        connect(signals.after_rollback, araise(exc_type))
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do("a"), session)
+        with pytest.raises(exc_type):
+            await session.rollback()
+        assert_async_clean(AsyncScoped, session, aengine)
+        connect.disconnect_all()
+        await assert_async_usable(AsyncScoped, recorder, "b")
+        recorder.assert_done(["b"])
+        assert await acount(aengine, Item) == 1
+
+
+class TestAsyncConnectDisconnectDuringSend:
+    """A send awaiting its receivers still uses the ones connected when it began."""
+
+    @pytest.mark.parametrize("name", ["before_commit", "after_commit"])
+    async def test_other_task_changes_receivers_mid_send(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        connect: Connector,
+        name: str,
+    ) -> None:
+        """Disconnected by another task while the send awaits: still called; a new one waits."""
+        signal: Signal = getattr(signals, name)
+        seen: list[str] = []
+        entered = asyncio.Event()
+        go = asyncio.Event()
+
+        async def first(sender: object, **kwargs: object) -> None:
+            seen.append("first")
+            entered.set()
+            await go.wait()
+
+        async def second(sender: object, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            seen.append("second")
+
+        def late(sender: object, **kwargs: object) -> None:
+            seen.append("late")
+
+        connect(signal, first)
+        connect(signal, second)
+
+        async def commit(name: str) -> None:
+            session = AsyncScoped()
+            session.add(Item(name=name))
+            await session.commit()
+            await AsyncScoped.remove()
+
+        task = asyncio.create_task(commit("a"))
+        await entered.wait()
+        signal.disconnect(second)
+        connect(signal, late)
+        go.set()
+        await task
+        assert seen == ["first", "second"]
+        await asyncio.create_task(commit("b"))
+        assert seen == ["first", "second", "first", "late"]
+        assert AsyncScoped.registry.registry == {}
+
+    async def test_weak_coroutine_receiver_dropped_mid_send(
+        self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT, connect: Connector
+    ) -> None:
+        """A weak coroutine receiver dropped while the send awaits gets that send, no later one."""
+        seen: list[str] = []
+
+        class Late:
+            async def __call__(self, sender: object, **kwargs: object) -> None:
+                await asyncio.sleep(0)
+                seen.append("late")
+
+        holder = [Late()]
+
+        async def first(sender: object, **kwargs: object) -> None:
+            seen.append("first")
+            holder.clear()
+            await asyncio.sleep(0)
+            gc.collect()
+
+        connect(signals.before_commit, first)
+        signals.before_commit.connect(holder[0])  # weak
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        await session.commit()
+        session.add(Item(name="b"))
+        await session.commit()
+        assert seen == ["first", "late", "first"]
+
+
+class TestAsyncCoroutinesFromPlainFunctions:
+    async def test_callback_returning_a_coroutine_is_awaited_in_its_session(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        aengine: sa_asyncio.AsyncEngine,
+    ) -> None:
+        """With an AsyncSession a partial of a coroutine function is awaited, and its work kept."""
+        seen: list[str] = []
+
+        async def audit(message: str) -> None:
+            await asyncio.sleep(0)
+            distinct = AsyncScoped()
+            assert distinct is not session
+            distinct.add(Audit(message=message))
+            await distinct.flush()
+            seen.append(message)
+
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(functools.partial(audit, "first"), session)
+        sa_signals.on_commit(lambda: audit("second"), session)
+        await session.commit()
+        assert seen == ["first", "second"]
+        assert await acount(aengine, Audit) == 2
+        assert_async_clean(AsyncScoped, session, aengine)

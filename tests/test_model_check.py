@@ -5,11 +5,17 @@ callbacks, receivers, commit, rollback, close and reset, and after every step co
 with what a plain model of the documented semantics says must run. A failure prints the
 shortest sequence of steps found that reproduces it.
 
-``SA_SIGNALS_MODEL_EXAMPLES`` raises the number of histories tried (default 150).
+The same machine runs in the ``async`` flavour: an ``AsyncSession`` from an
+``async_scoped_session``, awaited where the async API returns awaitables, with callbacks and
+receivers drawn as coroutine functions or plain ones.
+
+``SA_SIGNALS_MODEL_EXAMPLES`` raises the number of histories tried (default 150; two thirds of
+that in the async flavour).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import typing as t
 
@@ -17,6 +23,7 @@ import hypothesis.stateful as hs
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 from hypothesis import HealthCheck
 from hypothesis import settings
@@ -25,17 +32,24 @@ from hypothesis import strategies as st
 import sa_signals
 from sa_signals import signals
 from sa_signals._state import STATE_ATTR
+from tests.conftest import async_engine
+from tests.conftest import Flavour
 from tests.models import Audit
 from tests.models import Base
 from tests.models import Item
 
+EXAMPLES = int(os.environ.get("SA_SIGNALS_MODEL_EXAMPLES", "150"))
+
 MODEL_SETTINGS = settings(
-    max_examples=int(os.environ.get("SA_SIGNALS_MODEL_EXAMPLES", "150")),
+    max_examples=EXAMPLES,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
 """Bounded so the default suite stays fast; the variable above lengthens the search."""
+
+ASYNC_SETTINGS = settings(MODEL_SETTINGS, max_examples=max(EXAMPLES * 2 // 3, 1))
+"""A step costs more in the async flavour (a greenlet switch and a loop turn per await)."""
 
 Event = tuple[t.Any, ...]
 
@@ -44,6 +58,10 @@ RECEIVERS = ("before_commit", "after_commit", "after_rollback", "post_save")
 
 Callback = tuple[int, bool, "int | None"]
 """A callback's number, whether it fails, and the number of the callback it registers, if any."""
+
+AsyncScoped = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
+
+Scoped = sa_orm.scoped_session[sa_orm.Session] | AsyncScoped
 
 
 class Frame:
@@ -120,42 +138,55 @@ def apply(rows: dict[str, int], writes: list[tuple[str, int | None]]) -> None:
 
 
 class SessionHistory(hs.RuleBasedStateMachine):
-    """One installed session, its receivers and callbacks, and the model beside it."""
+    """One installed session, its receivers and callbacks, and the model beside it.
+
+    In the async flavour ``aengine`` is set, the session is an ``AsyncSession`` and ``aw()``
+    awaits what its API returns (the machine runs inside SQLAlchemy's greenlet, in one task).
+    """
 
     engine: t.ClassVar[sa.Engine]
+    flavour: t.ClassVar[Flavour]
+    aengine: t.ClassVar[sa_asyncio.AsyncEngine | None] = None
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[Event] = []
         self.counter = 0
-        self.savepoints: list[sa_orm.SessionTransaction] = []
-        self.connected: dict[str, t.Callable[..., None]] = {}
-        self.connection: sa.Connection | None = None
-        self.outer: sa.Transaction | None = None
-        self.Session: sa_orm.scoped_session[sa_orm.Session] | None = None
+        self.savepoints: list[t.Any] = []
+        self.connected: dict[str, t.Callable[..., t.Any]] = {}
+        self.connection: t.Any = None
+        self.outer: t.Any = None
+        self.Session: Scoped | None = None
         self.model = Model(joined=False)
         with self.engine.begin() as connection:
             for table in reversed(Base.metadata.sorted_tables):
                 connection.execute(table.delete())
 
+    def aw(self, value: t.Any) -> t.Any:
+        return self.flavour.aw(value)
+
     @hs.initialize(bind=st.sampled_from(["engine", "connection", "joined"]))
     def install(self, bind: str) -> None:
         """A session on the engine, on a connection, or joined into a test's transaction."""
         self.model = Model(joined=bind == "joined")
-        if bind == "engine":
-            maker = sa_orm.sessionmaker(self.engine)
-        else:
-            self.connection = self.engine.connect()
+        engine: t.Any = self.engine if self.aengine is None else self.aengine
+        if bind != "engine":
+            self.connection = self.aw(engine.connect())
             if bind == "joined":
-                self.outer = self.connection.begin()
-            maker = sa_orm.sessionmaker(
-                bind=self.connection, join_transaction_mode="create_savepoint"
+                self.outer = self.aw(self.connection.begin())
+        options: dict[str, t.Any] = {"bind": engine}
+        if self.connection is not None:
+            options = {"bind": self.connection, "join_transaction_mode": "create_savepoint"}
+        if self.aengine is None:
+            self.Session = sa_orm.scoped_session(sa_orm.sessionmaker(**options))
+        else:
+            self.Session = sa_asyncio.async_scoped_session(
+                sa_asyncio.async_sessionmaker(**options), scopefunc=asyncio.current_task
             )
-        self.Session = sa_orm.scoped_session(maker)
         sa_signals.install(self.Session)
 
     @property
-    def session(self) -> sa_orm.Session:
+    def session(self) -> t.Any:
         assert self.Session is not None
         return self.Session()
 
@@ -163,33 +194,36 @@ class SessionHistory(hs.RuleBasedStateMachine):
         for signal_name, receiver in self.connected.items():
             getattr(signals, signal_name).disconnect(receiver)
         if self.Session is not None:
-            self.Session.remove()
+            self.aw(self.Session.remove())
             sa_signals.uninstall(self.Session)
         if self.outer is not None:
             assert self.connection is not None
-            self.outer.rollback()
+            self.aw(self.outer.rollback())
             # Nothing of the test's transaction reached the database.
             assert self.read(self.engine) == ({}, set())
         if self.connection is not None:
-            self.connection.close()
+            self.aw(self.connection.close())
 
     # Transactions.
 
     @hs.precondition(lambda self: not self.model.frames)
     @hs.rule()
     def begin(self) -> None:
-        self.session.begin()
+        self.aw(self.session.begin())
         self.model.autobegin()
 
-    @hs.rule(registers=st.lists(st.none() | st.booleans(), min_size=1, max_size=3))
-    def begin_nested(self, registers: list[bool | None]) -> None:
+    @hs.rule(
+        registers=st.lists(st.none() | st.booleans(), min_size=1, max_size=3),
+        coroutine=st.booleans(),
+    )
+    def begin_nested(self, registers: list[bool | None], coroutine: bool) -> None:
         """Open savepoints one inside the other, each with a callback unless its entry is None."""
         for register in registers:
-            self.savepoints.append(self.session.begin_nested())
+            self.savepoints.append(self.aw(self.session.begin_nested()))
             self.model.autobegin()
             self.model.frames.append(Frame())
             if register is not None:
-                self.register(register)
+                self.register(register, coroutine=coroutine)
 
     @hs.precondition(lambda self: self.savepoints)
     @hs.rule(releases=st.lists(st.booleans(), min_size=1, max_size=3))
@@ -200,24 +234,24 @@ class SessionHistory(hs.RuleBasedStateMachine):
             assert savepoint is self.session.get_nested_transaction()
             frame = self.model.frames.pop()
             if release:
-                savepoint.commit()
+                self.aw(savepoint.commit())
                 self.model.frames[-1].callbacks.extend(frame.callbacks)
                 self.model.frames[-1].writes.extend(frame.writes)
             else:
-                savepoint.rollback()
+                self.aw(savepoint.rollback())
 
     @hs.precondition(lambda self: len(self.savepoints) > 1)
     @hs.rule(data=st.data())
     def rollback_enclosing_savepoint(self, data: st.DataObject) -> None:
         """Roll back a savepoint that has savepoints open inside it: they all go."""
         level = data.draw(st.integers(0, len(self.savepoints) - 2))
-        self.savepoints[level].rollback()
+        self.aw(self.savepoints[level].rollback())
         del self.savepoints[level:]
         del self.model.frames[level + 1 :]
 
     @hs.rule()
     def commit(self) -> None:
-        self.session.commit()
+        self.aw(self.session.commit())
         self.model.autobegin()  # commit() with no transaction begins one and commits it
         self.model.before_commit()
         self.model.end_outermost(committed=True)
@@ -226,7 +260,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
 
     @hs.rule(how=st.sampled_from(["rollback", "close", "reset"]))
     def end_without_commit(self, how: str) -> None:
-        getattr(self.session, how)()
+        self.aw(getattr(self.session, how)())
         self.model.end_outermost(committed=False)
         self.savepoints.clear()
 
@@ -241,7 +275,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
         self.counter += 1
         name = f"n{self.counter}"
         self.session.add(Item(name=name, value=value))
-        self.session.flush()
+        self.aw(self.session.flush())
         self.write(name, value)
         if "post_save" in self.model.receivers:
             self.model.events.append(("post_save", name, True))
@@ -254,7 +288,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
         return name, visible[name]
 
     def load(self, name: str, expected: int) -> Item:
-        item = self.session.scalars(sa.select(Item).filter_by(name=name)).one()
+        item: Item = self.aw(self.session.scalars(sa.select(Item).filter_by(name=name))).one()
         assert item.value == expected
         return item
 
@@ -265,7 +299,7 @@ class SessionHistory(hs.RuleBasedStateMachine):
             return
         name, old = picked
         self.load(name, old).value = value
-        self.session.flush()
+        self.aw(self.session.flush())
         self.write(name, value)
         if "post_save" in self.model.receivers and value != old:
             self.model.events.append(("post_save", name, False))
@@ -276,25 +310,28 @@ class SessionHistory(hs.RuleBasedStateMachine):
         if picked is None:
             return
         name, old = picked
-        self.session.delete(self.load(name, old))
-        self.session.flush()
+        self.aw(self.session.delete(self.load(name, old)))
+        self.aw(self.session.flush())
         self.write(name, None)
 
-    @hs.rule(data=st.data(), register=st.booleans())
-    def integrity_error_in_savepoint(self, data: st.DataObject, register: bool) -> None:
+    @hs.rule(data=st.data(), register=st.booleans(), coroutine=st.booleans())
+    def integrity_error_in_savepoint(
+        self, data: st.DataObject, register: bool, coroutine: bool
+    ) -> None:
         """A duplicate row fails its flush; rolling back the savepoint recovers."""
         picked = self.pick(data)
         if picked is None:
             return
-        savepoint = self.session.begin_nested()
+        savepoint = self.aw(self.session.begin_nested())
         self.model.autobegin()
         if register:
             self.counter += 1
-            sa_signals.on_commit(self.callback(self.counter, False, None), self.session)
+            callback = self.callback(self.counter, False, None, coroutine)
+            sa_signals.on_commit(callback, self.session)
         self.session.add(Item(name=picked[0]))
         with pytest.raises(sa_exc.IntegrityError):
-            self.session.flush()
-        savepoint.rollback()
+            self.aw(self.session.flush())
+        self.aw(savepoint.rollback())
 
     @hs.rule(data=st.data(), at_commit=st.booleans())
     def integrity_error_then_rollback(self, data: st.DataObject, at_commit: bool) -> None:
@@ -310,32 +347,50 @@ class SessionHistory(hs.RuleBasedStateMachine):
                 # flush fails before the outermost transaction's before_commit.
                 if len(self.model.frames) == 1:
                     self.model.before_commit()
-                self.session.commit()
+                self.aw(self.session.commit())
             else:
-                self.session.flush()
-        self.session.rollback()
+                self.aw(self.session.flush())
+        self.aw(self.session.rollback())
         self.model.end_outermost(committed=False)
         self.savepoints.clear()
 
     # Callbacks and receivers.
 
-    def callback(self, number: int, fails: bool, child: int | None) -> t.Callable[[], None]:
+    def callback(
+        self, number: int, fails: bool, child: int | None, coroutine: bool
+    ) -> t.Callable[[], t.Any]:
+        """A callback writing its number through its distinct session.
+
+        In the async flavour a coroutine one awaits its flush; a plain one flushes through the
+        sync API of the same session (it runs inside SQLAlchemy's greenlet).
+        """
         scoped = self.Session
+        assert scoped is not None
 
         def callback() -> None:
-            assert scoped is not None
             self.events.append(("callback", number))
             scoped.add(Audit(message=str(number)))
             if child is not None:
-                sa_signals.on_commit(self.callback(child, False, None), scoped)
+                sa_signals.on_commit(self.callback(child, False, None, coroutine), scoped)
             if fails:
-                scoped.flush()
+                sa_signals.current_session().flush()
                 raise RuntimeError(f"callback {number} failed")
 
-        return callback
+        async def acallback() -> None:
+            await asyncio.sleep(0)
+            self.events.append(("callback", number))
+            session = t.cast("sa_asyncio.AsyncSession", scoped())
+            session.add(Audit(message=str(number)))
+            if child is not None:
+                sa_signals.on_commit(self.callback(child, False, None, coroutine), scoped)
+            if fails:
+                await session.flush()
+                raise RuntimeError(f"callback {number} failed")
 
-    @hs.rule(fails=st.booleans(), nests=st.booleans())
-    def register(self, fails: bool, nests: bool = False) -> None:
+        return acallback if coroutine and self.aengine is not None else callback
+
+    @hs.rule(fails=st.booleans(), nests=st.booleans(), coroutine=st.booleans())
+    def register(self, fails: bool, nests: bool = False, coroutine: bool = False) -> None:
         """Register a callback that writes its number, may register another, then may raise."""
         self.counter += 1
         number = self.counter
@@ -343,14 +398,20 @@ class SessionHistory(hs.RuleBasedStateMachine):
         if nests:
             self.counter += 1
             child = self.counter
-        sa_signals.on_commit(self.callback(number, fails, child), self.session)
+        callback = self.callback(number, fails, child, coroutine)
         if self.model.frames:
+            sa_signals.on_commit(callback, self.session)
             self.model.frames[-1].callbacks.append((number, fails, child))
         else:
-            self.model.run_callback(number, fails, child)  # no transaction: runs at once
+            # No transaction: runs at once (awaited through the awaitable form when async).
+            if self.aengine is None:
+                sa_signals.on_commit(callback, self.session)
+            else:
+                self.aw(sa_signals.on_commit_async(callback, self.session))
+            self.model.run_callback(number, fails, child)
 
-    @hs.rule(name=st.sampled_from(RECEIVERS))
-    def toggle_receiver(self, name: str) -> None:
+    @hs.rule(name=st.sampled_from(RECEIVERS), coroutine=st.booleans())
+    def toggle_receiver(self, name: str, coroutine: bool) -> None:
         signal = getattr(signals, name)
         if name in self.connected:
             signal.disconnect(self.connected.pop(name))
@@ -363,11 +424,16 @@ class SessionHistory(hs.RuleBasedStateMachine):
             else:
                 self.events.append((name,))
 
+        async def areceiver(sender: object, **kwargs: t.Any) -> None:
+            await asyncio.sleep(0)
+            receiver(sender, **kwargs)
+
+        chosen = areceiver if coroutine and self.aengine is not None else receiver
         if name == "post_save":
-            signal.connect(receiver, sender=Item, weak=False)
+            signal.connect(chosen, sender=Item, weak=False)
         else:
-            signal.connect(receiver, weak=False)
-        self.connected[name] = receiver
+            signal.connect(chosen, weak=False)
+        self.connected[name] = chosen
         self.model.receivers.add(name)
 
     # Checks.
@@ -385,7 +451,12 @@ class SessionHistory(hs.RuleBasedStateMachine):
             return query(connection)
 
     def check_database(self) -> None:
-        source = self.connection if self.outer is not None else self.engine
+        if self.outer is None:
+            source: sa.Engine | sa.Connection = self.engine
+        elif self.aengine is None:
+            source = self.connection
+        else:
+            source = self.connection.sync_connection  # queried through the async driver
         assert self.read(source) == (self.model.rows, self.model.audits)
 
     @hs.invariant()
@@ -402,16 +473,44 @@ class SessionHistory(hs.RuleBasedStateMachine):
         assert session.in_nested_transaction() == (len(self.model.frames) > 1)
         assert len(self.savepoints) == max(len(self.model.frames) - 1, 0)
         if not self.model.frames:
-            state = session.__dict__.get(STATE_ATTR)
+            sync_session = session if self.aengine is None else session.sync_session
+            state = sync_session.__dict__.get(STATE_ATTR)
             assert state is None or (not state.queue and not state.connections)
             if self.connection is None:
-                assert self.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+                pooled = self.engine if self.aengine is None else self.aengine.sync_engine
+                assert pooled.pool.checkedout() == 0  # type: ignore[attr-defined]
             elif self.outer is None:
                 assert not self.connection.in_transaction()
+        if self.aengine is not None:
+            # One task drives the machine: its key is the only one, callbacks' keys are gone.
+            assert list(self.Session.registry.registry.values()) == [session]  # type: ignore[union-attr]
 
 
+def run_machine(
+    engine: sa.Engine, flavour: Flavour, aengine: sa_asyncio.AsyncEngine | None
+) -> None:
+    attributes = {"engine": engine, "flavour": flavour, "aengine": aengine}
+    machine = type("History", (SessionHistory,), attributes)
+    hs.run_state_machine_as_test(
+        machine, settings=MODEL_SETTINGS if aengine is None else ASYNC_SETTINGS
+    )
+
+
+@pytest.mark.flavours("sync")
 @pytest.mark.backends("sqlite", "postgresql", "mariadb")
-def test_random_histories_match_the_model(engine: sa.Engine) -> None:
+def test_random_histories_match_the_model(engine: sa.Engine, flavour: Flavour) -> None:
     """Callbacks, after_commit, after_rollback and post_save follow the model in any history."""
-    machine = type("History", (SessionHistory,), {"engine": engine})
-    hs.run_state_machine_as_test(machine, settings=MODEL_SETTINGS)
+    run_machine(engine, flavour, None)
+
+
+@pytest.mark.flavours("async")
+@pytest.mark.backends("sqlite", "postgresql")
+def test_random_async_histories_match_the_model(
+    engine: sa.Engine, backend: str, flavour: Flavour
+) -> None:
+    """The same holds for an AsyncSession with coroutine and plain callbacks and receivers."""
+    aengine = async_engine(backend, engine)
+    try:
+        run_machine(engine, flavour, aengine)
+    finally:
+        flavour.aw(aengine.dispose())
