@@ -100,6 +100,8 @@ def _after_begin(
 
 
 def _before_flush(session: sa_orm.Session, flush_context: object, instances: object) -> None:
+    if _mapper_stale:
+        _drop_stale_mapper_listeners()
     if signals.before_flush.receivers:
         _send_session(signals.before_flush, session)
 
@@ -252,31 +254,51 @@ _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
 )
 
 
-def _sync_execute_listener(*args: object, **kwargs: object) -> None:
-    """Listen to ``do_orm_execute`` only while bulk statements are wanted.
+def _sync_listeners(*args: object, **kwargs: object) -> None:
+    """Attach the optional listeners while something wants them, and remove them otherwise.
 
     Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
     and refreshes included), so it is attached while a bulk or change signal has a receiver, or
-    an installation tracks changes, and removed otherwise.
+    an installation tracks changes. The mapper listeners cost two calls per flushed row, so they
+    are attached while a model signal has a receiver or changes are tracked. Called on install,
+    uninstall, and whenever one of those signals gains or loses a receiver.
     """
     with _lock:
-        wanted = changes.wanted() or any(signal.receivers for signal in _BULK_SIGNALS.values())
+        tracking = changes.wanted()
+        wanted = tracking or any(signal.receivers for signal in _BULK_SIGNALS.values())
         for session_class in _installed:
             listening = sa_event.contains(session_class, "do_orm_execute", _do_orm_execute)
             if wanted and not listening:
                 sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
             elif listening and not wanted:
                 sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
+        global _mapper_listening, _mapper_stale  # changed under _lock
+        if _installed and (tracking or any(signal.receivers for signal in _MODEL_SIGNALS)):
+            if not _mapper_listening:
+                for name, listener in _MAPPER_LISTENERS:
+                    sa_event.listen(sa_orm.Mapper, name, listener)
+                _mapper_listening = True
+            _mapper_stale = False
+        elif _mapper_listening:
+            if _installed:
+                # A receiver may disconnect in the middle of a flush, while SQLAlchemy iterates
+                # the listeners: they are removed before the next flush instead.
+                _mapper_stale = True
+            else:
+                _remove_mapper_listeners()
 
 
-for _signal in (
-    *_BULK_SIGNALS.values(),
-    signals.before_models_committed,
-    signals.models_committed,
-    signals.committed,
-):
-    _signal.receiver_connected.connect(_sync_execute_listener, weak=False)
-    _signal.receiver_disconnected.connect(_sync_execute_listener, weak=False)
+def _remove_mapper_listeners() -> None:
+    global _mapper_listening, _mapper_stale  # changed under _lock
+    for name, listener in _MAPPER_LISTENERS:
+        sa_event.remove(sa_orm.Mapper, name, listener)
+    _mapper_listening = _mapper_stale = False
+
+
+def _drop_stale_mapper_listeners() -> None:
+    with _lock:
+        if _mapper_stale:
+            _remove_mapper_listeners()
 
 
 # Mapper-level listeners, attached once to every mapper while anything is installed.
@@ -353,6 +375,19 @@ _MAPPER_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
     ("before_delete", _before_delete),
     ("after_delete", _after_delete),
 )
+_MODEL_SIGNALS = (signals.pre_save, signals.post_save, signals.pre_delete, signals.post_delete)
+_mapper_listening = False
+_mapper_stale = False  # attached while nothing wants them; removed before the next flush
+
+for _signal in (
+    *_BULK_SIGNALS.values(),
+    *_MODEL_SIGNALS,
+    signals.before_models_committed,
+    signals.models_committed,
+    signals.committed,
+):
+    _signal.receiver_connected.connect(_sync_listeners, weak=False)
+    _signal.receiver_disconnected.connect(_sync_listeners, weak=False)
 
 
 def install(target: InstallTarget, /, *, robust: bool = True, track_changes: bool = False) -> None:
@@ -390,7 +425,7 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
             if track_changes and not existing.track_changes:
                 existing.track_changes = True
                 changes.force_tracking(1)
-                _sync_execute_listener()
+                _sync_listeners()
             if scoped is not None:
                 existing.scoped = scoped
             return
@@ -402,9 +437,6 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
                     " factories, not both."
                 )
                 raise InstallError(msg)
-        if not _installed:
-            for name, listener in _MAPPER_LISTENERS:
-                sa_event.listen(sa_orm.Mapper, name, listener)
         for name, listener in _SESSION_LISTENERS:
             sa_event.listen(session_class, name, listener)
         installation = Installation(session_class, maker, scoped, robust, track_changes, aio)
@@ -412,7 +444,7 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
         if track_changes:
             changes.force_tracking(1)
         _installed.append(session_class)
-        _sync_execute_listener()
+        _sync_listeners()
         if aio is not None:
             aio.apply()
 
@@ -445,10 +477,7 @@ def uninstall(target: InstallTarget, /) -> None:
             sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
         delattr(session_class, INSTALLATION_ATTR)
         _installed.remove(session_class)
-        _sync_execute_listener()
-        if not _installed:
-            for name, listener in _MAPPER_LISTENERS:
-                sa_event.remove(sa_orm.Mapper, name, listener)
+        _sync_listeners()
 
 
 def _check_same_async(existing: Installation, target: t.Any, robust: bool) -> None:

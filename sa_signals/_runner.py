@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import collections.abc as c
+import contextlib
 import contextvars
 import inspect
+import types
 import typing as t
 
 import sqlalchemy.orm as sa_orm
@@ -46,7 +48,7 @@ class Work:
 
 
 class _Batch:
-    __slots__ = ("installation", "items", "origin")
+    __slots__ = ("installation", "items", "origin", "slot")
 
     def __init__(
         self, items: c.Iterator[Work], origin: sa_orm.Session, installation: Installation
@@ -54,10 +56,11 @@ class _Batch:
         self.items = items
         self.origin = origin
         self.installation = installation
+        self.slot: DistinctSlot | None = None
 
 
 class Slot(t.Protocol):
-    """The distinct session of one commit-time call: :class:`DistinctSlot` or its async twin."""
+    """The distinct session of the running commit-time call: :class:`DistinctSlot` or its twin."""
 
     origin: sa_orm.Session
 
@@ -67,33 +70,67 @@ class Slot(t.Protocol):
 
     def holds(self, session: sa_orm.Session) -> bool: ...
 
-    def commit(self) -> None: ...
 
-    def release(self) -> None: ...
+class _Swap:
+    """A scoped registry emptied for the items of one run and put back as it was afterwards.
+
+    Emptying it once per run rather than once per item keeps an item that never touches the
+    database cheap. It is put back before a failure is reported, before a batch of another
+    installation runs, and at the end of the run, so nothing outside the items sees it empty.
+    """
+
+    __slots__ = ("active", "had_previous", "previous", "registry")
+
+    def __init__(self, registry: t.Any) -> None:
+        self.registry = registry
+        self.active = False
+        self.had_previous = False
+        self.previous: sa_orm.Session | None = None
+
+    def empty(self) -> None:
+        """Save what the registry holds and empty it (callers check :attr:`active` first)."""
+        registry = self.registry
+        self.had_previous = registry.has()
+        if self.had_previous:
+            self.previous = registry()
+            registry.clear()
+        self.active = True
+
+    def restore(self) -> None:
+        """Put back what the registry held before :meth:`empty`."""
+        if not self.active:
+            return
+        self.active = False
+        if self.had_previous:
+            self.registry.set(self.previous)
+        else:
+            self.registry.clear()
+        self.previous = None
 
 
 class DistinctSlot:
-    """The distinct session of the item being run, created on first use."""
+    """The distinct session of the item being run, created on first use.
 
-    __slots__ = ("had_previous", "installation", "origin", "previous", "session")
+    One slot serves the items of a batch of a synchronous install in turn, each getting a
+    session of its own.
+    """
 
-    def __init__(self, installation: Installation, origin: sa_orm.Session) -> None:
+    __slots__ = ("installation", "origin", "registry", "scoped", "session", "swap")
+
+    def __init__(
+        self, installation: Installation, origin: sa_orm.Session, swap: _Swap | None
+    ) -> None:
         self.installation = installation
         self.origin = origin
         self.session: sa_orm.Session | None = None
-        self.previous: sa_orm.Session | None = None
-        self.had_previous = False
-        scoped = installation.scoped
-        if scoped is not None:
-            registry = scoped.registry
-            if registry.has():
-                self.had_previous = True
-                self.previous = registry()
-                registry.clear()
+        self.swap = swap
+        # Pinned for the whole batch, like the swap.
+        self.scoped = installation.scoped if swap is not None else None
+        self.registry = None if swap is None else swap.registry
 
     def get(self) -> sa_orm.Session:
         """Return the distinct session, creating it (and registering it) on first use."""
-        scoped = self.installation.scoped
+        scoped = self.scoped
         if scoped is not None:
             session: sa_orm.Session = scoped()
             return session
@@ -103,38 +140,39 @@ class DistinctSlot:
 
     def created(self) -> sa_orm.Session | None:
         """Return the distinct session if the item asked for one."""
-        scoped = self.installation.scoped
-        if scoped is None:
+        registry = self.registry
+        if registry is None:
             return self.session
-        registry = scoped.registry
         return registry() if registry.has() else None
 
     def holds(self, session: sa_orm.Session) -> bool:
         """Whether ``session`` is this slot's distinct session."""
         return session is self.created()
 
-    def commit(self) -> None:
-        """Commit the distinct session's open transaction, if any."""
-        session = self.created()
-        if session is not None and session.in_transaction():
-            session.commit()
+    def finish(self, session: sa_orm.Session) -> None:
+        """Commit ``session``, the distinct session the item made, then close it."""
+        try:
+            if session.in_transaction():
+                session.commit()
+        finally:
+            self._close(session)
 
     def release(self) -> None:
-        """Close the distinct session and put the registry back as it was. Never raises."""
+        """Close the distinct session the item made, if any. Never raises."""
         session = self.created()
+        if session is not None:
+            self._close(session)
+
+    def _close(self, session: sa_orm.Session) -> None:
+        # Empties the registry again for the next item; the slot serves a whole batch.
         try:
-            if session is not None:
-                session.close()
+            session.close()
         except Exception:
             logger.exception("closing the distinct session %r failed", session)
         finally:
-            scoped = self.installation.scoped
-            if scoped is not None:
-                if self.had_previous:
-                    scoped.registry.set(self.previous)
-                else:
-                    scoped.registry.clear()
-                self.previous = None
+            self.session = None
+            if self.registry is not None:
+                self.registry.clear()
 
 
 _current: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
@@ -186,23 +224,18 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
     pending = collections.deque((batch,))
     token = _pending.set(pending)
     first_error: Exception | None = None
-    work: Work | None = None
+    swaps: dict[int, _Swap] = {}
     try:
         while pending:
             current = pending[0]
-            work = next(current.items, None)
-            if work is None:
-                pending.popleft()
-                continue
-            error = _run_one(work, current.origin, current.installation)
+            error = _run_batch(current, pending, swaps)
             if error is not None and first_error is None:
                 first_error = error
-    except BaseException as exc:
-        # KeyboardInterrupt, or the task's cancellation while a callback awaited.
-        if work is not None:
-            logger.error("commit-time call %s was interrupted by %r", describe(work.func), exc)
-        raise
+            if pending[0] is current:  # done, not interrupted by a nested batch
+                pending.popleft()
     finally:
+        for swap in swaps.values():
+            swap.restore()
         _pending.reset(token)
         dropped = [describe(item.func) for batch in pending for item in batch.items]
         if dropped:
@@ -215,20 +248,117 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
         raise first_error
 
 
-def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> Exception | None:
-    was_open = origin.in_transaction()
+def _run_batch(
+    batch: _Batch, pending: collections.deque[_Batch], swaps: dict[int, _Swap]
+) -> Exception | None:
+    """Run the items of ``batch`` until it is done or an item queues a nested batch.
+
+    For a synchronous install, the batch's slot stays current from one item to the next (set
+    once, not once per item); only the error path steps out of it (see :func:`_outside`). An
+    async install gets a slot per item from its :class:`~sa_signals._aio.AsyncSupport`.
+    """
+    installation = batch.installation
     aio = installation.aio
-    slot: Slot = DistinctSlot(installation, origin) if aio is None else aio.slot(origin)
+    slot = batch.slot
+    if aio is not None:
+        for swap in swaps.values():
+            swap.restore()  # async items see the synchronous registries as before
+    elif slot is None:
+        swap = None
+        scoped = installation.scoped
+        if scoped is not None:
+            # One swap per registry for the whole run (see _Swap), keyed by identity.
+            swap = swaps.get(id(scoped.registry))
+            if swap is None:
+                swap = swaps[id(scoped.registry)] = _Swap(scoped.registry)
+        slot = batch.slot = DistinctSlot(installation, batch.origin, swap)
+    if slot is not None:
+        for other in swaps.values():
+            if other is not slot.swap:
+                other.restore()  # a nested batch of another installation sees them as before
+    first_error: Exception | None = None
+    work: Work | None = None
+    token = _current.set(slot) if slot is not None else None
+    try:
+        for work in batch.items:
+            if slot is not None:
+                error = _run_one(work, slot)
+            else:
+                assert aio is not None
+                error = _run_one_async(work, batch.origin, installation, aio)
+            if error is not None and first_error is None:
+                first_error = error
+            if pending[0] is not batch:  # the item queued a nested batch: it runs first
+                break
+    except BaseException as exc:
+        # KeyboardInterrupt, or the task's cancellation while a callback awaited.
+        if work is not None:
+            logger.error("commit-time call %s was interrupted by %r", describe(work.func), exc)
+        raise
+    finally:
+        if token is not None:
+            _current.reset(token)
+    return first_error
+
+
+def _run_one(work: Work, slot: DistinctSlot) -> Exception | None:
+    origin = slot.origin
+    was_open = origin.in_transaction()
+    swap = slot.swap
+    if swap is not None and not swap.active:
+        swap.empty()
+    try:
+        try:
+            if work.is_coroutine:
+                raise _coroutine_error(work.func)
+            kwargs = work.kwargs
+            result = work.func(*work.args, **kwargs) if kwargs else work.func(*work.args)
+            if isinstance(result, types.CoroutineType):  # inspect.iscoroutine(), without a call
+                result.close()
+                raise returned_coroutine_error(work.func)
+        except BaseException:
+            slot.release()
+            raise
+        made = slot.created()
+        if made is not None:  # most items never ask for a distinct session
+            slot.finish(made)
+        if not was_open and origin.in_transaction():
+            with _outside(slot):
+                _close_quietly(origin)
+            raise _left_open_error(work.func)
+    except Exception as exc:
+        with _outside(slot):
+            report(work, origin, exc, None)
+        return None if work.robust else exc
+    return None
+
+
+@contextlib.contextmanager
+def _outside(slot: DistinctSlot) -> c.Iterator[None]:
+    """Step out of ``slot`` (no current slot, the registry as before the run) for a while.
+
+    Failure receivers and the rollback of a misused committed session see the state the
+    committing code left, as if no item were running.
+    """
+    token = _current.set(None)
+    if slot.swap is not None:
+        slot.swap.restore()
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def _run_one_async(
+    work: Work, origin: sa_orm.Session, installation: Installation, aio: AsyncSupport
+) -> Exception | None:
+    was_open = origin.in_transaction()
+    slot = aio.slot(origin)
     token = _current.set(slot)
     try:
         try:
-            if work.is_coroutine and aio is None:
-                raise _coroutine_error(work.func)
             result = work.func(*work.args, **(work.kwargs or {}))
             if inspect.iscoroutine(result):
-                if aio is None:
-                    result.close()
-                    raise returned_coroutine_error(work.func)
                 aio.await_(result)
             slot.commit()
         finally:
@@ -236,16 +366,20 @@ def _run_one(work: Work, origin: sa_orm.Session, installation: Installation) -> 
             _current.reset(token)
         if not was_open and origin.in_transaction():
             _close_quietly(origin)
-            msg = (
-                f"{describe(work.func)} began a transaction on the session that had committed;"
-                " it was rolled back. Inside a callback use the distinct session: call the"
-                " scoped_session, or sa_signals.current_session()."
-            )
-            raise SessionLeftOpenError(msg)
+            raise _left_open_error(work.func)
     except Exception as exc:
-        report(work, origin if aio is None else aio.public(origin), exc, aio)
+        report(work, aio.public(origin), exc, aio)
         return None if work.robust else exc
     return None
+
+
+def _left_open_error(func: object) -> SessionLeftOpenError:
+    msg = (
+        f"{describe(func)} began a transaction on the session that had committed; it was"
+        " rolled back. Inside a callback use the distinct session: call the scoped_session,"
+        " or sa_signals.current_session()."
+    )
+    return SessionLeftOpenError(msg)
 
 
 def _coroutine_error(func: object) -> CoroutineMisuseError:
