@@ -7,9 +7,11 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from sa_signals import _bridge
 from sa_signals import signals
 from tests.models import Animal
 from tests.models import Audit
@@ -543,3 +545,51 @@ class TestNoLoops:
         session.commit()
         assert calls == [session]
         assert not session.in_transaction()
+
+
+def mapper_listening() -> bool:
+    """Whether the layer's row-level listeners are attached to the mappers."""
+    return sa_event.contains(sa_orm.Mapper, "after_insert", _bridge._after_insert)
+
+
+class TestMapperListenersOnDemand:
+    def test_not_attached_without_model_receivers(self, session: sa_orm.Session) -> None:
+        """With no model receiver and no change tracking, flushed rows cost the layer nothing."""
+        session.add(Item(name="a"))
+        session.commit()
+        assert not mapper_listening()
+
+    def test_receiver_connected_after_install_gets_rows(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Connecting a post_save receiver attaches them; it sees the next flush's rows."""
+        calls = connect.record(signals.post_save, Item)
+        session.add_all([Item(name="a"), Item(name="b")])
+        session.commit()
+        assert [kwargs["instance"].name for _, kwargs in calls] == ["a", "b"]
+        assert mapper_listening()
+
+    def test_removed_before_the_flush_after_the_last_disconnect(
+        self, session: sa_orm.Session
+    ) -> None:
+        """After the last model receiver leaves, the next flush runs without them."""
+
+        def receiver(sender: object, **kwargs: object) -> None:
+            pass
+
+        signals.pre_delete.connect(receiver, weak=False)
+        signals.pre_delete.disconnect(receiver)
+        assert mapper_listening()  # a flush may be iterating them: kept until the next one
+        session.add(Item(name="a"))
+        session.commit()
+        assert not mapper_listening()
+
+    def test_attached_while_changes_are_tracked(self, Session: Scoped) -> None:
+        """An install with track_changes=True records rows with no receiver connected."""
+        sa_signals.install(Session, track_changes=True)
+        try:
+            assert mapper_listening()
+        finally:
+            sa_signals.uninstall(Session)
+        sa_signals.install(Session)
+        assert not mapper_listening()
