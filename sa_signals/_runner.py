@@ -7,10 +7,12 @@ import collections.abc as c
 import contextlib
 import contextvars
 import inspect
+import threading
 import types
 import typing as t
 
 import sqlalchemy.orm as sa_orm
+import sqlalchemy.util as sa_util
 
 from . import signals
 from ._dispatch import describe
@@ -71,6 +73,33 @@ class Slot(t.Protocol):
     def holds(self, session: sa_orm.Session) -> bool: ...
 
 
+def _local_layout_known() -> bool:
+    # ThreadLocalRegistry keeps its object in a threading.local, as attribute "value"; checked
+    # once here, so that a different layout falls back to the registry's own has().
+    probe: sa_util.ThreadLocalRegistry[object] = sa_util.ThreadLocalRegistry(object)
+    local = getattr(probe, "registry", None)
+    if not isinstance(local, threading.local) or "value" in local.__dict__:
+        return False
+    made = probe()
+    return local.__dict__.get("value") is made and probe.has()
+
+
+_LOCAL_LAYOUT_KNOWN = _local_layout_known()
+
+
+def _thread_local_of(registry: object) -> threading.local | None:
+    """Return the ``threading.local`` a ``scoped_session``'s thread-local registry uses.
+
+    Looking into its ``__dict__`` tells whether the registry holds a session without the
+    ``AttributeError`` that ``has()`` raises and catches when it holds none (~0.25 us).
+    """
+    if _LOCAL_LAYOUT_KNOWN and type(registry) is sa_util.ThreadLocalRegistry:
+        local = getattr(registry, "registry", None)
+        if isinstance(local, threading.local):
+            return local
+    return None
+
+
 class _Swap:
     """A scoped registry emptied for the items of one run and put back as it was afterwards.
 
@@ -79,10 +108,11 @@ class _Swap:
     installation runs, and at the end of the run, so nothing outside the items sees it empty.
     """
 
-    __slots__ = ("active", "had_previous", "previous", "registry")
+    __slots__ = ("active", "had_previous", "local", "previous", "registry")
 
     def __init__(self, registry: t.Any) -> None:
         self.registry = registry
+        self.local = _thread_local_of(registry)
         self.active = False
         self.had_previous = False
         self.previous: sa_orm.Session | None = None
@@ -115,7 +145,7 @@ class DistinctSlot:
     session of its own.
     """
 
-    __slots__ = ("installation", "origin", "registry", "scoped", "session", "swap")
+    __slots__ = ("installation", "local", "origin", "registry", "scoped", "session", "swap")
 
     def __init__(
         self, installation: Installation, origin: sa_orm.Session, swap: _Swap | None
@@ -127,6 +157,7 @@ class DistinctSlot:
         # Pinned for the whole batch, like the swap.
         self.scoped = installation.scoped if swap is not None else None
         self.registry = None if swap is None else swap.registry
+        self.local = None if swap is None else swap.local
 
     def get(self) -> sa_orm.Session:
         """Return the distinct session, creating it (and registering it) on first use."""
@@ -143,6 +174,10 @@ class DistinctSlot:
         registry = self.registry
         if registry is None:
             return self.session
+        local = self.local
+        if local is not None:
+            made: sa_orm.Session | None = local.__dict__.get("value")
+            return made
         return registry() if registry.has() else None
 
     def holds(self, session: sa_orm.Session) -> bool:
@@ -280,16 +315,21 @@ def _run_batch(
     work: Work | None = None
     token = _current.set(slot) if slot is not None else None
     try:
-        for work in batch.items:
-            if slot is not None:
+        if slot is not None:
+            for work in batch.items:
                 error = _run_one(work, slot)
-            else:
-                assert aio is not None
+                if error is not None and first_error is None:
+                    first_error = error
+                if pending[0] is not batch:  # the item queued a nested batch: it runs first
+                    break
+        else:
+            assert aio is not None
+            for work in batch.items:
                 error = _run_one_async(work, batch.origin, installation, aio)
-            if error is not None and first_error is None:
-                first_error = error
-            if pending[0] is not batch:  # the item queued a nested batch: it runs first
-                break
+                if error is not None and first_error is None:
+                    first_error = error
+                if pending[0] is not batch:
+                    break
     except BaseException as exc:
         # KeyboardInterrupt, or the task's cancellation while a callback awaited.
         if work is not None:
@@ -319,8 +359,15 @@ def _run_one(work: Work, slot: DistinctSlot) -> Exception | None:
         except BaseException:
             slot.release()
             raise
-        made = slot.created()
-        if made is not None:  # most items never ask for a distinct session
+        # slot.created(), inlined: most items never ask for a distinct session.
+        registry = slot.registry
+        if registry is None:
+            made = slot.session
+        elif slot.local is not None:
+            made = slot.local.__dict__.get("value")
+        else:
+            made = registry() if registry.has() else None
+        if made is not None:
             slot.finish(made)
         if not was_open and origin.in_transaction():
             with _outside(slot):

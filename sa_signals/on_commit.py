@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import types
 import typing as t
 
 import sqlalchemy.orm as sa_orm
@@ -10,9 +12,9 @@ from ._dispatch import _is_coroutine_function
 from ._runner import run
 from ._runner import Work
 from ._state import async_api
-from ._state import current_transaction
 from ._state import installation_for
 from ._state import SessionState
+from ._state import STATE_ATTR
 from ._state import state_of
 from .changes import settle_changes
 from .exceptions import CoroutineMisuseError
@@ -73,14 +75,19 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         )
         raise NotInstalledError(msg)
     aio = installation.aio
-    is_coroutine = _is_coroutine_function(callback)
+    if type(callback) is types.FunctionType and not callback.__dict__:
+        # _is_coroutine_function()'s fast path, inlined: on_commit() is on the hot path.
+        is_coroutine = bool(callback.__code__.co_flags & inspect.CO_COROUTINE)
+    else:
+        is_coroutine = _is_coroutine_function(callback)
     if is_coroutine and aio is None:
         msg = (
             f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
             " where nothing can await it; pass a plain function."
         )
         raise CoroutineMisuseError(msg)
-    transaction = current_transaction(session)
+    # current_transaction(), inlined.
+    transaction = session.get_nested_transaction() or session.get_transaction()
     if transaction is None:
         if is_coroutine and aio is not None and not aio.can_await():
             msg = (
@@ -91,7 +98,10 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
             raise CoroutineMisuseError(msg)
         run((Work(callback, robust),), session, installation)
         return
-    state_of(session).queue.append(Pending(transaction, callback, robust))
+    state: SessionState | None = session.__dict__.get(STATE_ATTR)
+    if state is None:
+        state = state_of(session)
+    state.queue.append(Pending(transaction, callback, robust))
 
 
 def _sync_session_of(target: object) -> sa_orm.Session:
