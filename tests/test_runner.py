@@ -69,6 +69,35 @@ class TestDistinctSessionPerItem:
         assert count(engine, Audit) == 2
         assert Session() is original
 
+    def test_scoped_session_with_a_scopefunc(self, engine: sa.Engine) -> None:
+        """A registry keyed by a scopefunc is swapped per callback like a thread-local one."""
+        scoped = sa_orm.scoped_session(sa_orm.sessionmaker(engine), scopefunc=lambda: "request")
+        sa_signals.install(scoped)
+        try:
+            original = scoped()
+            seen: list[sa_orm.Session] = []
+            registry_was_empty: list[bool] = []
+
+            def write() -> None:
+                seen.append(scoped())
+                scoped.add(Audit(message="written"))
+
+            original.add(Item(name="a"))
+            sa_signals.on_commit(write, original)
+            sa_signals.on_commit(
+                lambda: registry_was_empty.append(not scoped.registry.has()), original
+            )
+            sa_signals.on_commit(write, original)
+            original.commit()
+            assert registry_was_empty == [True]
+            assert len({id(session) for session in seen}) == 2
+            assert original not in seen
+            assert count(engine, Audit) == 2
+            assert scoped() is original
+        finally:
+            scoped.remove()
+            sa_signals.uninstall(scoped)
+
 
 class TestFailures:
     def test_failure_receiver_sees_the_registry_as_the_commit_left_it(
