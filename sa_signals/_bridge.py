@@ -100,8 +100,6 @@ def _after_begin(
 
 
 def _before_flush(session: sa_orm.Session, flush_context: object, instances: object) -> None:
-    if _mapper_stale:
-        _drop_stale_mapper_listeners()
     if signals.before_flush.receivers:
         _send_session(signals.before_flush, session)
 
@@ -255,13 +253,15 @@ _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
 
 
 def _sync_listeners(*args: object, **kwargs: object) -> None:
-    """Attach the optional listeners while something wants them, and remove them otherwise.
+    """Attach or remove the optional listeners to match what is wanted.
 
     Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
     and refreshes included), so it is attached while a bulk or change signal has a receiver, or
     an installation tracks changes. The mapper listeners cost two calls per flushed row, so they
-    are attached while a model signal has a receiver or changes are tracked. Called on install,
-    uninstall, and whenever one of those signals gains or loses a receiver.
+    are attached only once a model signal has a receiver or changes are tracked, and then stay
+    until the last uninstall: SQLAlchemy iterates them in place, so removing one while another
+    thread's (or task's) flush runs them would break that flush. Called on install, uninstall,
+    and whenever one of those signals gains or loses a receiver.
     """
     with _lock:
         tracking = changes.wanted()
@@ -272,36 +272,22 @@ def _sync_listeners(*args: object, **kwargs: object) -> None:
                 sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
             elif listening and not wanted:
                 sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
-        global _mapper_listening, _mapper_stale  # changed under _lock
-        if _installed and (tracking or any(signal.receivers for signal in _MODEL_SIGNALS)):
-            if not _mapper_listening:
+        global _mapper_listening  # changed under _lock
+        if not _installed:
+            if _mapper_listening:
                 for name, listener in _MAPPER_LISTENERS:
-                    sa_event.listen(sa_orm.Mapper, name, listener)
-                _mapper_listening = True
-            _mapper_stale = False
-        elif _mapper_listening:
-            if _installed:
-                # A receiver may disconnect in the middle of a flush, while SQLAlchemy iterates
-                # the listeners: they are removed before the next flush instead.
-                _mapper_stale = True
-            else:
-                _remove_mapper_listeners()
+                    sa_event.remove(sa_orm.Mapper, name, listener)
+                _mapper_listening = False
+        elif not _mapper_listening and (
+            tracking or any(signal.receivers for signal in _MODEL_SIGNALS)
+        ):
+            for name, listener in _MAPPER_LISTENERS:
+                sa_event.listen(sa_orm.Mapper, name, listener)
+            _mapper_listening = True
 
 
-def _remove_mapper_listeners() -> None:
-    global _mapper_listening, _mapper_stale  # changed under _lock
-    for name, listener in _MAPPER_LISTENERS:
-        sa_event.remove(sa_orm.Mapper, name, listener)
-    _mapper_listening = _mapper_stale = False
-
-
-def _drop_stale_mapper_listeners() -> None:
-    with _lock:
-        if _mapper_stale:
-            _remove_mapper_listeners()
-
-
-# Mapper-level listeners, attached once to every mapper while anything is installed.
+# Mapper-level listeners, attached to every mapper once a model signal has a receiver or changes
+# are tracked, until the last uninstall (see _sync_listeners).
 
 
 def _model_send(
@@ -377,7 +363,6 @@ _MAPPER_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
 )
 _MODEL_SIGNALS = (signals.pre_save, signals.post_save, signals.pre_delete, signals.post_delete)
 _mapper_listening = False
-_mapper_stale = False  # attached while nothing wants them; removed before the next flush
 
 for _signal in (
     *_BULK_SIGNALS.values(),
