@@ -435,6 +435,42 @@ class TestOnCommitAsync:
         assert "use sa_signals.current_session() there" in str(errors[0])
 
 
+class TestMixedInstalls:
+    async def test_sync_callbacks_queued_by_an_async_callback(
+        self,
+        arunner: asyncio.Runner,
+        AsyncScoped: AsyncScopedT,
+        Session: sa_orm.scoped_session[sa_orm.Session],
+        engine: sa.Engine,
+    ) -> None:
+        """They run in their own session; the next async callback sees the sync registry back."""
+        made: list[sa_orm.Session] = []
+        registry_was_empty: list[bool] = []
+
+        def sync_callback() -> None:
+            registry_was_empty.append(not Session.registry.has())
+
+        def commit_sync_session() -> None:
+            session = Session()
+            made.append(session)
+            session.add(Audit(message="sync"))
+            sa_signals.on_commit(sync_callback, session)
+            session.commit()
+
+        def sees_the_registry() -> None:
+            made.append(Session())
+
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(commit_sync_session, session)
+        sa_signals.on_commit(sees_the_registry, session)
+        await session.commit()
+        assert registry_was_empty == [True]
+        assert made[1] is made[0]
+        with engine.connect() as connection:
+            assert connection.scalar(sa.select(sa.func.count()).select_from(Audit)) == 1
+
+
 class TestTasks:
     @pytest.mark.backends("sqlite", "postgresql")
     async def test_fifty_tasks_each_run_their_own_callbacks(
