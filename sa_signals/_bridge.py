@@ -211,6 +211,9 @@ _BULK_SIGNALS = {
 
 
 def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
+    # Attached until uninstall once wanted (see _sync_listeners): nothing to do when unwanted.
+    if not (changes.wanted() or any(signal.receivers for signal in _BULK_SIGNALS.values())):
+        return None
     executed = _bulk.execute(orm_state)
     if executed is None:
         return None
@@ -256,11 +259,11 @@ def _sync_listeners(*args: object, **kwargs: object) -> None:
     """Attach or remove the optional listeners to match what is wanted.
 
     Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
-    and refreshes included), so it is attached while a bulk or change signal has a receiver, or
-    an installation tracks changes. The mapper listeners cost two calls per flushed row, so they
-    are attached only once a model signal has a receiver or changes are tracked, and then stay
-    until the last uninstall: SQLAlchemy iterates them in place, so removing one while another
-    thread's (or task's) flush runs them would break that flush. Called on install, uninstall,
+    and refreshes included), so it is attached only once a bulk or change signal has a receiver,
+    or an installation tracks changes. The mapper listeners cost two calls per flushed row, so
+    they are attached only once a model signal has a receiver or changes are tracked. Both then
+    stay until uninstall: SQLAlchemy iterates listeners in place, so removing one while another
+    thread's (or task's) flush or execute runs them would break it. Called on install, uninstall,
     and whenever one of those signals gains or loses a receiver.
     """
     with _lock:
@@ -270,8 +273,6 @@ def _sync_listeners(*args: object, **kwargs: object) -> None:
             listening = sa_event.contains(session_class, "do_orm_execute", _do_orm_execute)
             if wanted and not listening:
                 sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
-            elif listening and not wanted:
-                sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
         global _mapper_listening  # changed under _lock
         if not _installed:
             if _mapper_listening:

@@ -359,22 +359,35 @@ class TestBulkInheritance:
 
 
 class TestExecuteListener:
-    def test_attached_only_while_wanted(self, Session: t.Any) -> None:
-        """do_orm_execute is listened to only while a bulk or change signal has a receiver."""
-        session_class = Session.session_factory.class_
+    def test_attached_once_wanted_until_uninstall(self, engine: sa.Engine) -> None:
+        """do_orm_execute is listened to once a bulk or change signal has a receiver.
+
+        It then stays until uninstall: removing a listener while another thread runs it would
+        break that thread's statement. With no receiver left it does nothing.
+        """
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        calls: list[object] = []
 
         def listening() -> bool:
-            return sa.event.contains(session_class, "do_orm_execute", _bridge._do_orm_execute)
+            return sa.event.contains(maker.class_, "do_orm_execute", _bridge._do_orm_execute)
 
         def receiver(sender: object, **kwargs: object) -> None:
-            pass
+            calls.append(sender)
 
-        assert not listening()
-        for signal in (signals.bulk_delete, signals.committed):
-            signal.connect(receiver)
-            assert listening()
-            signal.disconnect(receiver)
+        try:
             assert not listening()
+            signals.bulk_delete.connect(receiver)
+            assert listening()
+            signals.bulk_delete.disconnect(receiver)
+            assert listening()
+            with maker() as session:
+                session.execute(sa.delete(Item))
+                session.commit()
+            assert calls == []
+        finally:
+            sa_signals.uninstall(maker)
+        assert not listening()
 
     def test_attached_at_install_when_receivers_exist(
         self, engine: sa.Engine, connect: Connector
