@@ -210,6 +210,9 @@ class DistinctSlot:
                 self.registry.clear()
 
 
+WRAPPED_CALLBACK_ATTR = "_sa_signals_callback"
+"""Set by the testing helpers on a wrapper they queue in place of a user's callback."""
+
 _current: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
     "sa_signals_current_slot", default=None
 )
@@ -456,8 +459,10 @@ def _close_quietly(session: sa_orm.Session) -> None:
 def report(work: Work, origin: object, exc: Exception, aio: AsyncSupport | None) -> None:
     """Log ``exc`` raised by ``work`` and send it on the matching failure signal."""
     if work.signal is None:
-        logger.error("on_commit callback %s failed", describe(work.func), exc_info=exc)
-        send_failure(signals.on_commit_failed, origin, aio, callback=work.func, exception=exc)
+        # capture_on_commit(execute=True) runs a recording wrapper: report the user's callback.
+        callback = getattr(work.func, WRAPPED_CALLBACK_ATTR, work.func)
+        logger.error("on_commit callback %s failed", describe(callback), exc_info=exc)
+        send_failure(signals.on_commit_failed, origin, aio, callback=callback, exception=exc)
     else:
         report_receiver(work.signal, work.func, origin, exc, aio)
 

@@ -30,6 +30,7 @@ from . import signals as _signals
 from ._dispatch import Signal
 from ._runner import _current
 from ._runner import run
+from ._runner import WRAPPED_CALLBACK_ATTR
 from ._state import async_api
 from ._state import INSTALLATION_ATTR
 from ._state import installation_for
@@ -170,6 +171,7 @@ def _recording(callback: c.Callable[..., object], callbacks: list[Callback]) -> 
             if finished:
                 _record_registered(callbacks)
 
+    setattr(recording, WRAPPED_CALLBACK_ATTR, callback)
     return recording
 
 

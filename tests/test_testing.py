@@ -151,17 +151,19 @@ class TestCaptureOnCommit:
         connect: Connector,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A failing robust callback is logged and sent; the others still run."""
+        """A failing robust callback is logged and sent, as itself; the others still run."""
         failures = connect.record(signals.on_commit_failed)
+        failing = recorder.fail(1)
         with (
             caplog.at_level(logging.ERROR, logger="sa_signals"),
             flavour.enter(testing.capture_on_commit(any_session, execute=True)),
         ):
             flavour.aw(any_session.begin())
-            sa_signals.on_commit(recorder.fail(1), any_session)
+            sa_signals.on_commit(failing, any_session)
             sa_signals.on_commit(recorder.do(2), any_session)
         recorder.assert_done([1, 2])
         assert str(failures[0][1]["exception"]) == "callback 1 failed"
+        assert failures[0][1]["callback"] is failing
         assert "fail(1)" in caplog.records[0].getMessage()
         flavour.aw(any_session.rollback())
 
