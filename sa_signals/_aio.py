@@ -19,6 +19,7 @@ import sqlalchemy.util.concurrency as sa_concurrency
 
 from ._dispatch import logger
 from ._state import INSTALLATION_ATTR
+from ._state import registry_holding
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
 from .exceptions import ScopeError
@@ -235,19 +236,10 @@ async def distinct(factory: AsyncSessionFactory) -> c.AsyncIterator[sa_asyncio.A
         async with _commit_or_rollback(factory()) as session:
             yield session
         return
-    registry = factory.registry
-    had_previous = registry.has()
-    previous = registry() if had_previous else None
     session = factory.session_factory()
-    registry.set(session)
-    try:
+    with registry_holding(factory.registry, session):
         async with _commit_or_rollback(session):
             yield session
-    finally:
-        if had_previous:
-            registry.set(previous)
-        else:
-            registry.clear()
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ import sqlalchemy.orm as sa_orm
 
 from ._dispatch import logger
 from ._state import is_async_factory
+from ._state import registry_holding
 from .exceptions import ScopeError
 
 if t.TYPE_CHECKING:
@@ -186,19 +187,9 @@ def _distinct(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
         with _commit_or_rollback(factory()) as session:
             yield session
         return
-    registry = factory.registry
-    had_previous = registry.has()
-    previous = registry() if had_previous else None
     session = factory.session_factory()
-    registry.set(session)
-    try:
-        with _commit_or_rollback(session):
-            yield session
-    finally:
-        if had_previous:
-            registry.set(previous)
-        else:
-            registry.clear()
+    with registry_holding(factory.registry, session), _commit_or_rollback(session):
+        yield session
 
 
 @contextlib.contextmanager
