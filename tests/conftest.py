@@ -366,6 +366,12 @@ def session(Session: sa_orm.scoped_session[sa_orm.Session]) -> sa_orm.Session:
     return Session()
 
 
+def count(engine: sa.Engine, model: type[t.Any]) -> int:
+    """The number of rows of ``model``'s table, read on a connection of its own."""
+    with engine.connect() as connection:
+        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+
+
 class Recorder:
     """Makes callbacks that record their name when run; ``assert_done`` checks what ran.
 

@@ -24,6 +24,7 @@ import sa_signals
 from sa_signals import signals
 from sa_signals._dispatch import Signal
 from sa_signals._state import STATE_ATTR
+from tests.conftest import count
 from tests.conftest import Recorder
 from tests.models import Audit
 from tests.models import Item
@@ -37,11 +38,6 @@ BASE_EXCEPTIONS = [KeyboardInterrupt, SystemExit, GeneratorExit]
 
 IN_TRANSACTION = ["before_flush", "pre_save", "post_save", "after_flush", "before_commit"]
 """Signals sent inside the transaction, in the order a commit of a new row sends them."""
-
-
-def count(engine: sa.Engine, model: type[t.Any]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 def assert_clean(Session: Scoped, session: sa_orm.Session, engine: sa.Engine) -> None:

@@ -15,6 +15,7 @@ import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import signals
+from tests.conftest import count
 from tests.models import Audit
 from tests.models import customers
 from tests.models import Item
@@ -41,11 +42,6 @@ def Session(AnySession: Scoped) -> Scoped:
 @pytest.fixture
 def session(any_session: AnySession) -> AnySession:
     return any_session
-
-
-def count(engine: sa.Engine, model: type[t.Any]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 class TestRunsAfterCommit:

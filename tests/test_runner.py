@@ -11,6 +11,7 @@ import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import signals
+from tests.conftest import count
 from tests.models import Audit
 from tests.models import Item
 
@@ -18,11 +19,6 @@ if t.TYPE_CHECKING:
     from tests.conftest import Connector
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
-
-
-def count(engine: sa.Engine, model: type[t.Any]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 @pytest.fixture

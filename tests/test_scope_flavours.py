@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 import sa_signals
+from tests.conftest import count
 from tests.models import Audit
 from tests.models import Item
 
@@ -16,11 +17,6 @@ if t.TYPE_CHECKING:
 
 Scoped = t.Any
 """A ``scoped_session`` or an ``async_scoped_session``, by flavour."""
-
-
-def count(engine: sa.Engine, model: type[t.Any]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 class TestSessionScope:

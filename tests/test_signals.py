@@ -13,6 +13,7 @@ import sqlalchemy.orm as sa_orm
 import sa_signals
 from sa_signals import _bridge
 from sa_signals import signals
+from tests.conftest import count
 from tests.models import Animal
 from tests.models import Audit
 from tests.models import Base
@@ -25,11 +26,6 @@ if t.TYPE_CHECKING:
     from tests.conftest import Recorder
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
-
-
-def count(engine: sa.Engine, model: type[t.Any]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 class TestSessionSignals:

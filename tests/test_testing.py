@@ -18,6 +18,7 @@ import sa_signals
 from sa_signals import signals
 from sa_signals import testing
 from sa_signals._state import TRANSACTIONAL_ATTR
+from tests.conftest import count
 from tests.models import Audit
 from tests.models import Item
 
@@ -27,11 +28,6 @@ if t.TYPE_CHECKING:
     from tests.conftest import Recorder
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
-
-
-def count(engine: sa.Engine, model: type[t.Any]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
 
 
 class TestCaptureOnCommit:
