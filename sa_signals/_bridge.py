@@ -14,9 +14,9 @@ from . import _bulk
 from . import changes
 from . import signals
 from ._dispatch import Signal
+from ._failures import report_receiver
+from ._failures import returned_coroutine_error
 from ._runner import is_layer_session
-from ._runner import report_receiver
-from ._runner import returned_coroutine_error
 from ._runner import run
 from ._runner import Work
 from ._state import current_transaction

@@ -11,7 +11,7 @@ import typing as t
 import sqlalchemy.util.concurrency as sa_concurrency
 
 from ._runner import _current
-from ._runner import DistinctSlot
+from ._slot import DistinctSlot
 from ._state import async_api
 from .exceptions import OutsideCallbackError
 from .on_commit import on_commit

@@ -28,9 +28,9 @@ import sqlalchemy.util.concurrency as sa_concurrency
 
 from . import signals as _signals
 from ._dispatch import Signal
+from ._failures import WRAPPED_CALLBACK_ATTR
 from ._runner import _current
 from ._runner import run
-from ._runner import WRAPPED_CALLBACK_ATTR
 from ._state import async_api
 from ._state import INSTALLATION_ATTR
 from ._state import installation_for

@@ -1,0 +1,96 @@
+"""How failures of commit-time calls and receivers are built, logged and reported."""
+
+from __future__ import annotations
+
+import inspect
+import typing as t
+
+import sqlalchemy.orm as sa_orm
+
+from . import signals
+from ._dispatch import describe
+from ._dispatch import logger
+from ._dispatch import Signal
+from .exceptions import CoroutineMisuseError
+from .exceptions import SessionLeftOpenError
+
+if t.TYPE_CHECKING:
+    from ._aio import AsyncSupport
+    from ._runner import Work
+
+WRAPPED_CALLBACK_ATTR = "_sa_signals_callback"
+"""Set by the testing helpers on a wrapper they queue in place of a user's callback."""
+
+
+def left_open_error(func: object) -> SessionLeftOpenError:
+    msg = (
+        f"{describe(func)} began a transaction on the session that had committed; it was"
+        " rolled back. Inside a callback use the distinct session: call the scoped_session,"
+        " or sa_signals.current_session()."
+    )
+    return SessionLeftOpenError(msg)
+
+
+def coroutine_error(func: object) -> CoroutineMisuseError:
+    msg = (
+        f"{describe(func)} is a coroutine function, but the commit came from a synchronous"
+        " Session where nothing can await it; use a plain function, or an AsyncSession."
+    )
+    return CoroutineMisuseError(msg)
+
+
+def returned_coroutine_error(func: object) -> CoroutineMisuseError:
+    """The error for a plain function that returned a coroutine, which was closed unawaited."""
+    msg = (
+        f"{describe(func)} returned a coroutine, which a synchronous Session cannot await; it"
+        " was closed without running. Use a plain function, or an AsyncSession."
+    )
+    return CoroutineMisuseError(msg)
+
+
+def close_quietly(session: sa_orm.Session) -> None:
+    try:
+        session.rollback()
+    except Exception:
+        logger.exception("rolling back %r failed", session)
+
+
+def report(work: Work, origin: object, exc: Exception, aio: AsyncSupport | None) -> None:
+    """Log ``exc`` raised by ``work`` and send it on the matching failure signal."""
+    if work.signal is None:
+        # capture_on_commit(execute=True) runs a recording wrapper: report the user's callback.
+        callback = getattr(work.func, WRAPPED_CALLBACK_ATTR, work.func)
+        logger.error("on_commit callback %s failed", describe(callback), exc_info=exc)
+        send_failure(signals.on_commit_failed, origin, aio, callback=callback, exception=exc)
+    else:
+        report_receiver(work.signal, work.func, origin, exc, aio)
+
+
+def report_receiver(
+    signal: Signal, receiver: object, origin: object, exc: Exception, aio: AsyncSupport | None
+) -> None:
+    """Log a failing receiver of ``signal`` and send it on ``receiver_failed``."""
+    logger.error("receiver %s of %s failed", describe(receiver), signal.name, exc_info=exc)
+    send_failure(
+        signals.receiver_failed, origin, aio, signal=signal, receiver=receiver, exception=exc
+    )
+
+
+def send_failure(
+    signal: Signal, sender: object, aio: AsyncSupport | None, /, **kwargs: t.Any
+) -> None:
+    """Send a failure signal; a receiver that raises here is only logged."""
+    if not signal.receivers:
+        return
+    for receiver, is_coroutine in signal.receivers_in_order(sender):
+        try:
+            if is_coroutine and aio is None:
+                raise coroutine_error(receiver)
+            result = receiver(sender, **kwargs)
+            if inspect.iscoroutine(result):
+                if aio is None:
+                    result.close()
+                    raise returned_coroutine_error(receiver)
+                aio.await_(result)
+        except Exception:
+            logger.exception("receiver %s of %s failed", describe(receiver), signal.name)
