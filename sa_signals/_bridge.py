@@ -156,14 +156,18 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         connections = state.connections
         if connections:
             state.connections = []
+    has_receivers = bool(
+        signals.after_commit.receivers if committed else signals.after_rollback.receivers
+    )
+    if not (has_receivers or queue or events):
+        return  # the common case: nothing queued, nobody listening
     installation = installation_for(session)
     if installation is None:  # uninstalled while the transaction was open
         return
     aio = installation.aio
     public = session if aio is None else aio.public(session)
     if committed:
-        has_receivers = bool(signals.after_commit.receivers)
-        if not (has_receivers or queue or events) or not _really_committed(session, connections):
+        if not _really_committed(session, connections):
             return
         items: list[Work] = []
         layer = is_layer_session(session)
@@ -178,7 +182,7 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         items.extend(queue)
         if items:
             run(items, session, installation)
-    elif signals.after_rollback.receivers and not is_layer_session(session):
+    elif has_receivers and not is_layer_session(session):
         send(signals.after_rollback, public, public, installation.robust, aio)
 
 

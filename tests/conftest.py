@@ -32,6 +32,7 @@ import sqlalchemy.util.concurrency as sa_concurrency
 import sa_signals
 from tests.models import Base
 from tests.models import deferred_metadata
+from tests.models import Item
 
 # CI must not fail on an example that no earlier run saw: there, every run draws the same ones.
 hypothesis.settings.register_profile("ci", derandomize=True, database=None)
@@ -370,6 +371,12 @@ def count(engine: sa.Engine, model: type[t.Any]) -> int:
     """The number of rows of ``model``'s table, read on a connection of its own."""
     with engine.connect() as connection:
         return connection.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+
+
+def item_names(engine: sa.Engine) -> list[str]:
+    """The names of every ``Item`` row, sorted, read on a connection of its own."""
+    with engine.connect() as connection:
+        return list(connection.scalars(sa.select(Item.name).order_by(Item.name)))
 
 
 class Recorder:

@@ -15,15 +15,11 @@ import sa_signals
 from sa_signals.contrib.asgi import Message
 from sa_signals.contrib.asgi import SessionMiddleware
 from sa_signals.contrib.scopes import Scope
+from tests.conftest import item_names as names
 from tests.models import Audit
 from tests.models import Item
 
 AsyncScoped = sa_asyncio.async_scoped_session[sa_asyncio.AsyncSession]
-
-
-def names(engine: sa.Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.scalars(sa.select(Item.name).order_by(Item.name)))
 
 
 @pytest.fixture

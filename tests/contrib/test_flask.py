@@ -22,14 +22,10 @@ import sa_signals
 from sa_signals import signals
 from sa_signals.contrib.flask import app_context_key
 from sa_signals.contrib.flask import SaSignals
+from tests.conftest import item_names as names
 from tests.conftest import Recorder
 from tests.models import Audit
 from tests.models import Item
-
-
-def names(engine: sa.Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.scalars(sa.select(Item.name).order_by(Item.name)))
 
 
 class Views:

@@ -15,15 +15,11 @@ import sqlalchemy.orm as sa_orm
 import sa_signals
 from sa_signals.contrib.scopes import remove_session
 from sa_signals.contrib.scopes import Scope
+from tests.conftest import item_names as names
 from tests.models import Audit
 from tests.models import Item
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
-
-
-def names(engine: sa.Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.scalars(sa.select(Item.name).order_by(Item.name)))
 
 
 @pytest.fixture

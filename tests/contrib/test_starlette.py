@@ -26,12 +26,8 @@ from sa_signals.contrib.asgi import SessionMiddleware
 from sa_signals.contrib.scopes import Scope
 from sa_signals.contrib.starlette import SaSignals
 from tests.conftest import async_url
+from tests.conftest import item_names as names
 from tests.models import Item
-
-
-def names(engine: sa.Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.scalars(sa.select(Item.name).order_by(Item.name)))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import werkzeug.test
 import sa_signals
 from sa_signals.contrib.scopes import Scope
 from sa_signals.contrib.wsgi import SessionMiddleware
+from tests.conftest import item_names as names
 from tests.models import Item
 
 if t.TYPE_CHECKING:
@@ -21,11 +22,6 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
-
-
-def names(engine: sa.Engine) -> list[str]:
-    with engine.connect() as connection:
-        return list(connection.scalars(sa.select(Item.name).order_by(Item.name)))
 
 
 class App:
