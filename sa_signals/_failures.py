@@ -16,7 +16,6 @@ from .exceptions import SessionLeftOpenError
 
 if t.TYPE_CHECKING:
     from ._aio import AsyncSupport
-    from ._runner import Work
 
 WRAPPED_CALLBACK_ATTR = "_sa_signals_callback"
 """Set by the testing helpers on a wrapper they queue in place of a user's callback."""
@@ -55,15 +54,17 @@ def close_quietly(session: sa_orm.Session) -> None:
         logger.exception("rolling back %r failed", session)
 
 
-def report(work: Work, origin: object, exc: Exception, aio: AsyncSupport | None) -> None:
-    """Log ``exc`` raised by ``work`` and send it on the matching failure signal."""
-    if work.signal is None:
+def report(
+    func: object, signal: Signal | None, origin: object, exc: Exception, aio: AsyncSupport | None
+) -> None:
+    """Log ``exc`` raised by ``func`` (a callback, or a receiver of ``signal``) and send it on."""
+    if signal is None:
         # capture_on_commit(execute=True) runs a recording wrapper: report the user's callback.
-        callback = getattr(work.func, WRAPPED_CALLBACK_ATTR, work.func)
+        callback = getattr(func, WRAPPED_CALLBACK_ATTR, func)
         logger.error("on_commit callback %s failed", describe(callback), exc_info=exc)
         send_failure(signals.on_commit_failed, origin, aio, callback=callback, exception=exc)
     else:
-        report_receiver(work.signal, work.func, origin, exc, aio)
+        report_receiver(signal, func, origin, exc, aio)
 
 
 def report_receiver(

@@ -23,6 +23,7 @@ from ._failures import returned_coroutine_error
 from ._slot import DistinctSlot
 from ._slot import RegistrySwap
 from ._slot import Slot
+from ._state import TRANSACTION_FIELDS_KNOWN
 from .exceptions import OutsideCallbackError
 
 if t.TYPE_CHECKING:
@@ -30,6 +31,7 @@ if t.TYPE_CHECKING:
     from ._state import Installation
 
 
+@t.final
 class Work:
     """One call to make after a commit: an on_commit callback or a commit-time receiver."""
 
@@ -52,11 +54,19 @@ class Work:
         self.kwargs = kwargs
 
 
+Queued: t.TypeAlias = "c.Callable[..., object] | Work"
+"""An on_commit callback as queued: the callback itself when robust (nothing is allocated per
+registration), a :class:`Work` otherwise."""
+
+Item: t.TypeAlias = "c.Callable[..., object] | Work"
+"""One call the runner makes: a commit-time receiver (a :class:`Work`), or a queued callback."""
+
+
 class _Batch:
     __slots__ = ("installation", "items", "origin", "slot")
 
     def __init__(
-        self, items: c.Iterator[Work], origin: sa_orm.Session, installation: Installation
+        self, items: c.Iterator[Item], origin: sa_orm.Session, installation: Installation
     ) -> None:
         self.items = items
         self.origin = origin
@@ -98,7 +108,7 @@ def is_layer_session(session: sa_orm.Session) -> bool:
     return slot is not None and (slot.origin is session or slot.holds(session))
 
 
-def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installation) -> None:
+def run(items: c.Iterable[Item], origin: sa_orm.Session, installation: Installation) -> None:
     """Run ``items`` in order, each in its own distinct session.
 
     Inside a running item, the new items are queued to run right after it (depth first) instead
@@ -126,7 +136,7 @@ def run(items: c.Iterable[Work], origin: sa_orm.Session, installation: Installat
         for swap in swaps.values():
             swap.restore()
         _pending.reset(token)
-        dropped = [describe(item.func) for batch in pending for item in batch.items]
+        dropped = [describe(_func(item)) for batch in pending for item in batch.items]
         if dropped:
             logger.error(
                 "%d commit-time call(s) did not run: the run was interrupted (%s)",
@@ -148,12 +158,13 @@ def _run_batch(
     """
     installation = batch.installation
     aio = installation.aio
-    slot = batch.slot
     if aio is not None:
-        for swap in swaps.values():
-            swap.restore()  # async items see the synchronous registries as before
-    elif slot is None:
-        swap = None
+        for other in swaps.values():
+            other.restore()  # async items see the synchronous registries as before
+        return _run_async(batch, pending, aio)
+    slot = batch.slot
+    if slot is None:
+        swap: RegistrySwap | None = None
         scoped = installation.scoped
         if scoped is not None:
             # One swap per registry for the whole run (see RegistrySwap), keyed by identity.
@@ -161,76 +172,112 @@ def _run_batch(
             if swap is None:
                 swap = swaps[id(scoped.registry)] = RegistrySwap(scoped.registry)
         slot = batch.slot = DistinctSlot(installation, batch.origin, swap)
-    if slot is not None:
-        for other in swaps.values():
-            if other is not slot.swap:
-                other.restore()  # a nested batch of another installation sees them as before
-    first_error: Exception | None = None
-    work: Work | None = None
-    token = _current.set(slot) if slot is not None else None
+    for other in swaps.values():
+        if other is not slot.swap:
+            other.restore()  # a nested batch of another installation sees them as before
+    token = _current.set(slot)
     try:
-        if slot is not None:
-            for work in batch.items:
-                error = _run_one(work, slot)
-                if error is not None and first_error is None:
-                    first_error = error
-                if pending[0] is not batch:  # the item queued a nested batch: it runs first
-                    break
-        else:
-            assert aio is not None
-            for work in batch.items:
-                error = _run_one_async(work, batch.origin, installation, aio)
-                if error is not None and first_error is None:
-                    first_error = error
-                if pending[0] is not batch:
-                    break
-    except BaseException as exc:
-        # KeyboardInterrupt, or the task's cancellation while a callback awaited.
-        if work is not None:
-            logger.error("commit-time call %s was interrupted by %r", describe(work.func), exc)
-        raise
+        return _run_sync(batch, pending, slot)
     finally:
-        if token is not None:
-            _current.reset(token)
-    return first_error
+        _current.reset(token)
 
 
-def _run_one(work: Work, slot: DistinctSlot) -> Exception | None:
+def _run_sync(
+    batch: _Batch, pending: collections.deque[_Batch], slot: DistinctSlot
+) -> Exception | None:
     origin = slot.origin
-    was_open = origin.in_transaction()
     swap = slot.swap
     if swap is not None and not swap.active:
         swap.empty()
+    # The registry's thread-local storage, looked into after each item: the same dict for the
+    # whole batch, which runs in one thread. None when the slot is not a thread-local registry.
+    values = slot.local.__dict__ if slot.local is not None else None
+    fast = TRANSACTION_FIELDS_KNOWN
+    first_error: Exception | None = None
+    item: Item | None = None
     try:
-        try:
+        for item in batch.items:
+            if fast and type(item) is not Work and origin._transaction is None:
+                # The common case inlined: an on_commit callback, the committed session closed.
+                try:
+                    result = item()
+                except Exception as exc:
+                    error = _failed(item, slot, exc)
+                except BaseException:
+                    slot.release()
+                    raise
+                else:
+                    if (
+                        result is None
+                        and ("value" not in values if values is not None else not slot.created())
+                        and origin._transaction is None
+                    ):
+                        error = None  # nothing made, nothing returned, nothing left open
+                    else:
+                        error = _settle(item, slot, result, False)
+            else:
+                error = _run_one(item, slot)
+            if error is not None and first_error is None:
+                first_error = error
+            if pending[0] is not batch:  # the item queued a nested batch: it runs first
+                break
+    except BaseException as exc:
+        # KeyboardInterrupt, or the like: the rest of the run is dropped (and logged by run()).
+        if item is not None:
+            logger.error("commit-time call %s was interrupted by %r", describe(_func(item)), exc)
+        raise
+    return first_error
+
+
+def _run_one(item: Item, slot: DistinctSlot) -> Exception | None:
+    was_open = slot.origin.in_transaction()
+    try:
+        if type(item) is not Work:
+            result = item()
+        else:
+            work = item
             if work.is_coroutine:
                 raise coroutine_error(work.func)
             kwargs = work.kwargs
             result = work.func(*work.args, **kwargs) if kwargs else work.func(*work.args)
+    except Exception as exc:
+        return _failed(item, slot, exc)
+    except BaseException:
+        slot.release()
+        raise
+    return _settle(item, slot, result, was_open)
+
+
+def _failed(item: Item, slot: DistinctSlot, exc: Exception) -> Exception | None:
+    """Close what the failed item made, report ``exc``; return it if the item is not robust."""
+    slot.release()
+    with _outside(slot):
+        _report(item, slot.origin, exc, None)
+    return exc if not _robust(item) else None
+
+
+def _settle(item: Item, slot: DistinctSlot, result: object, was_open: bool) -> Exception | None:
+    """Finish an item that returned: commit its distinct session, check what it left behind."""
+    origin = slot.origin
+    try:
+        try:
             if isinstance(result, types.CoroutineType):  # inspect.iscoroutine(), without a call
                 result.close()
-                raise returned_coroutine_error(work.func)
+                raise returned_coroutine_error(_func(item))
         except BaseException:
             slot.release()
             raise
-        # slot.created(), inlined: most items never ask for a distinct session.
-        registry = slot.registry
-        if registry is None:
-            made = slot.session
-        elif slot.local is not None:
-            made = slot.local.__dict__.get("value")
-        else:
-            made = registry() if registry.has() else None
+        made = slot.created()
         if made is not None:
             slot.finish(made)
         if not was_open and origin.in_transaction():
             with _outside(slot):
                 close_quietly(origin)
-            raise left_open_error(work.func)
+            raise left_open_error(_func(item))
     except Exception as exc:
         with _outside(slot):
-            report(work, origin, exc, None)
-        return None if work.robust else exc
+            _report(item, origin, exc, None)
+        return exc if not _robust(item) else None
     return None
 
 
@@ -239,26 +286,51 @@ def _outside(slot: DistinctSlot) -> c.Iterator[None]:
     """Step out of ``slot`` (no current slot, the registry as before the run) for a while.
 
     Failure receivers and the rollback of a misused committed session see the state the
-    committing code left, as if no item were running.
+    committing code left, as if no item were running. The registry is emptied again after,
+    for the next item.
     """
     token = _current.set(None)
-    if slot.swap is not None:
-        slot.swap.restore()
+    swap = slot.swap
+    if swap is not None:
+        swap.restore()
     try:
         yield
     finally:
         _current.reset(token)
+        if swap is not None:
+            swap.empty()
 
 
-def _run_one_async(
-    work: Work, origin: sa_orm.Session, installation: Installation, aio: AsyncSupport
+def _run_async(
+    batch: _Batch, pending: collections.deque[_Batch], aio: AsyncSupport
 ) -> Exception | None:
+    first_error: Exception | None = None
+    item: Item | None = None
+    try:
+        for item in batch.items:
+            error = _run_one_async(item, batch.origin, aio)
+            if error is not None and first_error is None:
+                first_error = error
+            if pending[0] is not batch:
+                break
+    except BaseException as exc:
+        # The task's cancellation while a callback awaited, or the like.
+        if item is not None:
+            logger.error("commit-time call %s was interrupted by %r", describe(_func(item)), exc)
+        raise
+    return first_error
+
+
+def _run_one_async(item: Item, origin: sa_orm.Session, aio: AsyncSupport) -> Exception | None:
     was_open = origin.in_transaction()
     slot = aio.slot(origin)
     token = _current.set(slot)
     try:
         try:
-            result = work.func(*work.args, **(work.kwargs or {}))
+            if type(item) is not Work:
+                result = item()
+            else:
+                result = item.func(*item.args, **(item.kwargs or {}))
             if inspect.iscoroutine(result):
                 aio.await_(result)
             slot.commit()
@@ -267,8 +339,23 @@ def _run_one_async(
             _current.reset(token)
         if not was_open and origin.in_transaction():
             close_quietly(origin)
-            raise left_open_error(work.func)
+            raise left_open_error(_func(item))
     except Exception as exc:
-        report(work, aio.public(origin), exc, aio)
-        return None if work.robust else exc
+        _report(item, aio.public(origin), exc, aio)
+        return exc if not _robust(item) else None
     return None
+
+
+def _func(item: Item) -> c.Callable[..., object]:
+    return item.func if type(item) is Work else item
+
+
+def _robust(item: Item) -> bool:
+    return item.robust if type(item) is Work else True
+
+
+def _report(item: Item, origin: object, exc: Exception, aio: AsyncSupport | None) -> None:
+    if type(item) is Work:
+        report(item.func, item.signal, origin, exc, aio)
+    else:
+        report(item, None, origin, exc, aio)

@@ -15,8 +15,8 @@ if t.TYPE_CHECKING:
     import sqlalchemy as sa
 
     from ._aio import AsyncSupport
+    from ._runner import Queued
     from .changes import Event
-    from .on_commit import Pending
     from .typing import AsyncSessionFactory
 
 INSTALLATION_ATTR = "_sa_signals_installation"
@@ -86,6 +86,34 @@ def is_async_factory(target: object) -> t.TypeGuard[AsyncSessionFactory]:
     )
 
 
+def _transaction_fields_known() -> bool:
+    # Session.in_transaction() is `self._transaction is not None` and get_nested_transaction()
+    # returns `self._nested_transaction` (SQLAlchemy 2.0 and 2.1); checked once here, so that a
+    # different layout makes the hot paths fall back to those methods.
+    probe = sa_orm.Session()
+    fields = vars(probe)
+    if (
+        fields.get("_transaction", 0) is not None
+        or fields.get("_nested_transaction", 0) is not None
+    ):
+        return False
+    try:
+        probe.begin()
+        savepoint = probe.begin_nested()
+        return (
+            probe.__dict__.get("_transaction") is not None
+            and probe.__dict__.get("_nested_transaction") is savepoint
+            and probe.get_nested_transaction() is savepoint
+        )
+    finally:
+        probe.close()
+
+
+TRANSACTION_FIELDS_KNOWN = _transaction_fields_known()
+"""Whether the hot paths may read a session's ``_transaction`` / ``_nested_transaction``: one
+attribute read each instead of a method call, on every ``on_commit()`` and every callback run."""
+
+
 def installation_for(session: sa_orm.Session) -> Installation | None:
     """Return the installation covering ``session``'s class, or None."""
     inst: Installation | None = getattr(type(session), INSTALLATION_ATTR, None)
@@ -106,10 +134,19 @@ class SessionState:
     Everything is cleared when the outermost transaction ends, so nothing outlives it.
     """
 
-    __slots__ = ("changes", "committed", "connections", "queue")
+    __slots__ = ("changes", "committed", "connections", "cut", "marks", "plain", "queue")
 
     def __init__(self) -> None:
-        self.queue: list[Pending] = []
+        self.queue: list[Queued] = []
+        """The on_commit callbacks, in registration order."""
+        self.marks: list[tuple[sa_orm.SessionTransaction, int]] = []
+        """``(savepoint, start)``: ``queue[start:]`` was registered inside open ``savepoint``,
+        up to the next mark; one per open savepoint that holds callbacks, innermost last."""
+        self.plain: object = None
+        """The callback queued last if it is no coroutine function: not checked again when it is
+        registered again (it is held by the queue anyway)."""
+        self.cut = sys.maxsize
+        """The shortest the queue was cut to by a savepoint rollback, for capture_on_commit()."""
         self.changes: list[Event] = []
         self.connections: list[sa.Connection] = []
         self.committed: sa_orm.SessionTransaction | None = None

@@ -9,13 +9,14 @@ import typing as t
 import sqlalchemy.orm as sa_orm
 
 from ._dispatch import _is_coroutine_function
+from ._runner import Queued
 from ._runner import run
 from ._runner import Work
 from ._state import async_api
 from ._state import installation_for
 from ._state import SessionState
-from ._state import STATE_ATTR
 from ._state import state_of
+from ._state import TRANSACTION_FIELDS_KNOWN
 from .changes import settle_changes
 from .exceptions import CoroutineMisuseError
 from .exceptions import NotInstalledError
@@ -24,23 +25,10 @@ from .typing import Callback
 if t.TYPE_CHECKING:
     from .typing import SessionTarget
 
-
-class Pending(Work):
-    """An on_commit callback waiting for its transaction (a savepoint or the outermost one)."""
-
-    __slots__ = ("transaction",)
-
-    def __init__(
-        self, transaction: sa_orm.SessionTransaction, callback: Callback, robust: bool
-    ) -> None:
-        # Work.__init__ inlined: one of these is made per on_commit() call.
-        self.func = callback
-        self.robust = robust
-        self.args = ()
-        self.signal = None
-        self.is_coroutine = False
-        self.kwargs = None
-        self.transaction = transaction
+_FunctionType = types.FunctionType
+_CO_COROUTINE = inspect.CO_COROUTINE
+_FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
+_Session = sa_orm.Session
 
 
 def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = True) -> None:
@@ -58,15 +46,45 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     :data:`~sa_signals.signals.on_commit_failed`; with ``robust=False`` it propagates out of
     ``commit()`` once every other callback has run. The data stays committed either way.
     """
+    session = target if isinstance(target, _Session) else _session_of(target)
+    # The hot path, inlined: an installed session in a transaction, and a plain function (no
+    # coroutine flag, no attributes that could carry a coroutine marker), checked once per
+    # transaction when the same one is registered again. Anything else takes _register().
+    try:
+        if (
+            _FIELDS_KNOWN
+            and session._transaction is not None
+            # The attributes named by INSTALLATION_ATTR and STATE_ATTR: a missing one raises.
+            and session._sa_signals_installation is not None  # type: ignore[attr-defined]
+        ):
+            state: SessionState = session._sa_signals_state  # type: ignore[attr-defined]
+            if callback is not state.plain:
+                if (
+                    type(callback) is not _FunctionType
+                    or callback.__dict__
+                    or callback.__code__.co_flags & _CO_COROUTINE
+                ):
+                    _register(callback, session, robust)
+                    return
+                state.plain = callback
+            queue = state.queue
+            savepoint = session._nested_transaction
+            if savepoint is not None:
+                marks = state.marks
+                if not marks or marks[-1][0] is not savepoint:
+                    marks.append((savepoint, len(queue)))
+            queue.append(callback if robust else Work(callback, False))
+            return
+    except AttributeError:
+        pass
+    _register(callback, session, robust)
+
+
+def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None:
+    """Check ``callback`` and ``session`` fully, then queue or run ``callback``."""
     if not callable(callback):
         msg = f"on_commit() needs a callable, got {callback!r}"
         raise TypeError(msg)
-    if isinstance(target, sa_orm.Session):
-        session: sa_orm.Session = target
-    elif isinstance(target, sa_orm.scoped_session):
-        session = target()
-    else:
-        session = _sync_session_of(target)
     installation = installation_for(session)
     if installation is None:
         msg = (
@@ -75,20 +93,14 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
         )
         raise NotInstalledError(msg)
     aio = installation.aio
-    if type(callback) is types.FunctionType and not callback.__dict__:
-        # _is_coroutine_function()'s fast path, inlined: on_commit() is on the hot path.
-        is_coroutine = bool(callback.__code__.co_flags & inspect.CO_COROUTINE)
-    else:
-        is_coroutine = _is_coroutine_function(callback)
+    is_coroutine = _is_coroutine_function(callback)
     if is_coroutine and aio is None:
         msg = (
             f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
             " where nothing can await it; pass a plain function."
         )
         raise CoroutineMisuseError(msg)
-    # current_transaction(), inlined.
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    if transaction is None:
+    if not session.in_transaction():
         if is_coroutine and aio is not None and not aio.can_await():
             msg = (
                 f"on_commit() cannot await the coroutine function {callback!r} now: the"
@@ -96,19 +108,28 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
                 " `await sa_signals.on_commit_async(callback, session)`."
             )
             raise CoroutineMisuseError(msg)
-        run((Work(callback, robust),), session, installation)
+        run((callback if robust else Work(callback, False),), session, installation)
         return
-    state: SessionState | None = session.__dict__.get(STATE_ATTR)
-    if state is None:
-        state = state_of(session)
-    state.queue.append(Pending(transaction, callback, robust))
+    state = state_of(session)
+    queue = state.queue
+    savepoint = session.get_nested_transaction()
+    if savepoint is not None:
+        marks = state.marks
+        if not marks or marks[-1][0] is not savepoint:
+            marks.append((savepoint, len(queue)))
+    queue.append(callback if robust else Work(callback, False))
+    if not is_coroutine:
+        state.plain = callback
 
 
-def _sync_session_of(target: object) -> sa_orm.Session:
+def _session_of(target: object) -> sa_orm.Session:
+    if isinstance(target, sa_orm.scoped_session):
+        session: sa_orm.Session = target()
+        return session
     api = async_api()
     if api is not None:
         if isinstance(target, api.AsyncSession):
-            session: sa_orm.Session = target.sync_session
+            session = target.sync_session
             return session
         if isinstance(target, api.async_scoped_session):
             session = target().sync_session
@@ -123,33 +144,42 @@ def _sync_session_of(target: object) -> sa_orm.Session:
 def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> None:
     """Settle the callbacks and recorded changes of ``savepoint``, which has just ended.
 
-    A released savepoint hands them to its parent, so that a later rollback of the parent drops
-    them too; a rolled-back one drops them.
+    A released savepoint hands them to its enclosing savepoint (or the outermost transaction),
+    so that a later rollback of that one drops them too; a rolled-back one drops them.
+
+    The queue is in registration order and a savepoint's callbacks were all registered while it
+    was the innermost one, so they are the queue's tail from its mark (``SessionState.marks``).
     """
     committed = state.committed is savepoint
     if committed:
         state.committed = None
-    queue = state.queue
-    if not (queue or state.changes):
+    marks = state.marks
+    if not (marks or state.changes):
         return
+    parent = None
     if committed:
         parent = savepoint.parent
         # A savepoint begun during a flush has the flush's subtransaction as parent: skip it.
         while parent is not None and parent.parent is not None and not parent.nested:
             parent = parent.parent
-        for pending in queue:
-            if pending.transaction is savepoint:
-                pending.transaction = parent  # type: ignore[assignment]
+    if marks and marks[-1][0] is savepoint:
+        start = marks.pop()[1]
+        if not committed:
+            del state.queue[start:]
+            state.plain = None  # it may have been cut: hold no callback that will not run
+            if start < state.cut:
+                state.cut = start
+        elif parent is not None and parent.nested and not (marks and marks[-1][0] is parent):
+            marks.append((parent, start))
+    if state.changes:
         settle_changes(state, savepoint, parent)
-    else:
-        if queue:
-            state.queue = [pending for pending in queue if pending.transaction is not savepoint]
-        settle_changes(state, savepoint, None)
 
 
-def take_queue(state: SessionState) -> list[Pending]:
+def take_queue(state: SessionState) -> list[Queued]:
     """Empty the queue before anything runs, so a failing callback still clears it."""
     queue = state.queue
     if queue:
         state.queue = []
+        state.marks.clear()
+        state.plain = None
     return queue

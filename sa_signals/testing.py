@@ -31,6 +31,7 @@ from ._dispatch import Signal
 from ._failures import WRAPPED_CALLBACK_ATTR
 from ._runner import _current
 from ._runner import run
+from ._runner import Work
 from ._state import async_api
 from ._state import INSTALLATION_ATTR
 from ._state import installation_for
@@ -45,7 +46,7 @@ if t.TYPE_CHECKING:
 
     import sqlalchemy.ext.asyncio as sa_asyncio
 
-    from .on_commit import Pending
+    from ._runner import Queued
     from .typing import AsyncSessionFactory
     from .typing import Callback
     from .typing import SessionFactory
@@ -98,12 +99,18 @@ class OnCommitCapture:
         self._session = session
         self._installation = installation
         self._execute = execute
-        self._queued: list[Pending] = []
+        self._queue: list[Queued] | None = None
+        self._outer_cut = 0
         self._callbacks: list[Callback] = []
 
     def __enter__(self) -> list[Callback]:
-        # Held, so that no new entry can reuse one of their ids.
-        self._queued = list(state_of(self._session).queue)
+        # The queue only grows at its end, is cut by savepoint rollbacks (which lower state.cut)
+        # and is replaced when its transaction ends: the block's callbacks are its tail from
+        # state.cut on, or all of a new queue.
+        state = state_of(self._session)
+        self._queue = state.queue
+        self._outer_cut = state.cut  # an enclosing capture's, put back (lowered) on exit
+        state.cut = len(state.queue)
         self._callbacks = []
         return self._callbacks
 
@@ -139,20 +146,31 @@ class OnCommitCapture:
             # The runner awaits coroutine callbacks through SQLAlchemy's greenlet.
             await sa_concurrency.greenlet_spawn(run, captured, self._session, self._installation)
 
-    def _take(self, succeeded: bool) -> list[Pending]:
+    def _take(self, succeeded: bool) -> list[Queued]:
         """List the block's callbacks; return them, dequeued, if they are to run now."""
         state = state_of(self._session)
-        before = {id(pending) for pending in self._queued}
-        self._queued = []
-        captured = [pending for pending in state.queue if id(pending) not in before]
-        self._callbacks.extend(pending.func for pending in captured)
+        queue = state.queue
+        start = state.cut if queue is self._queue else 0
+        state.cut = min(self._outer_cut, state.cut)
+        self._queue = None
+        captured = queue[start:]
+        self._callbacks.extend(_callback_of(entry) for entry in captured)
         if not (self._execute and succeeded and captured):
             return []
-        taken = {id(pending) for pending in captured}
-        state.queue = [pending for pending in state.queue if id(pending) not in taken]
-        for pending in captured:
-            pending.func = _recording(pending.func, self._callbacks)
-        return captured
+        del queue[start:]
+        state.marks[:] = [mark for mark in state.marks if mark[1] < start]
+        return [_recording_entry(entry, self._callbacks) for entry in captured]
+
+
+def _callback_of(entry: Queued) -> Callback:
+    return entry.func if isinstance(entry, Work) else entry
+
+
+def _recording_entry(entry: Queued, callbacks: list[Callback]) -> Queued:
+    """Return ``entry`` with its callback wrapped by :func:`_recording`, as robust as it was."""
+    if isinstance(entry, Work):
+        return Work(_recording(entry.func, callbacks), entry.robust)
+    return _recording(entry, callbacks)
 
 
 def _recording(callback: c.Callable[..., object], callbacks: list[Callback]) -> Callback:
@@ -189,9 +207,10 @@ def _record_registered(callbacks: list[Callback]) -> None:
     session = slot.created() if slot is not None else None
     if session is not None:
         # Still queued: the distinct session commits after the callback returns.
-        for pending in state_of(session).queue:
-            callbacks.append(pending.func)
-            pending.func = _recording(pending.func, callbacks)
+        queue = state_of(session).queue
+        for index, entry in enumerate(queue):
+            callbacks.append(_callback_of(entry))
+            queue[index] = _recording_entry(entry, callbacks)
 
 
 @dataclasses.dataclass(frozen=True)
