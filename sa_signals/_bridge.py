@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc as c
 import threading
 import types
 import typing as t
@@ -17,8 +18,11 @@ from ._dispatch import Signal
 from ._failures import report_receiver
 from ._failures import returned_coroutine_error
 from ._runner import is_layer_session
+from ._runner import Item
+from ._runner import Queued
 from ._runner import run
 from ._runner import Work
+from ._state import COMMITTED_ATTR
 from ._state import current_transaction
 from ._state import Installation
 from ._state import INSTALLATION_ATTR
@@ -125,7 +129,13 @@ def _before_commit(session: sa_orm.Session) -> None:
 
 def _after_commit(session: sa_orm.Session) -> None:
     # Fires for a SAVEPOINT release too, while the committing transaction is still current.
-    state_of(session).committed = current_transaction(session)
+    state: SessionState | None = session.__dict__.get(STATE_ATTR)
+    if state is None:
+        # Nothing queued or recorded: a mark is cheaper than a state, and enough to tell a
+        # commit from a rollback at the end (see _end_outermost).
+        session.__dict__[COMMITTED_ATTR] = current_transaction(session)
+    else:
+        state.committed = current_transaction(session)
 
 
 def _after_transaction_end(
@@ -144,10 +154,11 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
     # exception raised here propagates out of commit() and leaves the session clean.
     state: SessionState | None = session.__dict__.get(STATE_ATTR)
     if state is None:
-        committed = False
-        queue: list[t.Any] = []
-        connections: list[sa.Connection] = []
+        # The common case: nothing queued or recorded (no state was made).
+        committed = session.__dict__.pop(COMMITTED_ATTR, None) is transaction
+        queue: list[Queued] = []
         events: list[changes.Event] = []
+        connections: list[sa.Connection] = []
     else:
         committed = state.committed is transaction
         state.committed = None
@@ -160,16 +171,16 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         signals.after_commit.receivers if committed else signals.after_rollback.receivers
     )
     if not (has_receivers or queue or events):
-        return  # the common case: nothing queued, nobody listening
+        return  # nothing queued, nobody listening
     installation = installation_for(session)
     if installation is None:  # uninstalled while the transaction was open
         return
     aio = installation.aio
     public = session if aio is None else aio.public(session)
     if committed:
-        if not _really_committed(session, connections):
+        if not _really_committed(session, transaction, connections):
             return
-        items: list[Work] = []
+        items: list[Item] = []
         layer = is_layer_session(session)
         if has_receivers and not layer:
             items.extend(
@@ -186,14 +197,24 @@ def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransacti
         send(signals.after_rollback, public, public, installation.robust, aio)
 
 
-def _really_committed(session: sa_orm.Session, connections: list[sa.Connection]) -> bool:
-    """Whether the outermost commit reached the database.
+def _really_committed(
+    session: sa_orm.Session,
+    transaction: sa_orm.SessionTransaction,
+    recorded: list[sa.Connection],
+) -> bool:
+    """Whether the outermost commit of ``transaction`` reached the database.
 
     A session joined into a Connection's own transaction (the test-suite pattern) only released
     a savepoint, or did nothing: that Connection is still in a transaction afterwards, while a
     real COMMIT leaves it without one. In the transactional test mode the Connection is marked,
     and its outer transaction stands in for the database.
     """
+    # SessionTransaction.connections is new in SQLAlchemy 2.1.7.
+    connections: c.Collection[sa.Connection] = (
+        transaction.connections  # type: ignore[attr-defined,unused-ignore]
+        if _CONNECTIONS_KNOWN
+        else recorded
+    )
     if connections:
         return not any(
             connection.in_transaction() and not connection.__dict__.get(TRANSACTIONAL_ATTR)
@@ -249,26 +270,39 @@ def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
     return executed.result
 
 
+_CONNECTIONS_KNOWN = isinstance(getattr(sa_orm.SessionTransaction, "connections", None), property)
+"""Whether ``SessionTransaction.connections`` (SQLAlchemy 2.1.7) tells which connections the
+outermost transaction used, after it ended; before that, an ``after_begin`` listener records
+them."""
+
 _SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
-    ("after_begin", _after_begin),
-    ("before_flush", _before_flush),
-    ("after_flush", _after_flush),
-    ("before_commit", _before_commit),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
+    *(() if _CONNECTIONS_KNOWN else (("after_begin", _after_begin),)),
 )
+"""The listeners every installed session class gets."""
+
+_WANTED_SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None], tuple[Signal, ...]], ...] = (
+    ("before_flush", _before_flush, (signals.before_flush,)),
+    ("after_flush", _after_flush, (signals.after_flush,)),
+    ("before_commit", _before_commit, (signals.before_commit, signals.before_models_committed)),
+)
+"""The listeners attached once one of their signals has a receiver (see _sync_listeners)."""
 
 
 def _sync_listeners(*args: object, **kwargs: object) -> None:
     """Attach or remove the optional listeners to match what is wanted.
 
-    Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
-    and refreshes included), so it is attached only once a bulk or change signal has a receiver,
-    or an installation tracks changes. The mapper listeners cost two calls per flushed row, so
-    they are attached only once a model signal has a receiver or changes are tracked. Both then
-    stay until uninstall: SQLAlchemy iterates listeners in place, so removing one while another
-    thread's (or task's) flush or execute runs them would break it. Called on install, uninstall,
-    and whenever one of those signals gains or loses a receiver.
+    The ``before_flush``, ``after_flush`` and ``before_commit`` listeners only send signals, so
+    each is attached once one of its signals has a receiver (a ``before_flush`` listener also
+    makes SQLAlchemy look for dirty objects twice per flush). Any ``do_orm_execute`` listener
+    makes SQLAlchemy prepare every ORM execute twice (lazy loads and refreshes included), so it
+    is attached only once a bulk or change signal has a receiver, or an installation tracks
+    changes. The mapper listeners cost two calls per flushed row, so they are attached only
+    once a model signal has a receiver or changes are tracked. All of them stay until
+    uninstall: SQLAlchemy iterates listeners in place, so removing one while another thread's
+    (or task's) flush or execute runs them would break it. Called on install, uninstall, and
+    whenever one of those signals gains or loses a receiver.
     """
     with _lock:
         tracking = changes.wanted()
@@ -277,6 +311,11 @@ def _sync_listeners(*args: object, **kwargs: object) -> None:
             listening = sa_event.contains(session_class, "do_orm_execute", _do_orm_execute)
             if wanted and not listening:
                 sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
+            for name, listener, wanted_by in _WANTED_SESSION_LISTENERS:
+                if any(signal.receivers for signal in wanted_by) and not sa_event.contains(
+                    session_class, name, listener
+                ):
+                    sa_event.listen(session_class, name, listener)
         global _mapper_listening  # changed under _lock
         if not _installed:
             if _mapper_listening:
@@ -372,6 +411,9 @@ _mapper_listening = False
 for _signal in (
     *_BULK_SIGNALS.values(),
     *_MODEL_SIGNALS,
+    signals.before_flush,
+    signals.after_flush,
+    signals.before_commit,
     signals.before_models_committed,
     signals.models_committed,
     signals.committed,
@@ -461,6 +503,9 @@ def uninstall(target: InstallTarget, /) -> None:
             aio.restore()
         for name, listener in _SESSION_LISTENERS:
             sa_event.remove(session_class, name, listener)
+        for name, listener, _ in _WANTED_SESSION_LISTENERS:
+            if sa_event.contains(session_class, name, listener):
+                sa_event.remove(session_class, name, listener)
         if session_class.__dict__[INSTALLATION_ATTR].track_changes:
             changes.force_tracking(-1)
         if sa_event.contains(session_class, "do_orm_execute", _do_orm_execute):

@@ -25,6 +25,10 @@ INSTALLATION_ATTR = "_sa_signals_installation"
 STATE_ATTR = "_sa_signals_state"
 """Instance attribute holding a session's :class:`SessionState`."""
 
+COMMITTED_ATTR = "_sa_signals_committed"
+"""Instance attribute: the transaction a session without a :class:`SessionState` committed last
+(a savepoint or the outermost one); popped when the outermost one ends."""
+
 TRANSACTIONAL_ATTR = "_sa_signals_transactional"
 """Instance attribute set on a Connection in the transactional test mode: a session's outermost
 commit on it (a SAVEPOINT release) counts as a real COMMIT."""

@@ -801,11 +801,12 @@ class TestOptIn:
         assert calls == []
 
     def test_nothing_recorded_without_receivers(self, session: sa_orm.Session) -> None:
-        """With no receiver and no track_changes, flushes record nothing."""
+        """With no receiver and no track_changes, flushes record nothing (no state is made)."""
         session.add(Item(name="a"))
         session.flush()
-        assert session.__dict__[STATE_ATTR].changes == []
+        assert STATE_ATTR not in session.__dict__
         session.commit()
+        assert STATE_ATTR not in session.__dict__
 
     def test_track_changes_records_without_receivers(
         self, engine: sa.Engine, connect: Connector
