@@ -31,6 +31,7 @@ from ._state import is_async_factory
 from ._state import SessionState
 from ._state import STATE_ATTR
 from ._state import state_of
+from ._state import TRANSACTION_FIELDS_KNOWN
 from ._state import TRANSACTIONAL_ATTR
 from .exceptions import CoroutineMisuseError
 from .exceptions import InstallError
@@ -41,6 +42,7 @@ if t.TYPE_CHECKING:
     from ._aio import AsyncSupport
     from .typing import InstallTarget
 
+_FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
 _lock = threading.RLock()
 _installed: list[type[sa_orm.Session]] = []
 
@@ -129,19 +131,24 @@ def _before_commit(session: sa_orm.Session) -> None:
 
 def _after_commit(session: sa_orm.Session) -> None:
     # Fires for a SAVEPOINT release too, while the committing transaction is still current.
+    if _FIELDS_KNOWN:  # current_transaction(), inlined: this runs on every commit
+        committing = session._nested_transaction or session._transaction
+    else:
+        committing = current_transaction(session)
     state: SessionState | None = session.__dict__.get(STATE_ATTR)
     if state is None:
         # Nothing queued or recorded: a mark is cheaper than a state, and enough to tell a
         # commit from a rollback at the end (see _end_outermost).
-        session.__dict__[COMMITTED_ATTR] = current_transaction(session)
+        session.__dict__[COMMITTED_ATTR] = committing
     else:
-        state.committed = current_transaction(session)
+        state.committed = committing
 
 
 def _after_transaction_end(
     session: sa_orm.Session, transaction: sa_orm.SessionTransaction
 ) -> None:
-    if transaction.parent is None:
+    # Fires for every flush's subtransaction too: the cheap checks first.
+    if (transaction._parent if _FIELDS_KNOWN else transaction.parent) is None:
         _end_outermost(session, transaction)
     elif transaction.nested:
         state: SessionState | None = session.__dict__.get(STATE_ATTR)
@@ -275,12 +282,17 @@ _CONNECTIONS_KNOWN = isinstance(getattr(sa_orm.SessionTransaction, "connections"
 outermost transaction used, after it ended; before that, an ``after_begin`` listener records
 them."""
 
-_SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None]], ...] = (
-    ("after_commit", _after_commit),
-    ("after_transaction_end", _after_transaction_end),
-    *(() if _CONNECTIONS_KNOWN else (("after_begin", _after_begin),)),
-)
-"""The listeners every installed session class gets."""
+
+def _session_listeners() -> list[tuple[str, t.Callable[..., None]]]:
+    """The listeners every installed session class gets."""
+    listeners: list[tuple[str, t.Callable[..., None]]] = [
+        ("after_commit", _after_commit),
+        ("after_transaction_end", _after_transaction_end),
+    ]
+    if not _CONNECTIONS_KNOWN:
+        listeners.append(("after_begin", _after_begin))
+    return listeners
+
 
 _WANTED_SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None], tuple[Signal, ...]], ...] = (
     ("before_flush", _before_flush, (signals.before_flush,)),
@@ -469,7 +481,7 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
                     " factories, not both."
                 )
                 raise InstallError(msg)
-        for name, listener in _SESSION_LISTENERS:
+        for name, listener in _session_listeners():
             sa_event.listen(session_class, name, listener)
         installation = Installation(session_class, maker, scoped, robust, track_changes, aio)
         setattr(session_class, INSTALLATION_ATTR, installation)
@@ -501,9 +513,8 @@ def uninstall(target: InstallTarget, /) -> None:
             return
         if aio is not None:
             aio.restore()
-        for name, listener in _SESSION_LISTENERS:
-            sa_event.remove(session_class, name, listener)
-        for name, listener, _ in _WANTED_SESSION_LISTENERS:
+        optional = [(name, listener) for name, listener, _ in _WANTED_SESSION_LISTENERS]
+        for name, listener in [*_session_listeners(), ("after_begin", _after_begin), *optional]:
             if sa_event.contains(session_class, name, listener):
                 sa_event.remove(session_class, name, listener)
         if session_class.__dict__[INSTALLATION_ATTR].track_changes:

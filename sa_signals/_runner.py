@@ -74,6 +74,8 @@ class _Batch:
         self.slot: DistinctSlot | None = None
 
 
+_FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
+
 _current: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
     "sa_signals_current_slot", default=None
 )
@@ -192,7 +194,7 @@ def _run_sync(
     # The registry's thread-local storage, looked into after each item: the same dict for the
     # whole batch, which runs in one thread. None when the slot is not a thread-local registry.
     values = slot.local.__dict__ if slot.local is not None else None
-    fast = TRANSACTION_FIELDS_KNOWN
+    fast = _FIELDS_KNOWN
     first_error: Exception | None = None
     item: Item | None = None
     try:

@@ -91,9 +91,10 @@ def is_async_factory(target: object) -> t.TypeGuard[AsyncSessionFactory]:
 
 
 def _transaction_fields_known() -> bool:
-    # Session.in_transaction() is `self._transaction is not None` and get_nested_transaction()
-    # returns `self._nested_transaction` (SQLAlchemy 2.0 and 2.1); checked once here, so that a
-    # different layout makes the hot paths fall back to those methods.
+    # Session.in_transaction() is `self._transaction is not None`, get_nested_transaction()
+    # returns `self._nested_transaction` and SessionTransaction.parent `self._parent`
+    # (SQLAlchemy 2.0 and 2.1); checked once here, so that a different layout makes the hot
+    # paths fall back to those methods.
     probe = sa_orm.Session()
     fields = vars(probe)
     if (
@@ -102,20 +103,24 @@ def _transaction_fields_known() -> bool:
     ):
         return False
     try:
-        probe.begin()
+        root = probe.begin()
         savepoint = probe.begin_nested()
         return (
-            probe.__dict__.get("_transaction") is not None
+            probe.__dict__.get("_transaction") is savepoint
+            and probe.get_transaction() is root
             and probe.__dict__.get("_nested_transaction") is savepoint
             and probe.get_nested_transaction() is savepoint
+            and savepoint.__dict__.get("_parent") is root
+            and root.__dict__.get("_parent", 0) is None
         )
     finally:
         probe.close()
 
 
 TRANSACTION_FIELDS_KNOWN = _transaction_fields_known()
-"""Whether the hot paths may read a session's ``_transaction`` / ``_nested_transaction``: one
-attribute read each instead of a method call, on every ``on_commit()`` and every callback run."""
+"""Whether the hot paths may read ``Session._transaction`` / ``_nested_transaction`` and
+``SessionTransaction._parent``: an attribute read instead of a method call, on every commit,
+``on_commit()`` and callback run."""
 
 
 def installation_for(session: sa_orm.Session) -> Installation | None:

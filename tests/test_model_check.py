@@ -16,6 +16,7 @@ that in the async flavour).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import typing as t
 
@@ -30,6 +31,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import sa_signals
+from sa_signals import _bridge
+from sa_signals import _runner
 from sa_signals import signals
 from sa_signals._state import STATE_ATTR
 from tests.conftest import async_engine
@@ -37,6 +40,9 @@ from tests.conftest import Flavour
 from tests.models import Audit
 from tests.models import Base
 from tests.models import Item
+
+on_commit_module = importlib.import_module("sa_signals.on_commit")
+"""The module: ``sa_signals.on_commit`` is the function the package re-exports."""
 
 EXAMPLES = int(os.environ.get("SA_SIGNALS_MODEL_EXAMPLES", "150"))
 
@@ -496,9 +502,25 @@ def run_machine(
     )
 
 
+@pytest.fixture(params=["fields", "portable"])
+def layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``portable``: the hot paths as on a SQLAlchemy whose private layout is not known.
+
+    No reads of ``Session._transaction`` and the like, and connections recorded by an
+    ``after_begin`` listener instead of read from ``SessionTransaction.connections``.
+    """
+    if request.param == "portable":
+        for module in (on_commit_module, _bridge, _runner):
+            monkeypatch.setattr(module, "_FIELDS_KNOWN", False)
+        monkeypatch.setattr(_bridge, "_CONNECTIONS_KNOWN", False)
+    return t.cast(str, request.param)
+
+
 @pytest.mark.flavours("sync")
 @pytest.mark.backends("sqlite", "postgresql", "mariadb")
-def test_random_histories_match_the_model(engine: sa.Engine, flavour: Flavour) -> None:
+def test_random_histories_match_the_model(
+    engine: sa.Engine, flavour: Flavour, layout: str
+) -> None:
     """Callbacks, after_commit, after_rollback and post_save follow the model in any history."""
     run_machine(engine, flavour, None)
 

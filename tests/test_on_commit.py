@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -67,6 +68,46 @@ class TestRunsAfterCommit:
             sa_signals.on_commit(recorder.do(n), session)
         flavour.aw(session.commit())
         recorder.assert_done([0, 1, 2, 3, 4])
+
+    def test_runs_once_per_registration(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
+        """The same callback registered three times runs three times."""
+        callback = recorder.do(1)
+        session.add(Item(name="a"))
+        for _ in range(3):
+            sa_signals.on_commit(callback, session)
+        flavour.aw(session.commit())
+        recorder.assert_done([1, 1, 1])
+
+    @pytest.mark.flavours("sync")
+    def test_any_callable(self, session: sa_orm.Session) -> None:
+        """Functions, lambdas, partials, bound methods and callable objects run in order, robust
+        or strict; what they return is ignored."""
+        done: list[object] = []
+
+        class Job:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def run(self) -> None:
+                done.append(self.name)
+
+            def __call__(self) -> None:
+                done.append(f"{self.name}()")
+
+        def function() -> None:
+            done.append("function")
+
+        session.add(Item(name="a"))
+        sa_signals.on_commit(function, session)
+        sa_signals.on_commit(lambda: done.append("lambda") or "ignored", session, robust=False)
+        sa_signals.on_commit(functools.partial(done.append, "partial"), session)
+        sa_signals.on_commit(Job("method").run, session, robust=False)
+        sa_signals.on_commit(Job("object"), session)
+        sa_signals.on_commit(function, session, robust=False)
+        session.commit()
+        assert done == ["function", "lambda", "partial", "method", "object()", "function"]
 
     def test_accepts_the_scoped_session(
         self,
@@ -224,6 +265,42 @@ class TestSavepoints:
         sa_signals.on_commit(recorder.do(3), session)
         flavour.aw(session.commit())
         recorder.assert_done([1, 3])
+
+    def test_same_callback_in_several_savepoints(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
+        """One callback registered at every level runs once per surviving registration."""
+        callback = recorder.do(1)
+        session.add(Item(name="a"))
+        sa_signals.on_commit(callback, session)
+        savepoint = flavour.aw(session.begin_nested())
+        sa_signals.on_commit(callback, session)
+        flavour.aw(savepoint.rollback())
+        with flavour.nested(session):
+            sa_signals.on_commit(callback, session)
+            savepoint = flavour.aw(session.begin_nested())
+            sa_signals.on_commit(callback, session)
+            flavour.aw(savepoint.rollback())
+        flavour.aw(session.commit())
+        recorder.assert_done([1, 1])
+
+    def test_savepoint_without_callbacks_between_ones_with_callbacks(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
+        """Rolling back a savepoint that registered nothing drops nothing of its parent."""
+        with flavour.nested(session):
+            sa_signals.on_commit(recorder.do(1), session)
+            empty = flavour.aw(session.begin_nested())
+            flavour.aw(empty.rollback())
+            sa_signals.on_commit(recorder.do(2), session)
+        with flavour.nested(session):
+            with flavour.nested(session):
+                sa_signals.on_commit(recorder.do(3), session)
+            sa_signals.on_commit(recorder.do(4), session)
+            empty = flavour.aw(session.begin_nested())
+            flavour.aw(empty.rollback())
+        flavour.aw(session.commit())
+        recorder.assert_done([1, 2, 3, 4])
 
     def test_released_savepoint_waits_for_outer_commit(
         self, flavour: Flavour, session: AnySession, recorder: Recorder
@@ -743,3 +820,20 @@ class TestBadInput:
 
         with pytest.raises(sa_signals.CoroutineMisuseError, match="pass a plain function"):
             sa_signals.on_commit(callback, session)
+
+    @pytest.mark.flavours("sync")
+    def test_coroutine_function_refused_after_plain_ones(self, session: sa_orm.Session) -> None:
+        """A coroutine function is refused even right after plain callbacks were queued."""
+
+        async def callback() -> None:  # pragma: no cover - never called
+            pass
+
+        def plain() -> None:
+            pass
+
+        session.add(Item(name="a"))
+        sa_signals.on_commit(plain, session)
+        sa_signals.on_commit(plain, session)
+        with pytest.raises(sa_signals.CoroutineMisuseError, match="pass a plain function"):
+            sa_signals.on_commit(callback, session)
+        session.commit()

@@ -62,6 +62,72 @@ class TestCaptureOnCommit:
         assert callbacks == [kept]
         flavour.aw(any_session.rollback())
 
+    def test_lists_each_registration_of_one_callback(
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
+    ) -> None:
+        """The same callback registered before and twice inside the block is listed twice."""
+        callback = recorder.do(1)
+        flavour.aw(any_session.begin())
+        sa_signals.on_commit(callback, any_session)
+        with flavour.enter(testing.capture_on_commit(any_session)) as callbacks:
+            sa_signals.on_commit(callback, any_session)
+            sa_signals.on_commit(callback, any_session)
+        assert callbacks == [callback, callback]
+        flavour.aw(any_session.commit())
+        recorder.assert_done([1, 1, 1])
+
+    def test_savepoint_begun_before_the_block_rolled_back_in_it(
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
+    ) -> None:
+        """A savepoint older than the block takes its callbacks along; the block's later ones
+        are listed, and with execute=True only they run."""
+        kept, dropped, later = recorder.do(0), recorder.do(1), recorder.do(2)
+        flavour.aw(any_session.begin())
+        sa_signals.on_commit(kept, any_session)
+        savepoint = flavour.aw(any_session.begin_nested())
+        sa_signals.on_commit(dropped, any_session)
+        with flavour.enter(testing.capture_on_commit(any_session, execute=True)) as callbacks:
+            flavour.aw(savepoint.rollback())
+            sa_signals.on_commit(later, any_session)
+        assert callbacks == [later]
+        recorder.assert_done([2])
+        flavour.aw(any_session.commit())
+        recorder.assert_done([2, 0])
+
+    def test_nested_captures_each_list_their_own_block(
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
+    ) -> None:
+        """An inner capture lists its block; the outer one lists both, less what was cut."""
+        first, dropped, second, third = (recorder.do(n) for n in range(4))
+        flavour.aw(any_session.begin())
+        savepoint = flavour.aw(any_session.begin_nested())
+        with flavour.enter(testing.capture_on_commit(any_session)) as outer:
+            sa_signals.on_commit(dropped, any_session)
+            flavour.aw(savepoint.commit())
+            sa_signals.on_commit(first, any_session)
+            with flavour.enter(testing.capture_on_commit(any_session)) as inner:
+                sa_signals.on_commit(second, any_session)
+            sa_signals.on_commit(third, any_session)
+        assert inner == [second]
+        assert outer == [dropped, first, second, third]
+        flavour.aw(any_session.rollback())
+
+    def test_transaction_ended_inside_the_block(
+        self, flavour: Flavour, any_session: t.Any, recorder: Recorder
+    ) -> None:
+        """Callbacks of a transaction that ended inside the block are not listed; those of the
+        one begun after it are."""
+        ran, queued = recorder.do(0), recorder.do(1)
+        flavour.aw(any_session.begin())
+        with flavour.enter(testing.capture_on_commit(any_session)) as callbacks:
+            sa_signals.on_commit(ran, any_session)
+            flavour.aw(any_session.commit())
+            flavour.aw(any_session.begin())
+            sa_signals.on_commit(queued, any_session)
+        assert callbacks == [queued]
+        recorder.assert_done([0])
+        flavour.aw(any_session.rollback())
+
     def test_accepts_the_scoped_session(
         self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
     ) -> None:
