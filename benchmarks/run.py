@@ -182,6 +182,15 @@ def _batch(transaction: t.Callable[[], None], settings: Settings) -> float:
     return (clock() - start) / count
 
 
+def paired_ratio(values: Samples, floor: Samples) -> float:
+    """The median over rounds of ``values`` / ``floor`` measured in the same round.
+
+    Each round runs every system once, so a ratio within a round cancels what the machine did
+    to that round (load from other processes, frequency changes) better than a ratio of medians.
+    """
+    return statistics.median(value / base for value, base in zip(values, floor, strict=True))
+
+
 def p90(values: Samples) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
@@ -206,7 +215,6 @@ def report_table(
     print(f"{'workload':<52} {'system':<16} {'median us':>9} {'p90 us':>9} {'x bare':>7}")
     for workload, by_system in results.items():
         bare = by_system.get("bare SQLAlchemy")
-        floor = statistics.median(bare) if bare else None
         name = f"{workload:<8}{describe(workload, settings)}"
         for label in SYSTEM_LABELS:
             if label not in by_system:
@@ -216,7 +224,7 @@ def report_table(
                 print(f"{name:<52} {label:<16} {'n/a':>9} {'n/a':>9} {'n/a':>7}")
                 continue
             median = statistics.median(values)
-            ratio = f"{median / floor:7.3f}" if floor else f"{'n/a':>7}"
+            ratio = f"{paired_ratio(values, bare):7.3f}" if bare else f"{'n/a':>7}"
             print(f"{name:<52} {label:<16} {us(median)} {us(p90(values))} {ratio}")
 
 
@@ -336,7 +344,7 @@ def report_targets(
         layer, bare = by_system.get("sa_signals"), by_system.get("bare SQLAlchemy")
         if not layer or not bare:
             return None
-        return statistics.median(layer) / statistics.median(bare)
+        return paired_ratio(layer, bare)
 
     def line(name: str, value: float | None, limit: float, unit: str = "x") -> None:
         if value is None:

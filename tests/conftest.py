@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
+import sqlalchemy.pool as sa_pool
 import sqlalchemy.util.concurrency as sa_concurrency
 
 import sa_signals
@@ -174,7 +175,12 @@ def async_engine(backend: str, engine: sa.Engine) -> sa_asyncio.AsyncEngine:
     """A new async engine on the database of ``engine`` (the tables exist already)."""
     if backend != "sqlite":
         return sa_asyncio.create_async_engine(async_url(backend, engine), pool_size=10)
-    new = sa_asyncio.create_async_engine(async_url(backend, engine), connect_args={"timeout": 10})
+    # A queue pool, as SQLAlchemy >= 2.0.38 defaults to: the tests count checked-out connections.
+    new = sa_asyncio.create_async_engine(
+        async_url(backend, engine),
+        connect_args={"timeout": 10},
+        poolclass=sa_pool.AsyncAdaptedQueuePool,
+    )
 
     # As for pysqlite: let SQLAlchemy emit BEGIN itself so that SAVEPOINT works.
     @sa_event.listens_for(new.sync_engine, "connect")
