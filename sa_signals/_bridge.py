@@ -521,6 +521,7 @@ def uninstall(target: InstallTarget, /) -> None:
             changes.force_tracking(-1)
         if sa_event.contains(session_class, "do_orm_execute", _do_orm_execute):
             sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
+        session_class.__dict__[INSTALLATION_ATTR].active = False
         delattr(session_class, INSTALLATION_ATTR)
         _installed.remove(session_class)
         _sync_listeners()

@@ -63,7 +63,7 @@ Item: t.TypeAlias = "c.Callable[..., object] | Work"
 
 
 class _Batch:
-    __slots__ = ("installation", "items", "origin", "slot")
+    __slots__ = ("installation", "interrupted", "items", "origin", "slot")
 
     def __init__(
         self, items: c.Iterator[Item], origin: sa_orm.Session, installation: Installation
@@ -72,6 +72,8 @@ class _Batch:
         self.origin = origin
         self.installation = installation
         self.slot: DistinctSlot | None = None
+        self.interrupted = False
+        """Set when an item queues a nested batch, which must run before the next item."""
 
 
 _FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
@@ -120,6 +122,7 @@ def run(items: c.Iterable[Item], origin: sa_orm.Session, installation: Installat
     batch = _Batch(iter(items), origin, installation)
     pending = _pending.get()
     if pending is not None:
+        pending[0].interrupted = True
         pending.appendleft(batch)
         return
     pending = collections.deque((batch,))
@@ -129,10 +132,11 @@ def run(items: c.Iterable[Item], origin: sa_orm.Session, installation: Installat
     try:
         while pending:
             current = pending[0]
+            current.interrupted = False
             error = _run_batch(current, pending, swaps)
             if error is not None and first_error is None:
                 first_error = error
-            if pending[0] is current:  # done, not interrupted by a nested batch
+            if not current.interrupted:  # done, not interrupted by a nested batch
                 pending.popleft()
     finally:
         for swap in swaps.values():
@@ -194,12 +198,14 @@ def _run_sync(
     # The registry's thread-local storage, looked into after each item: the same dict for the
     # whole batch, which runs in one thread. None when the slot is not a thread-local registry.
     values = slot.local.__dict__ if slot.local is not None else None
-    fast = _FIELDS_KNOWN
+    portable = not _FIELDS_KNOWN
     first_error: Exception | None = None
     item: Item | None = None
     try:
         for item in batch.items:
-            if fast and type(item) is not Work and origin._transaction is None:
+            if type(item) is Work or portable or origin._transaction is not None:
+                error = _run_one(item, slot)
+            else:
                 # The common case inlined: an on_commit callback, the committed session closed.
                 try:
                     result = item()
@@ -211,17 +217,17 @@ def _run_sync(
                 else:
                     if (
                         result is None
-                        and ("value" not in values if values is not None else not slot.created())
                         and origin._transaction is None
+                        and ("value" not in values if values is not None else not slot.created())
                     ):
-                        error = None  # nothing made, nothing returned, nothing left open
-                    else:
-                        error = _settle(item, slot, result, False)
-            else:
-                error = _run_one(item, slot)
+                        # Nothing made, returned or left open: nothing to settle.
+                        if batch.interrupted:
+                            break  # the item queued a nested batch: it runs first
+                        continue
+                    error = _settle(item, slot, result, False)
             if error is not None and first_error is None:
                 first_error = error
-            if pending[0] is not batch:  # the item queued a nested batch: it runs first
+            if batch.interrupted:
                 break
     except BaseException as exc:
         # KeyboardInterrupt, or the like: the rest of the run is dropped (and logged by run()).
@@ -313,7 +319,7 @@ def _run_async(
             error = _run_one_async(item, batch.origin, aio)
             if error is not None and first_error is None:
                 first_error = error
-            if pending[0] is not batch:
+            if batch.interrupted:
                 break
     except BaseException as exc:
         # The task's cancellation while a callback awaited, or the like.

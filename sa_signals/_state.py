@@ -37,7 +37,7 @@ commit on it (a SAVEPOINT release) counts as a real COMMIT."""
 class Installation:
     """What ``install()`` recorded for one session class."""
 
-    __slots__ = ("aio", "maker", "robust", "scoped", "session_class", "track_changes")
+    __slots__ = ("active", "aio", "maker", "robust", "scoped", "session_class", "track_changes")
 
     def __init__(
         self,
@@ -55,6 +55,8 @@ class Installation:
         self.track_changes = track_changes
         self.aio = aio
         """Set for an ``async_sessionmaker`` or ``async_scoped_session`` install."""
+        self.active = True
+        """False once ``uninstall()`` removed it: a session state made before is stale."""
 
     def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
         """Return a fresh session configured like ``origin``."""
@@ -143,9 +145,20 @@ class SessionState:
     Everything is cleared when the outermost transaction ends, so nothing outlives it.
     """
 
-    __slots__ = ("changes", "committed", "connections", "cut", "marks", "plain", "queue")
+    __slots__ = (
+        "changes",
+        "committed",
+        "connections",
+        "cut",
+        "installation",
+        "marks",
+        "plain",
+        "queue",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, installation: Installation | None) -> None:
+        self.installation = installation
+        """The installation covering the session when the state was made."""
         self.queue: list[Queued] = []
         """The on_commit callbacks, in registration order."""
         self.marks: list[tuple[sa_orm.SessionTransaction, int]] = []
@@ -165,7 +178,7 @@ def state_of(session: sa_orm.Session) -> SessionState:
     """Return ``session``'s state, creating it on first use."""
     state: SessionState | None = session.__dict__.get(STATE_ATTR)
     if state is None:
-        state = session.__dict__[STATE_ATTR] = SessionState()
+        state = session.__dict__[STATE_ATTR] = SessionState(installation_for(session))
     return state
 
 

@@ -47,17 +47,14 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     ``commit()`` once every other callback has run. The data stays committed either way.
     """
     session = target if isinstance(target, _Session) else _session_of(target)
-    # The hot path, inlined: an installed session in a transaction, and a plain function (no
-    # coroutine flag, no attributes that could carry a coroutine marker), checked once per
-    # transaction when the same one is registered again. Anything else takes _register().
+    # The hot path, inlined: a session in a transaction whose state was made by an installation
+    # still in place, and a plain function (no coroutine flag, no attributes that could carry a
+    # coroutine marker), not checked again when the same one is registered again. Anything else
+    # takes _register().
     try:
-        if (
-            _FIELDS_KNOWN
-            and session._transaction is not None
-            # The attributes named by INSTALLATION_ATTR and STATE_ATTR: a missing one raises.
-            and session._sa_signals_installation is not None  # type: ignore[attr-defined]
-        ):
-            state: SessionState = session._sa_signals_state  # type: ignore[attr-defined]
+        state: SessionState = session._sa_signals_state  # type: ignore[attr-defined]
+        installation: t.Any = state.installation  # None (so no .active) if not installed
+        if _FIELDS_KNOWN and session._transaction is not None and installation.active:
             if callback is not state.plain:
                 if (
                     type(callback) is not _FunctionType
@@ -75,7 +72,7 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
                     marks.append((savepoint, len(queue)))
             queue.append(callback if robust else Work(callback, False))
             return
-    except AttributeError:
+    except AttributeError:  # no state (named by STATE_ATTR) yet, or made while not installed
         pass
     _register(callback, session, robust)
 
@@ -111,6 +108,7 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
         run((callback if robust else Work(callback, False),), session, installation)
         return
     state = state_of(session)
+    state.installation = installation  # made before an uninstall(), a state is stale
     queue = state.queue
     savepoint = session.get_nested_transaction()
     if savepoint is not None:

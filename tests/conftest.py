@@ -66,12 +66,14 @@ ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg
 SERVICE_VARIABLES = {
     "redis": "SA_SIGNALS_TEST_REDIS_URL",
     "rabbitmq": "SA_SIGNALS_TEST_BROKER_URL",
+    "valgrind": "SA_SIGNALS_TEST_VALGRIND",
 }
-"""Servers that tests marked ``services(...)`` need, each named by its URL variable."""
+"""Servers (and tools) that tests marked ``services(...)`` need, each named by its variable: a
+URL, or any value for valgrind."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the tests of servers that were not named: deselected, not skipped.
+    """Leave out the tests of servers and tools that were not named: deselected, not skipped.
 
     That covers tests limited to database backends none of which was named, too.
     """

@@ -397,6 +397,26 @@ class TestModelSignals:
 
 
 class TestInstall:
+    def test_session_open_across_uninstall_refuses_callbacks(self, engine: sa.Engine) -> None:
+        """A session that queued callbacks before uninstall() refuses new ones after it, and
+        takes them again once installed anew."""
+        done: list[int] = []
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                sa_signals.on_commit(lambda: done.append(1), session)
+                sa_signals.uninstall(maker)
+                with pytest.raises(sa_signals.NotInstalledError, match="is not installed"):
+                    sa_signals.on_commit(lambda: done.append(2), session)
+                sa_signals.install(maker)
+                sa_signals.on_commit(lambda: done.append(3), session)
+                session.commit()
+        finally:
+            sa_signals.uninstall(maker)
+        assert done == [1, 3]
+
     def test_install_is_idempotent_and_uninstall_removes_everything(
         self, engine: sa.Engine, connect: Connector
     ) -> None:
