@@ -485,6 +485,9 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
             sa_event.listen(session_class, name, listener)
         installation = Installation(session_class, maker, scoped, robust, track_changes, aio)
         setattr(session_class, INSTALLATION_ATTR, installation)
+        # A class default, so that on_commit()'s hot path finds None, not an AttributeError,
+        # on a session that has no state yet.
+        setattr(session_class, STATE_ATTR, None)
         if track_changes:
             changes.force_tracking(1)
         _installed.append(session_class)
@@ -523,6 +526,7 @@ def uninstall(target: InstallTarget, /) -> None:
             sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
         session_class.__dict__[INSTALLATION_ATTR].active = False
         delattr(session_class, INSTALLATION_ATTR)
+        delattr(session_class, STATE_ATTR)
         _installed.remove(session_class)
         _sync_listeners()
 

@@ -23,7 +23,7 @@ INSTALLATION_ATTR = "_sa_signals_installation"
 """Class attribute set on an installed session class; subclasses inherit it."""
 
 STATE_ATTR = "_sa_signals_state"
-"""Instance attribute holding a session's :class:`SessionState`."""
+"""Instance attribute holding a session's :class:`SessionState`; None on an installed class."""
 
 COMMITTED_ATTR = "_sa_signals_committed"
 """Instance attribute: the transaction a session without a :class:`SessionState` committed last

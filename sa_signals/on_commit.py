@@ -52,9 +52,14 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     # coroutine marker), not checked again when the same one is registered again. Anything else
     # takes _register().
     try:
-        state: SessionState = session._sa_signals_state  # type: ignore[attr-defined]
-        installation: t.Any = state.installation  # None (so no .active) if not installed
-        if _FIELDS_KNOWN and session._transaction is not None and installation.active:
+        # None (a class default) until the session has a state; missing if not installed.
+        state: SessionState | None = session._sa_signals_state  # type: ignore[attr-defined]
+        if (
+            state is not None
+            and _FIELDS_KNOWN
+            and session._transaction is not None
+            and state.installation.active  # type: ignore[union-attr]
+        ):
             if callback is not state.plain:
                 if (
                     type(callback) is not _FunctionType
@@ -72,7 +77,7 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
                     marks.append((savepoint, len(queue)))
             queue.append(callback if robust else Work(callback, False))
             return
-    except AttributeError:  # no state (named by STATE_ATTR) yet, or made while not installed
+    except AttributeError:  # not installed: no class default (STATE_ATTR names it)
         pass
     _register(callback, session, robust)
 
