@@ -53,6 +53,13 @@ class Work:
         self.is_coroutine = is_coroutine
         self.kwargs = kwargs
 
+    def __call__(self) -> object:
+        """Make the call as the synchronous runner does, where no coroutine can be awaited."""
+        if self.is_coroutine:
+            raise coroutine_error(self.func)
+        kwargs = self.kwargs
+        return self.func(*self.args, **kwargs) if kwargs else self.func(*self.args)
+
 
 Queued: t.TypeAlias = "c.Callable[..., object] | Work"
 """An on_commit callback as queued: the callback itself when robust (nothing is allocated per
@@ -198,19 +205,20 @@ def _run_sync(
     # The registry's thread-local storage, looked into after each item: the same dict for the
     # whole batch, which runs in one thread. None when the slot is not a thread-local registry.
     values = slot.local.__dict__ if slot.local is not None else None
-    portable = not _FIELDS_KNOWN
+    # The committed session is closed when a batch starts (but in the testing helpers), and
+    # closed again after every item that opened it: the hot loop checks it after items only.
+    general = not _FIELDS_KNOWN or origin.in_transaction()
     first_error: Exception | None = None
     item: Item | None = None
     try:
         for item in batch.items:
-            if type(item) is Work or portable or origin._transaction is not None:
+            if general:
                 error = _run_one(item, slot)
             else:
-                # The common case inlined: an on_commit callback, the committed session closed.
                 try:
                     result = item()
                 except Exception as exc:
-                    error = _failed(item, slot, exc)
+                    error = _failed(item, slot, exc, False)
                 except BaseException:
                     slot.release()
                     raise
@@ -240,27 +248,24 @@ def _run_sync(
 def _run_one(item: Item, slot: DistinctSlot) -> Exception | None:
     was_open = slot.origin.in_transaction()
     try:
-        if type(item) is not Work:
-            result = item()
-        else:
-            work = item
-            if work.is_coroutine:
-                raise coroutine_error(work.func)
-            kwargs = work.kwargs
-            result = work.func(*work.args, **kwargs) if kwargs else work.func(*work.args)
+        result = item()
     except Exception as exc:
-        return _failed(item, slot, exc)
+        return _failed(item, slot, exc, was_open)
     except BaseException:
         slot.release()
         raise
     return _settle(item, slot, result, was_open)
 
 
-def _failed(item: Item, slot: DistinctSlot, exc: Exception) -> Exception | None:
-    """Close what the failed item made, report ``exc``; return it if the item is not robust."""
+def _failed(item: Item, slot: DistinctSlot, exc: Exception, was_open: bool) -> Exception | None:
+    """Close what the failed item made (and the committed session, if it began a transaction
+    there), report ``exc``; return it if the item is not robust."""
     slot.release()
+    origin = slot.origin
     with _outside(slot):
-        _report(item, slot.origin, exc, None)
+        if not was_open and origin.in_transaction():
+            close_quietly(origin)
+        _report(item, origin, exc, None)
     return exc if not _robust(item) else None
 
 
@@ -333,6 +338,7 @@ def _run_one_async(item: Item, origin: sa_orm.Session, aio: AsyncSupport) -> Exc
     was_open = origin.in_transaction()
     slot = aio.slot(origin)
     token = _current.set(slot)
+    error: Exception | None
     try:
         try:
             if type(item) is not Work:
@@ -345,13 +351,18 @@ def _run_one_async(item: Item, origin: sa_orm.Session, aio: AsyncSupport) -> Exc
         finally:
             slot.release()
             _current.reset(token)
-        if not was_open and origin.in_transaction():
-            close_quietly(origin)
-            raise left_open_error(_func(item))
     except Exception as exc:
-        _report(item, aio.public(origin), exc, aio)
-        return exc if not _robust(item) else None
-    return None
+        error = exc
+    else:
+        error = None
+    if not was_open and origin.in_transaction():
+        close_quietly(origin)
+        if error is None:
+            error = left_open_error(_func(item))
+    if error is None:
+        return None
+    _report(item, aio.public(origin), error, aio)
+    return error if not _robust(item) else None
 
 
 def _func(item: Item) -> c.Callable[..., object]:

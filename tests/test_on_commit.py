@@ -486,6 +486,26 @@ class TestDistinctSession:
         assert failures[0][1]["callback"] is misuse
         assert "began a transaction on the session that had committed" in caplog.text
 
+    def test_failing_callback_that_used_original_session_leaves_it_closed(
+        self, flavour: Flavour, Session: Scoped, connect: Connector, recorder: Recorder
+    ) -> None:
+        """A callback that touches the committed session and then raises: the session is rolled
+        back, its own error is the one reported, and the next callback runs as usual."""
+        failures = connect.record(signals.on_commit_failed)
+        original = Session()
+        original.add(Item(name="a"))
+
+        def misuse() -> None:
+            original.add(Item(name="b"))
+            raise RuntimeError("after the misuse")
+
+        sa_signals.on_commit(misuse, original)
+        sa_signals.on_commit(recorder.do(1), original)
+        flavour.aw(original.commit())
+        assert not original.in_transaction()
+        assert [str(kwargs["exception"]) for _, kwargs in failures] == ["after the misuse"]
+        recorder.assert_done([1])
+
     def test_current_session_for_sessionmaker_install(self, engine: sa.Engine) -> None:
         """With a sessionmaker install, current_session() reaches the distinct session."""
         maker = sa_orm.sessionmaker(engine)
