@@ -6,6 +6,7 @@ import collections
 import collections.abc as c
 import contextlib
 import contextvars
+import functools
 import inspect
 import types
 import typing as t
@@ -174,7 +175,7 @@ def _run_batch(
     if aio is not None:
         for other in swaps.values():
             other.restore()  # async items see the synchronous registries as before
-        return _run_async(batch, pending, aio)
+        return _run_each(batch, functools.partial(_run_one_async, origin=batch.origin, aio=aio))
     slot = batch.slot
     if slot is None:
         swap: RegistrySwap | None = None
@@ -202,45 +203,60 @@ def _run_sync(
     swap = slot.swap
     if swap is not None and not swap.active:
         swap.empty()
-    # The registry's thread-local storage, looked into after each item: the same dict for the
-    # whole batch, which runs in one thread. None when the slot is not a thread-local registry.
+    if not _FIELDS_KNOWN or origin.in_transaction():
+        return _run_each(batch, functools.partial(_run_one, slot=slot))
+    # The hot loop: _run_each() and _run_one() inlined for the common case. The committed
+    # session is closed when a batch starts (but in the testing helpers) and closed again after
+    # any item that opened it, so it is checked after items only. The registry's thread-local
+    # storage is looked into after each item: the same dict for the whole batch, which runs in
+    # one thread (None when the slot has no thread-local registry).
     values = slot.local.__dict__ if slot.local is not None else None
-    # The committed session is closed when a batch starts (but in the testing helpers), and
-    # closed again after every item that opened it: the hot loop checks it after items only.
-    general = not _FIELDS_KNOWN or origin.in_transaction()
     first_error: Exception | None = None
     item: Item | None = None
     try:
         for item in batch.items:
-            if general:
-                error = _run_one(item, slot)
+            try:
+                result = item()
+            except Exception as exc:
+                error = _failed(item, slot, exc, False)
+            except BaseException:
+                slot.release()
+                raise
             else:
-                try:
-                    result = item()
-                except Exception as exc:
-                    error = _failed(item, slot, exc, False)
-                except BaseException:
-                    slot.release()
-                    raise
-                else:
-                    if (
-                        result is None
-                        and origin._transaction is None
-                        and ("value" not in values if values is not None else not slot.created())
-                    ):
-                        # Nothing made, returned or left open: nothing to settle.
-                        if batch.interrupted:
-                            break  # the item queued a nested batch: it runs first
-                        continue
-                    error = _settle(item, slot, result, False)
+                if (
+                    result is None
+                    and origin._transaction is None
+                    and ("value" not in values if values is not None else not slot.created())
+                ):
+                    # Nothing made, returned or left open: nothing to settle.
+                    if batch.interrupted:
+                        break  # the item queued a nested batch: it runs first
+                    continue
+                error = _settle(item, slot, result, False)
             if error is not None and first_error is None:
                 first_error = error
             if batch.interrupted:
                 break
     except BaseException as exc:
-        # KeyboardInterrupt, or the like: the rest of the run is dropped (and logged by run()).
-        if item is not None:
-            logger.error("commit-time call %s was interrupted by %r", describe(_func(item)), exc)
+        _log_interrupted(item, exc)
+        raise
+    return first_error
+
+
+def _run_each(batch: _Batch, run_one: c.Callable[[Item], Exception | None]) -> Exception | None:
+    """Run the items of ``batch`` with ``run_one`` until it is done or one queues a nested batch;
+    return the first error of a non-robust item."""
+    first_error: Exception | None = None
+    item: Item | None = None
+    try:
+        for item in batch.items:
+            error = run_one(item)
+            if error is not None and first_error is None:
+                first_error = error
+            if batch.interrupted:
+                break
+    except BaseException as exc:
+        _log_interrupted(item, exc)
         raise
     return first_error
 
@@ -314,26 +330,6 @@ def _outside(slot: DistinctSlot) -> c.Iterator[None]:
             swap.empty()
 
 
-def _run_async(
-    batch: _Batch, pending: collections.deque[_Batch], aio: AsyncSupport
-) -> Exception | None:
-    first_error: Exception | None = None
-    item: Item | None = None
-    try:
-        for item in batch.items:
-            error = _run_one_async(item, batch.origin, aio)
-            if error is not None and first_error is None:
-                first_error = error
-            if batch.interrupted:
-                break
-    except BaseException as exc:
-        # The task's cancellation while a callback awaited, or the like.
-        if item is not None:
-            logger.error("commit-time call %s was interrupted by %r", describe(_func(item)), exc)
-        raise
-    return first_error
-
-
 def _run_one_async(item: Item, origin: sa_orm.Session, aio: AsyncSupport) -> Exception | None:
     was_open = origin.in_transaction()
     slot = aio.slot(origin)
@@ -363,6 +359,13 @@ def _run_one_async(item: Item, origin: sa_orm.Session, aio: AsyncSupport) -> Exc
         return None
     _report(item, aio.public(origin), error, aio)
     return error if not _robust(item) else None
+
+
+def _log_interrupted(item: Item | None, exc: BaseException) -> None:
+    # KeyboardInterrupt, a task's cancellation while a callback awaited, or the like: the rest
+    # of the run is dropped (and logged by run()).
+    if item is not None:
+        logger.error("commit-time call %s was interrupted by %r", describe(_func(item)), exc)
 
 
 def _func(item: Item) -> c.Callable[..., object]:
