@@ -205,6 +205,28 @@ class TestSessionSignals:
         assert "coroutine function connected to before_commit" in str(kwargs["exception"])
         assert count(engine, Item) == 1
 
+    def test_coroutine_after_commit_receiver_on_sync_session_reported(
+        self, session: sa_orm.Session, connect: Connector, recorder: Recorder
+    ) -> None:
+        """After the COMMIT too: the coroutine receiver is reported, the others and the
+        callbacks still run."""
+        reported = connect.record(signals.receiver_failed)
+        commits = connect.record(signals.after_commit)
+
+        async def receiver(sender: object, **kwargs: object) -> None:  # pragma: no cover
+            pass
+
+        connect(signals.after_commit, receiver)
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1), session)
+        session.commit()
+        assert len(commits) == 1
+        [(_, kwargs)] = reported
+        assert kwargs["receiver"] is receiver
+        assert isinstance(kwargs["exception"], sa_signals.CoroutineMisuseError)
+        assert "is a coroutine function" in str(kwargs["exception"])
+        recorder.assert_done([1])
+
 
 class TestStrictInstall:
     def test_non_robust_receiver_vetoes_the_commit(self, engine: sa.Engine) -> None:
