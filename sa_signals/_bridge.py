@@ -19,7 +19,6 @@ from ._failures import report_receiver
 from ._failures import returned_coroutine_error
 from ._runner import is_layer_session
 from ._runner import Item
-from ._runner import Queued
 from ._runner import run
 from ._runner import Work
 from ._state import COMMITTED_ATTR
@@ -135,13 +134,8 @@ def _after_commit(session: sa_orm.Session) -> None:
         committing = session._nested_transaction or session._transaction
     else:
         committing = current_transaction(session)
-    state: SessionState | None = session.__dict__.get(STATE_ATTR)
-    if state is None:
-        # Nothing queued or recorded: a mark is cheaper than a state, and enough to tell a
-        # commit from a rollback at the end (see _end_outermost).
-        session.__dict__[COMMITTED_ATTR] = committing
-    else:
-        state.committed = committing
+    # Tells a commit from a rollback when the transaction ends (SQLAlchemy says no more there).
+    session.__dict__[COMMITTED_ATTR] = committing
 
 
 def _after_transaction_end(
@@ -153,22 +147,21 @@ def _after_transaction_end(
     elif transaction.nested:
         state: SessionState | None = session.__dict__.get(STATE_ATTR)
         if state is not None:
-            end_savepoint(state, transaction)
+            committed = session.__dict__.get(COMMITTED_ATTR) is transaction
+            end_savepoint(state, transaction, committed)
 
 
 def _end_outermost(session: sa_orm.Session, transaction: sa_orm.SessionTransaction) -> None:
     # At this point the COMMIT or ROLLBACK is done and the connection is back in the pool; an
     # exception raised here propagates out of commit() and leaves the session clean.
+    committed = session.__dict__.pop(COMMITTED_ATTR, None) is transaction
     state: SessionState | None = session.__dict__.get(STATE_ATTR)
     if state is None:
         # The common case: nothing queued or recorded (no state was made).
-        committed = session.__dict__.pop(COMMITTED_ATTR, None) is transaction
-        queue: list[Queued] = []
+        queue: list[Item] = []
         events: list[changes.Event] = []
         connections: list[sa.Connection] = []
     else:
-        committed = state.committed is transaction
-        state.committed = None
         queue = take_queue(state)
         events = changes.take_changes(state)
         connections = state.connections
@@ -300,6 +293,15 @@ _WANTED_SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None], tuple[Signal,
     ("before_commit", _before_commit, (signals.before_commit, signals.before_models_committed)),
 )
 """The listeners attached once one of their signals has a receiver (see _sync_listeners)."""
+
+_EVERY_SESSION_LISTENER: tuple[tuple[str, t.Callable[..., t.Any]], ...] = (
+    ("after_begin", _after_begin),
+    ("after_commit", _after_commit),
+    ("after_transaction_end", _after_transaction_end),
+    ("do_orm_execute", _do_orm_execute),
+    *((name, listener) for name, listener, _ in _WANTED_SESSION_LISTENERS),
+)
+"""Every session listener install() may have attached, for uninstall()."""
 
 
 def _sync_listeners(*args: object, **kwargs: object) -> None:
@@ -516,14 +518,11 @@ def uninstall(target: InstallTarget, /) -> None:
             return
         if aio is not None:
             aio.restore()
-        optional = [(name, listener) for name, listener, _ in _WANTED_SESSION_LISTENERS]
-        for name, listener in [*_session_listeners(), ("after_begin", _after_begin), *optional]:
+        for name, listener in _EVERY_SESSION_LISTENER:
             if sa_event.contains(session_class, name, listener):
                 sa_event.remove(session_class, name, listener)
         if session_class.__dict__[INSTALLATION_ATTR].track_changes:
             changes.force_tracking(-1)
-        if sa_event.contains(session_class, "do_orm_execute", _do_orm_execute):
-            sa_event.remove(session_class, "do_orm_execute", _do_orm_execute)
         session_class.__dict__[INSTALLATION_ATTR].active = False
         delattr(session_class, INSTALLATION_ATTR)
         delattr(session_class, STATE_ATTR)

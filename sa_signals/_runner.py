@@ -62,12 +62,10 @@ class Work:
         return self.func(*self.args, **kwargs) if kwargs else self.func(*self.args)
 
 
-Queued: t.TypeAlias = "c.Callable[..., object] | Work"
-"""An on_commit callback as queued: the callback itself when robust (nothing is allocated per
-registration), a :class:`Work` otherwise."""
-
 Item: t.TypeAlias = "c.Callable[..., object] | Work"
-"""One call the runner makes: a commit-time receiver (a :class:`Work`), or a queued callback."""
+"""One call the runner makes: a commit-time receiver (a :class:`Work`), or an on_commit callback
+as queued: the callback itself when robust (nothing is allocated per registration), a
+:class:`Work` otherwise."""
 
 
 class _Batch:
@@ -141,7 +139,7 @@ def run(items: c.Iterable[Item], origin: sa_orm.Session, installation: Installat
         while pending:
             current = pending[0]
             current.interrupted = False
-            error = _run_batch(current, pending, swaps)
+            error = _run_batch(current, swaps)
             if error is not None and first_error is None:
                 first_error = error
             if not current.interrupted:  # done, not interrupted by a nested batch
@@ -150,7 +148,7 @@ def run(items: c.Iterable[Item], origin: sa_orm.Session, installation: Installat
         for swap in swaps.values():
             swap.restore()
         _pending.reset(token)
-        dropped = [describe(_func(item)) for batch in pending for item in batch.items]
+        dropped = [describe(func_of(item)) for batch in pending for item in batch.items]
         if dropped:
             logger.error(
                 "%d commit-time call(s) did not run: the run was interrupted (%s)",
@@ -161,9 +159,7 @@ def run(items: c.Iterable[Item], origin: sa_orm.Session, installation: Installat
         raise first_error
 
 
-def _run_batch(
-    batch: _Batch, pending: collections.deque[_Batch], swaps: dict[int, RegistrySwap]
-) -> Exception | None:
+def _run_batch(batch: _Batch, swaps: dict[int, RegistrySwap]) -> Exception | None:
     """Run the items of ``batch`` until it is done or an item queues a nested batch.
 
     For a synchronous install, the batch's slot stays current from one item to the next (set
@@ -191,14 +187,12 @@ def _run_batch(
             other.restore()  # a nested batch of another installation sees them as before
     token = _current.set(slot)
     try:
-        return _run_sync(batch, pending, slot)
+        return _run_sync(batch, slot)
     finally:
         _current.reset(token)
 
 
-def _run_sync(
-    batch: _Batch, pending: collections.deque[_Batch], slot: DistinctSlot
-) -> Exception | None:
+def _run_sync(batch: _Batch, slot: DistinctSlot) -> Exception | None:
     origin = slot.origin
     swap = slot.swap
     if swap is not None and not swap.active:
@@ -292,7 +286,7 @@ def _settle(item: Item, slot: DistinctSlot, result: object, was_open: bool) -> E
         try:
             if isinstance(result, types.CoroutineType):  # inspect.iscoroutine(), without a call
                 result.close()
-                raise returned_coroutine_error(_func(item))
+                raise returned_coroutine_error(func_of(item))
         except BaseException:
             slot.release()
             raise
@@ -302,7 +296,7 @@ def _settle(item: Item, slot: DistinctSlot, result: object, was_open: bool) -> E
         if not was_open and origin.in_transaction():
             with _outside(slot):
                 close_quietly(origin)
-            raise left_open_error(_func(item))
+            raise left_open_error(func_of(item))
     except Exception as exc:
         with _outside(slot):
             _report(item, origin, exc, None)
@@ -354,7 +348,7 @@ def _run_one_async(item: Item, origin: sa_orm.Session, aio: AsyncSupport) -> Exc
     if not was_open and origin.in_transaction():
         close_quietly(origin)
         if error is None:
-            error = left_open_error(_func(item))
+            error = left_open_error(func_of(item))
     if error is None:
         return None
     _report(item, aio.public(origin), error, aio)
@@ -365,10 +359,11 @@ def _log_interrupted(item: Item | None, exc: BaseException) -> None:
     # KeyboardInterrupt, a task's cancellation while a callback awaited, or the like: the rest
     # of the run is dropped (and logged by run()).
     if item is not None:
-        logger.error("commit-time call %s was interrupted by %r", describe(_func(item)), exc)
+        logger.error("commit-time call %s was interrupted by %r", describe(func_of(item)), exc)
 
 
-def _func(item: Item) -> c.Callable[..., object]:
+def func_of(item: Item) -> c.Callable[..., object]:
+    """Return the callback or receiver ``item`` calls."""
     return item.func if type(item) is Work else item
 
 

@@ -15,7 +15,7 @@ if t.TYPE_CHECKING:
     import sqlalchemy as sa
 
     from ._aio import AsyncSupport
-    from ._runner import Queued
+    from ._runner import Item
     from .changes import Event
     from .typing import AsyncSessionFactory
 
@@ -26,8 +26,8 @@ STATE_ATTR = "_sa_signals_state"
 """Instance attribute holding a session's :class:`SessionState`; None on an installed class."""
 
 COMMITTED_ATTR = "_sa_signals_committed"
-"""Instance attribute: the transaction a session without a :class:`SessionState` committed last
-(a savepoint or the outermost one); popped when the outermost one ends."""
+"""Instance attribute: the transaction the session committed last (a savepoint or the outermost
+one), set by the ``after_commit`` listener; popped when the outermost one ends."""
 
 TRANSACTIONAL_ATTR = "_sa_signals_transactional"
 """Instance attribute set on a Connection in the transactional test mode: a session's outermost
@@ -147,7 +147,6 @@ class SessionState:
 
     __slots__ = (
         "changes",
-        "committed",
         "connections",
         "cut",
         "installation",
@@ -159,7 +158,7 @@ class SessionState:
     def __init__(self, installation: Installation | None) -> None:
         self.installation = installation
         """The installation covering the session when the state was made."""
-        self.queue: list[Queued] = []
+        self.queue: list[Item] = []
         """The on_commit callbacks, in registration order."""
         self.marks: list[tuple[sa_orm.SessionTransaction, int]] = []
         """``(savepoint, start)``: ``queue[start:]`` was registered inside open ``savepoint``,
@@ -171,7 +170,6 @@ class SessionState:
         """The shortest the queue was cut to by a savepoint rollback, for capture_on_commit()."""
         self.changes: list[Event] = []
         self.connections: list[sa.Connection] = []
-        self.committed: sa_orm.SessionTransaction | None = None
 
 
 def state_of(session: sa_orm.Session) -> SessionState:

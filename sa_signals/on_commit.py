@@ -9,7 +9,7 @@ import typing as t
 import sqlalchemy.orm as sa_orm
 
 from ._dispatch import _is_coroutine_function
-from ._runner import Queued
+from ._runner import Item
 from ._runner import run
 from ._runner import Work
 from ._state import async_api
@@ -144,18 +144,18 @@ def _session_of(target: object) -> sa_orm.Session:
     raise TypeError(msg)
 
 
-def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> None:
+def end_savepoint(
+    state: SessionState, savepoint: sa_orm.SessionTransaction, committed: bool
+) -> None:
     """Settle the callbacks and recorded changes of ``savepoint``, which has just ended.
 
-    A released savepoint hands them to its enclosing savepoint (or the outermost transaction),
-    so that a later rollback of that one drops them too; a rolled-back one drops them.
+    A released (``committed``) savepoint hands them to its enclosing savepoint (or the outermost
+    transaction), so that a later rollback of that one drops them too; a rolled-back one drops
+    them.
 
     The queue is in registration order and a savepoint's callbacks were all registered while it
     was the innermost one, so they are the queue's tail from its mark (``SessionState.marks``).
     """
-    committed = state.committed is savepoint
-    if committed:
-        state.committed = None
     marks = state.marks
     if not (marks or state.changes):
         return
@@ -178,7 +178,7 @@ def end_savepoint(state: SessionState, savepoint: sa_orm.SessionTransaction) -> 
         settle_changes(state, savepoint, parent)
 
 
-def take_queue(state: SessionState) -> list[Queued]:
+def take_queue(state: SessionState) -> list[Item]:
     """Empty the queue before anything runs, so a failing callback still clears it."""
     queue = state.queue
     if queue:

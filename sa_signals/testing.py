@@ -30,6 +30,7 @@ from . import signals as _signals
 from ._dispatch import Signal
 from ._failures import WRAPPED_CALLBACK_ATTR
 from ._runner import _current
+from ._runner import func_of
 from ._runner import run
 from ._runner import Work
 from ._state import async_api
@@ -46,7 +47,7 @@ if t.TYPE_CHECKING:
 
     import sqlalchemy.ext.asyncio as sa_asyncio
 
-    from ._runner import Queued
+    from ._runner import Item
     from .typing import AsyncSessionFactory
     from .typing import Callback
     from .typing import SessionFactory
@@ -99,7 +100,7 @@ class OnCommitCapture:
         self._session = session
         self._installation = installation
         self._execute = execute
-        self._queue: list[Queued] | None = None
+        self._queue: list[Item] | None = None
         self._outer_cut = 0
         self._callbacks: list[Callback] = []
 
@@ -146,7 +147,7 @@ class OnCommitCapture:
             # The runner awaits coroutine callbacks through SQLAlchemy's greenlet.
             await sa_concurrency.greenlet_spawn(run, captured, self._session, self._installation)
 
-    def _take(self, succeeded: bool) -> list[Queued]:
+    def _take(self, succeeded: bool) -> list[Item]:
         """List the block's callbacks; return them, dequeued, if they are to run now."""
         state = state_of(self._session)
         queue = state.queue
@@ -154,7 +155,7 @@ class OnCommitCapture:
         state.cut = min(self._outer_cut, state.cut)
         self._queue = None
         captured = queue[start:]
-        self._callbacks.extend(_callback_of(entry) for entry in captured)
+        self._callbacks.extend(func_of(entry) for entry in captured)
         if not (self._execute and succeeded and captured):
             return []
         del queue[start:]
@@ -162,11 +163,7 @@ class OnCommitCapture:
         return [_recording_entry(entry, self._callbacks) for entry in captured]
 
 
-def _callback_of(entry: Queued) -> Callback:
-    return entry.func if isinstance(entry, Work) else entry
-
-
-def _recording_entry(entry: Queued, callbacks: list[Callback]) -> Queued:
+def _recording_entry(entry: Item, callbacks: list[Callback]) -> Item:
     """Return ``entry`` with its callback wrapped by :func:`_recording`, as robust as it was."""
     if isinstance(entry, Work):
         return Work(_recording(entry.func, callbacks), entry.robust)
@@ -209,7 +206,7 @@ def _record_registered(callbacks: list[Callback]) -> None:
         # Still queued: the distinct session commits after the callback returns.
         queue = state_of(session).queue
         for index, entry in enumerate(queue):
-            callbacks.append(_callback_of(entry))
+            callbacks.append(func_of(entry))
             queue[index] = _recording_entry(entry, callbacks)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import typing as t
 
+import packaging.version
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
@@ -12,7 +13,9 @@ import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import _bridge
+from sa_signals import _state
 from sa_signals import signals
+from sa_signals._state import STATE_ATTR
 from tests.conftest import count
 from tests.models import Animal
 from tests.models import Audit
@@ -186,45 +189,42 @@ class TestSessionSignals:
         recorder.assert_done([1])
         assert [kw["receiver"] for _, kw in failures] == [broken]
 
+    @pytest.mark.parametrize(
+        ("name", "message"),
+        [
+            ("before_commit", "coroutine function connected to before_commit"),
+            ("after_commit", "is a coroutine function, but the commit came from a synchronous"),
+        ],
+    )
     def test_coroutine_receiver_on_sync_session_reported(
-        self, session: sa_orm.Session, connect: Connector, engine: sa.Engine
+        self,
+        session: sa_orm.Session,
+        connect: Connector,
+        engine: sa.Engine,
+        recorder: Recorder,
+        name: str,
+        message: str,
     ) -> None:
-        """A coroutine receiver hit by a sync session's event gets a clear, reported error."""
-        failures = connect.record(signals.before_commit)
+        """A coroutine receiver hit by a sync session's event, inside the transaction or after
+        the COMMIT, gets a clear, reported error; the other receivers, the commit and the
+        callbacks go on."""
+        signal = getattr(signals, name)
+        sent = connect.record(signal)
         reported = connect.record(signals.receiver_failed)
 
         async def receiver(sender: object, **kwargs: object) -> None:  # pragma: no cover
             pass
 
-        connect(signals.before_commit, receiver)
-        session.add(Item(name="a"))
-        session.commit()
-        assert len(failures) == 1
-        [(_, kwargs)] = reported
-        assert isinstance(kwargs["exception"], sa_signals.CoroutineMisuseError)
-        assert "coroutine function connected to before_commit" in str(kwargs["exception"])
-        assert count(engine, Item) == 1
-
-    def test_coroutine_after_commit_receiver_on_sync_session_reported(
-        self, session: sa_orm.Session, connect: Connector, recorder: Recorder
-    ) -> None:
-        """After the COMMIT too: the coroutine receiver is reported, the others and the
-        callbacks still run."""
-        reported = connect.record(signals.receiver_failed)
-        commits = connect.record(signals.after_commit)
-
-        async def receiver(sender: object, **kwargs: object) -> None:  # pragma: no cover
-            pass
-
-        connect(signals.after_commit, receiver)
+        connect(signal, receiver)
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
         session.commit()
-        assert len(commits) == 1
+        assert len(sent) == 1
         [(_, kwargs)] = reported
         assert kwargs["receiver"] is receiver
         assert isinstance(kwargs["exception"], sa_signals.CoroutineMisuseError)
-        assert "is a coroutine function" in str(kwargs["exception"])
+        assert message in str(kwargs["exception"])
+        assert count(engine, Item) == 1
         recorder.assert_done([1])
 
 
@@ -633,3 +633,56 @@ class TestMapperListenersOnDemand:
             sa_signals.uninstall(Session)
         sa_signals.install(Session)
         assert not mapper_listening()
+
+
+def session_listening(Session: Scoped, name: str) -> bool:
+    """Whether the layer's listener for session event ``name`` is attached to ``Session``."""
+    listener = dict(_bridge._EVERY_SESSION_LISTENER)[name]
+    return sa_event.contains(Session.session_factory.class_, name, listener)
+
+
+class TestSessionListenersOnDemand:
+    def test_idle_install_costs_two_listeners_and_no_state(
+        self, Session: Scoped, session: sa_orm.Session
+    ) -> None:
+        """With nothing connected, a transaction meets only after_commit and
+        after_transaction_end, and leaves nothing on the session."""
+        session.add(Item(name="a"))
+        session.commit()
+        attached = [name for name, _ in _bridge._EVERY_SESSION_LISTENER]
+        attached = [name for name in attached if session_listening(Session, name)]
+        expected = ["after_commit", "after_transaction_end"]
+        if not _bridge._CONNECTIONS_KNOWN:  # SQLAlchemy < 2.1.7 records the connections
+            expected.insert(0, "after_begin")
+        assert attached == expected
+        assert [key for key in session.__dict__ if key.startswith("_sa_signals")] == (
+            [] if _bridge._CONNECTIONS_KNOWN else [STATE_ATTR]
+        )
+
+    def test_receiver_attaches_its_listener_until_uninstall(
+        self, Session: Scoped, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A before_flush receiver attaches that listener only, gets the next flush, and the
+        listener stays after the disconnect until uninstall()."""
+        calls = connect.record(signals.before_flush)
+        assert session_listening(Session, "before_flush")
+        assert not session_listening(Session, "after_flush")
+        assert not session_listening(Session, "before_commit")
+        session.add(Item(name="a"))
+        session.flush()
+        assert calls == [(session, {})]
+        connect.disconnect_all()
+        assert session_listening(Session, "before_flush")
+        session.commit()
+        Session.remove()
+        sa_signals.uninstall(Session)
+        assert not any(
+            session_listening(Session, name) for name, _ in _bridge._EVERY_SESSION_LISTENER
+        )
+
+    def test_supported_sqlalchemy_takes_the_fast_paths(self) -> None:
+        """SQLAlchemy's private layout is the one the hot paths read, and
+        SessionTransaction.connections is used where it exists (2.1.7 and later)."""
+        assert _state.TRANSACTION_FIELDS_KNOWN
+        released = packaging.version.Version(sa.__version__).release
+        assert _bridge._CONNECTIONS_KNOWN is (released >= (2, 1, 7))
