@@ -1,0 +1,402 @@
+"""``publish()``: send what each transaction committed to the other processes, after the COMMIT.
+
+A receiver of ``signals.models_committed`` only appends the change set to an in-memory queue; a
+thread of the publisher encodes it and sends it through the transport. A commit never waits for
+the network, and a transport that is down costs the committing thread nothing: the failure is
+logged, counted, and announced to the listeners by the next message that gets through.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import collections.abc as c
+import dataclasses
+import logging
+import math
+import sys
+import threading
+import time
+import typing as t
+import weakref
+
+import sqlalchemy.orm as sa_orm
+
+from .. import signals
+from . import _process
+from .message import encode
+from .message import Message
+from .message import records_of
+from .names import cached
+from .names import Namer
+from .names import table_name
+
+if t.TYPE_CHECKING:
+    from ..typing import InstallTarget
+    from .transport import Sender
+    from .transport import Transport
+
+logger = logging.getLogger("sa_signals.fanout")
+
+MIN_BYTES: t.Final = 512
+"""The smallest ``max_bytes`` a publisher accepts: room for a message that says "anything"."""
+
+MAX_BATCH: t.Final = 256
+"""Messages sent in one call of the transport, at most."""
+
+BACKOFF: t.Final = (0.05, 5.0)
+"""Seconds a publisher waits before it tries a failed transport again: the first wait, the
+longest (doubling in between)."""
+
+_live: weakref.WeakSet[Publisher] = weakref.WeakSet()
+
+
+class PublisherCounters(t.NamedTuple):
+    """What a publisher did since it started (or since the fork that made this process)."""
+
+    published: int
+    """Change sets sent."""
+    failed: int
+    """Messages lost to a failed send (heartbeats included)."""
+    dropped: int
+    """Change sets dropped because the queue was full."""
+    degraded: int
+    """Change sets sent without some or all of their identities, to fit the size limit."""
+    heartbeats: int
+    """Messages sent without changes: heartbeats, failure notices, the last one."""
+    pending: int
+    """Change sets waiting to be sent."""
+
+
+class Publisher:
+    """The handle :func:`publish` returns: counters, :meth:`flush` and :meth:`stop`.
+
+    Also a context manager that stops it on exit. Publishers still running when the
+    interpreter exits are stopped then (so listeners see their last message), within a second.
+    """
+
+    def __init__(
+        self,
+        session_class: c.Callable[[], type[sa_orm.Session]],
+        transport: Transport,
+        *,
+        name: Namer,
+        max_bytes: int,
+        max_pending: int,
+        heartbeat: float,
+    ) -> None:
+        self._session_class = session_class
+        self._transport = transport
+        self._name = cached(name)
+        self._max_bytes = max_bytes
+        self._max_pending = max_pending
+        self._heartbeat = heartbeat
+        self._stopped = False
+        self._reset()
+        signals.models_committed.connect(self._committed, weak=False)
+        _live.add(self)
+        _process.on_fork(self)
+
+    def _reset(self) -> None:
+        self.id = _process.new_publisher_id()
+        """This publisher's id in the messages: unique per process and handle."""
+        self._pending: collections.deque[tuple[float, list[t.Any] | None]] = collections.deque()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._sending = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._sender: Sender | None = None
+        self._sequence = 0
+        self._lost = 0
+        self._dropped = 0
+        self._dropped_seen = 0
+        self._published = 0
+        self._failed = 0
+        self._degraded = 0
+        self._heartbeats = 0
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "publishing"
+        return f"<Publisher {self.id} {state} to {self._transport!r}>"
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def counters(self) -> PublisherCounters:
+        """What this publisher did so far."""
+        return PublisherCounters(
+            published=self._published,
+            failed=self._failed,
+            dropped=self._dropped,
+            degraded=self._degraded,
+            heartbeats=self._heartbeats,
+            pending=len(self._pending),
+        )
+
+    def _committed(self, sender: t.Any, /, *, changes: list[t.Any], **kwargs: t.Any) -> None:
+        # Runs on the committing thread, after its COMMIT: nothing here may block or raise.
+        session = getattr(sender, "sync_session", sender)  # an AsyncSession's own Session
+        if not isinstance(session, self._session_class()):
+            return
+        if len(self._pending) >= self._max_pending:
+            with self._drop_lock:
+                self._dropped += 1
+            return
+        self._pending.append((time.time(), changes))
+        if self._thread is None:
+            self._start()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"sa_signals fan-out publisher {self.id}", daemon=True
+                )
+                self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every change set queued so far was sent (or failed); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending and not self._sending, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop publishing: send what is queued and a last message, within ``timeout`` seconds.
+
+        Commits made after this are not published. Stopping twice does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        signals.models_committed.disconnect(self._committed)
+        _live.discard(self)
+        with self._start_lock:
+            thread = self._thread
+        if thread is None:  # never published anything: no listener knows this publisher
+            return
+        self._stopping = True
+        self._wake.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning(
+                "fan-out publisher %s did not finish sending within %s s; %d change sets are"
+                " abandoned",
+                self.id,
+                timeout,
+                len(self._pending),
+            )
+
+    def after_fork(self) -> None:
+        """Start afresh in a forked child: a new id, an empty queue, no inherited connection."""
+        if self._sender is not None:
+            _process.abandon([self._sender])
+        self._reset()
+
+    def _run(self) -> None:
+        heartbeat = self._heartbeat or math.inf
+        next_beat = time.monotonic() + heartbeat
+        retry_at = 0.0
+        backoff = BACKOFF[0]
+        timeout: float | None = heartbeat
+        while True:
+            self._wake.wait(None if timeout == math.inf else timeout)
+            self._wake.clear()
+            stopping = self._stopping
+            now = time.monotonic()
+            if now < retry_at and not stopping:
+                timeout = retry_at - now
+                continue
+            with self._idle:
+                self._sending = True
+            ok = True
+            try:
+                batch = [
+                    self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))
+                ]
+                if (
+                    batch
+                    or self._lost
+                    or self._dropped > self._dropped_seen
+                    or stopping
+                    or (now >= next_beat)
+                ):
+                    ok = self._send(batch, end=stopping and not self._pending)
+                    next_beat = now + heartbeat
+            finally:
+                with self._idle:
+                    self._sending = False
+                    self._idle.notify_all()
+            if ok:
+                retry_at, backoff = 0.0, BACKOFF[0]
+            else:
+                retry_at, backoff = now + backoff, min(backoff * 2, BACKOFF[1])
+            if stopping and (not self._pending or not ok):
+                break
+            timeout = 0.0 if self._pending else min(next_beat, retry_at or math.inf) - now
+        self._close_sender()
+        if self._pending:
+            logger.error(
+                "fan-out publisher %s stopped with %d change sets unsent",
+                self.id,
+                len(self._pending),
+            )
+
+    def _messages(self, batch: list[tuple[float, list[t.Any] | None]], end: bool) -> list[Message]:
+        dropped = self._dropped - self._dropped_seen
+        self._dropped_seen += dropped
+        self._sequence += dropped  # a dropped change set takes its number: listeners see a gap
+        self._lost += dropped
+        messages = []
+        lost = self._lost
+        for at, changes in batch or [(time.time(), None)]:
+            self._sequence += 1
+            messages.append(
+                Message(
+                    publisher=self.id,
+                    sequence=self._sequence,
+                    lost=lost,
+                    at=at,
+                    heartbeat=self._heartbeat,
+                    models={} if changes is None else records_of(changes, self._name),
+                )
+            )
+            lost = 0
+        if end:
+            messages[-1] = dataclasses.replace(messages[-1], end=True)
+        return messages
+
+    def _send(self, batch: list[tuple[float, list[t.Any] | None]], end: bool) -> bool:
+        messages = self._messages(batch, end)
+        payloads = []
+        degraded = 0
+        for message in messages:
+            payload, was_degraded = encode(message, self._max_bytes)
+            payloads.append(payload)
+            degraded += was_degraded
+        try:
+            if self._sender is None:
+                self._sender = self._transport.sender()
+            self._sender.send(payloads)
+        except Exception:
+            first = self._lost == 0
+            self._lost += len(messages)
+            self._failed += len(messages)
+            self._close_sender()
+            logger.log(
+                logging.ERROR if first else logging.WARNING,
+                "fan-out publisher %s could not send %d messages through %r; listeners will"
+                " see a gap",
+                self.id,
+                len(messages),
+                self._transport,
+                exc_info=first,
+            )
+            return False
+        if self._lost:
+            logger.info(
+                "fan-out publisher %s sends again after losing %d messages", self.id, self._lost
+            )
+        self._lost = 0
+        self._published += len(batch)
+        self._heartbeats += len(messages) - len(batch)
+        self._degraded += degraded
+        return True
+
+    def _close_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            try:
+                sender.close()
+            except Exception:
+                logger.exception("closing the fan-out sender %r failed", sender)
+
+
+def publish(
+    target: InstallTarget,
+    transport: Transport,
+    /,
+    *,
+    name: Namer = table_name,
+    max_bytes: int = 65536,
+    max_pending: int = 10000,
+    heartbeat: float = 10.0,
+) -> Publisher:
+    """Send one message per transaction of ``target``'s sessions that committed changes.
+
+    ``target`` is what :func:`sa_signals.install` takes, and must be installed. Each message
+    lists per model (named by ``name``, the table name by default) the operations, identities
+    and changed field names of the rows the transaction committed, deduplicated. A message
+    larger than ``max_bytes`` (or than the transport carries) loses identities until it fits:
+    the listeners then learn which tables changed. At most ``max_pending`` change sets wait for
+    the transport; more are dropped and announced as lost. Every ``heartbeat`` seconds without a
+    message a heartbeat is sent (0: none), so that listeners notice a publisher that vanished.
+
+    Commits made by commit-time work (an ``on_commit`` callback's distinct session) are
+    published too, as every commit that sends ``models_committed``.
+    """
+    session_class = _session_class_of(target)
+    limit = min(max_bytes, transport.max_bytes)
+    if limit < MIN_BYTES:
+        msg = (
+            f"publish() needs max_bytes of at least {MIN_BYTES}, got {limit}; raise max_bytes"
+            " or use a transport that carries larger messages."
+        )
+        raise ValueError(msg)
+    if max_pending < 1:
+        msg = f"publish() needs max_pending of at least 1, got {max_pending}."
+        raise ValueError(msg)
+    return Publisher(
+        session_class,
+        transport,
+        name=name,
+        max_bytes=limit,
+        max_pending=max_pending,
+        heartbeat=heartbeat,
+    )
+
+
+def _session_class_of(target: object) -> c.Callable[[], type[sa_orm.Session]]:
+    """Return how to find the session class of ``target``'s sessions (async: at each commit,
+    since ``install()`` gives an ``async_sessionmaker`` its own class)."""
+    if isinstance(target, sa_orm.scoped_session):
+        target = target.session_factory
+    if isinstance(target, sa_orm.sessionmaker):
+        session_class: type[sa_orm.Session] = target.class_
+        return lambda: session_class
+    if isinstance(target, type) and issubclass(target, sa_orm.Session):
+        given: type[sa_orm.Session] = target
+        return lambda: given
+    asyncio_api = sys.modules.get("sqlalchemy.ext.asyncio")
+    if asyncio_api is not None:
+        if isinstance(target, asyncio_api.async_scoped_session):
+            target = target.session_factory
+        if isinstance(target, asyncio_api.async_sessionmaker):
+            maker = target
+
+            def installed_class() -> type[sa_orm.Session]:
+                # install() gives the async_sessionmaker a class of its own.
+                found: type[sa_orm.Session] = (
+                    maker.kw.get("sync_session_class") or maker.class_.sync_session_class
+                )
+                return found
+
+            return installed_class
+    msg = (
+        "publish() takes what sa_signals.install() takes: a scoped_session, a sessionmaker, a"
+        f" Session subclass, an async_scoped_session or an async_sessionmaker, got {target!r}."
+    )
+    raise TypeError(msg)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for publisher in list(_live):
+        publisher.stop(timeout=1.0)

@@ -1,0 +1,188 @@
+"""A Redis stream as a fan-out transport (needs redis-py and Redis 7 or later).
+
+Publishers ``XADD`` to one stream, trimmed to about ``maxlen`` entries; each listener reads it
+from where it stopped. A reconnect therefore loses nothing while the entries it missed are still
+in the stream: the listener resumes without a gap. Trimming past a listener's position is
+noticed (Redis 7 records the largest deleted entry id) and reported as a gap.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import typing as t
+
+from . import _redis
+from .transport import Missed
+
+if t.TYPE_CHECKING:
+    import redis
+
+BATCH: t.Final = 1000
+"""Entries one read takes at most."""
+
+FIELD: t.Final = b"m"
+"""The entry field holding the payload."""
+
+
+def _id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class RedisStream:
+    """Messages as entries of the stream ``stream`` on the Redis server at ``url``.
+
+    Publishers trim it to about ``maxlen`` entries (``XADD MAXLEN ~``): enough for a listener
+    to catch up after a reconnect of ``maxlen / commits per second`` seconds. Commands give up
+    after ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        stream: str = "sa_signals",
+        *,
+        maxlen: int = 100_000,
+        timeout: float = 2.0,
+        max_bytes: int = _redis.DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.maxlen = maxlen
+        self.timeout = timeout
+        self._max_bytes = max_bytes
+
+    def __repr__(self) -> str:
+        return f"RedisStream(stream={self.stream!r})"
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest payload sent."""
+        return self._max_bytes
+
+    def sender(self) -> StreamSender:
+        """Return a sender that connects on first use."""
+        return StreamSender(self)
+
+    def subscribe(self, position: str | None = None) -> StreamSubscription:
+        """Return a subscription reading after the entry id ``position`` (default: the end)."""
+        return StreamSubscription(self, position)
+
+
+class StreamSender:
+    """Appends each batch of payloads in one pipeline: one round trip."""
+
+    def __init__(self, transport: RedisStream) -> None:
+        self._transport = transport
+        self._client: redis.Redis | None = None
+
+    def send(self, payloads: c.Sequence[bytes], /) -> None:
+        """Append ``payloads`` to the stream, in order, trimming it."""
+        transport = self._transport
+        if self._client is None:
+            self._client = _redis.client(transport.url, transport.timeout)
+        pipeline = self._client.pipeline(transaction=False)
+        for payload in payloads:
+            pipeline.xadd(
+                transport.stream, {FIELD: payload}, maxlen=transport.maxlen, approximate=True
+            )
+        pipeline.execute()
+
+    def close(self) -> None:
+        """Close the connection."""
+        client, self._client = self._client, None
+        _redis.close(client)
+
+
+class StreamSubscription:
+    """Reads the stream from a position kept across reconnects."""
+
+    def __init__(self, transport: RedisStream, position: str | None) -> None:
+        self._transport = transport
+        self._client: redis.Redis | None = None
+        self.position = position
+        """The id of the last entry read; None before the first open."""
+        self._added = 0
+
+    def open(self) -> bool:
+        """Connect; return True if every entry after the position is still in the stream."""
+        transport = self._transport
+        # A blocking read waits up to the read timeout on top of the command timeout.
+        self._client = _redis.client(transport.url, transport.timeout + 1.0)
+        try:
+            info = self._client.xinfo_stream(transport.stream)
+        except Exception as exc:
+            if not _no_stream(exc):
+                raise
+            info = None
+        if self.position is None:
+            self.position = "0-0" if info is None else _text(info["last-generated-id"])
+            self._added = 0 if info is None else int(info["entries-added"])
+            return False
+        return self._check(info, self.position)
+
+    def read(self, timeout: float, /) -> list[bytes | Missed]:
+        """Return the entries appended after the position, waiting up to ``timeout`` seconds."""
+        client = self._client
+        previous = self.position
+        assert client is not None, "read() before open()"
+        assert previous is not None
+        stream = self._transport.stream
+        pipeline = client.pipeline(transaction=False)
+        pipeline.xread({stream: previous}, count=BATCH, block=max(1, int(timeout * 1000)))
+        # Right after the read, on the same connection: was anything after the position
+        # deleted before the read could return it?
+        pipeline.xinfo_stream(stream)
+        result, info = pipeline.execute(raise_on_error=False)
+        if isinstance(result, Exception):
+            raise result
+        if isinstance(info, Exception):
+            if not _no_stream(info):
+                raise info
+            info = None
+        out: list[bytes | Missed] = []
+        for _, entries in result or ():
+            for entry_id, fields in entries:
+                self.position = _text(entry_id)
+                payload = fields.get(FIELD)
+                if payload is not None:
+                    out.append(payload)
+        if not self._check(info, previous):
+            out.insert(0, Missed(f"the stream {stream!r} was trimmed past this listener"))
+        return out
+
+    def _check(self, info: dict[str, t.Any] | None, position: str) -> bool:
+        """Whether no entry after ``position`` can have been deleted, per ``info``.
+
+        When one was, the position moves to the end of the stream (the gap covers the rest).
+        """
+        if info is None:  # no stream: intact unless one we were reading was deleted
+            intact = self._added == 0
+            self._added = 0
+            if not intact:
+                self.position = "0-0"
+            return intact
+        added = int(info["entries-added"])
+        deleted = _id(info["max-deleted-entry-id"])
+        # A stream deleted and made again counts fewer entries than we saw added.
+        intact = added >= self._added and deleted <= _id(position)
+        self._added = added
+        if not intact:
+            last = _text(info["last-generated-id"])
+            assert self.position is not None
+            self.position = max(self.position, last, key=_id)
+        return intact
+
+    def close(self) -> None:
+        """Close the connection; the position is kept for the next open."""
+        client, self._client = self._client, None
+        _redis.close(client)
+
+
+def _no_stream(exc: Exception) -> bool:
+    return "no such key" in str(exc)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

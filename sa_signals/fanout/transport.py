@@ -1,0 +1,66 @@
+"""What a fan-out transport provides: a sender for publishers, a subscription for listeners.
+
+The built-in transports are :class:`~sa_signals.fanout.postgresql.PostgresNotify`,
+:class:`~sa_signals.fanout.redis_pubsub.RedisPubSub` and
+:class:`~sa_signals.fanout.redis_streams.RedisStream`. Any object with this shape works too.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import dataclasses
+import typing as t
+
+
+@dataclasses.dataclass(frozen=True)
+class Missed:
+    """Put in a subscription's output where messages may have been lost."""
+
+    reason: str
+    """Why, for the ``remote_gap`` receivers and the logs."""
+
+
+class Sender(t.Protocol):
+    """One publisher's connection: used from one thread, never on a committing thread."""
+
+    def send(self, payloads: c.Sequence[bytes], /) -> None:
+        """Send ``payloads`` in order, or raise. Must return or raise within bounded time."""
+
+    def close(self) -> None:
+        """Release the connection. Must not raise."""
+
+
+class Subscription(t.Protocol):
+    """One listener's connection: opened, read and closed from one thread."""
+
+    def open(self) -> bool:
+        """Connect and subscribe, or raise.
+
+        Return True only if nothing published since the previous :meth:`close` can have been
+        missed (a replayable transport that resumed where it stopped); False otherwise, which
+        the listener reports as a gap.
+        """
+
+    def read(self, timeout: float, /) -> c.Sequence[bytes | Missed]:
+        """Return the payloads received within ``timeout`` seconds (maybe none), or raise.
+
+        A :class:`Missed` in the output stands for messages lost at that point. Raising means
+        the connection is lost: the listener closes the subscription and opens it again.
+        """
+
+    def close(self) -> None:
+        """Disconnect. Must not raise."""
+
+
+class Transport(t.Protocol):
+    """A way to move fan-out messages between processes."""
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest payload the transport carries."""
+
+    def sender(self) -> Sender:
+        """Return a new, not yet connected sender (it connects on first use)."""
+
+    def subscribe(self) -> Subscription:
+        """Return a new, not yet opened subscription."""
