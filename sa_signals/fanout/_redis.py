@@ -16,8 +16,10 @@ DEFAULT_MAX_BYTES: t.Final = 1 << 20
 """The default payload limit of the Redis transports (Redis itself takes up to 512 MiB)."""
 
 
-def client(url: str, timeout: float) -> redis.Redis:
+def client(url: str, timeout: float, name: str) -> redis.Redis:
     """Return a client of ``url`` that gives up after ``timeout`` seconds and never retries.
+
+    Its connections are named ``name`` (``CLIENT LIST`` shows it).
 
     redis-py retries a failed command on a new connection by default, which would resubscribe a
     listener behind its back and lose what was published meanwhile without telling anyone: the
@@ -30,6 +32,7 @@ def client(url: str, timeout: float) -> redis.Redis:
         socket_keepalive=True,
         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         health_check_interval=max(1, round(timeout)),
+        client_name=name,
     )
 
 

@@ -36,8 +36,9 @@ class PostgresNotify:
     ``url`` is a SQLAlchemy URL (its driver part is ignored: psycopg is used), a libpq
     connection string, or an ``Engine``. Connections are made by this transport, not taken from
     an engine's pool, with ``timeout`` seconds to connect and TCP timeouts that notice a dead
-    server within a few seconds. Delivery is at most once; a listener reports a gap after it
-    reconnects.
+    server within a few seconds; ``pg_stat_activity`` shows them as ``sa_signals fan-out
+    publisher <channel>`` and ``sa_signals fan-out listener <channel>``. Delivery is at most
+    once; a listener reports a gap after it reconnects.
     """
 
     def __init__(
@@ -46,7 +47,6 @@ class PostgresNotify:
         channel: str = "sa_signals",
         *,
         timeout: float = 2.0,
-        application_name: str = "sa_signals fan-out",
     ) -> None:
         if isinstance(url, sa.Engine):
             url = url.url
@@ -61,7 +61,6 @@ class PostgresNotify:
         self._options: dict[str, t.Any] = {
             "autocommit": True,
             "connect_timeout": max(2, round(timeout)),
-            "application_name": application_name,
             "tcp_user_timeout": int(timeout * 1000),
             "keepalives": 1,
             "keepalives_idle": max(1, round(timeout)),
@@ -77,9 +76,11 @@ class PostgresNotify:
         """The largest payload ``NOTIFY`` accepts."""
         return MAX_PAYLOAD
 
-    def connect(self) -> psycopg.Connection[t.Any]:
-        """Return a new autocommit connection to the transport's database."""
-        return psycopg.connect(self._conninfo, **self._options)
+    def connect(self, role: str) -> psycopg.Connection[t.Any]:
+        """Return a new autocommit connection, named for ``role`` in ``pg_stat_activity``."""
+        # application_name: "sa_signals fan-out publisher <channel>", at most 63 bytes.
+        name = f"sa_signals fan-out {role} {self.channel}"[:63]
+        return psycopg.connect(self._conninfo, application_name=name, **self._options)
 
     def sender(self) -> NotifySender:
         """Return a sender that connects on first use."""
@@ -100,7 +101,7 @@ class NotifySender:
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Notify the channel of ``payloads``, in order."""
         if self._connection is None:
-            self._connection = self._transport.connect()
+            self._connection = self._transport.connect("publisher")
         texts = [payload.decode("ascii") for payload in payloads]
         self._connection.execute(_NOTIFY, (self._transport.channel, texts))
 
@@ -122,7 +123,7 @@ class ListenSubscription:
 
     def open(self) -> bool:
         """Connect and ``LISTEN``; what was notified meanwhile is lost, so return False."""
-        connection = self._transport.connect()
+        connection = self._transport.connect("listener")
         try:
             connection.execute(
                 psycopg.sql.SQL("LISTEN {}").format(

@@ -44,6 +44,10 @@ class RedisPubSub:
     def __repr__(self) -> str:
         return f"RedisPubSub(channel={self.channel!r})"
 
+    def client_name(self, role: str) -> str:
+        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<channel>``."""
+        return f"sa_signals-fanout-{role}-{self.channel}".replace(" ", "_")
+
     @property
     def max_bytes(self) -> int:
         """The largest payload sent."""
@@ -68,7 +72,11 @@ class PublishSender:
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Publish ``payloads`` on the channel, in order."""
         if self._client is None:
-            self._client = _redis.client(self._transport.url, self._transport.timeout)
+            self._client = _redis.client(
+                self._transport.url,
+                self._transport.timeout,
+                self._transport.client_name("publisher"),
+            )
         pipeline = self._client.pipeline(transaction=False)
         channel = self._transport.channel
         for payload in payloads:
@@ -92,7 +100,9 @@ class PubSubSubscription:
     def open(self) -> bool:
         """Subscribe and wait for the confirmation; what was published before is lost."""
         transport = self._transport
-        self._client = _redis.client(transport.url, transport.timeout)
+        self._client = _redis.client(
+            transport.url, transport.timeout, transport.client_name("listener")
+        )
         self._pubsub = self._client.pubsub()
         self._pubsub.subscribe(transport.channel)
         confirmation = self._pubsub.get_message(timeout=transport.timeout)

@@ -56,6 +56,10 @@ class RedisStream:
     def __repr__(self) -> str:
         return f"RedisStream(stream={self.stream!r})"
 
+    def client_name(self, role: str) -> str:
+        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<stream>``."""
+        return f"sa_signals-fanout-{role}-{self.stream}".replace(" ", "_")
+
     @property
     def max_bytes(self) -> int:
         """The largest payload sent."""
@@ -81,7 +85,9 @@ class StreamSender:
         """Append ``payloads`` to the stream, in order, trimming it."""
         transport = self._transport
         if self._client is None:
-            self._client = _redis.client(transport.url, transport.timeout)
+            self._client = _redis.client(
+                transport.url, transport.timeout, transport.client_name("publisher")
+            )
         pipeline = self._client.pipeline(transaction=False)
         for payload in payloads:
             pipeline.xadd(
@@ -109,7 +115,9 @@ class StreamSubscription:
         """Connect; return True if every entry after the position is still in the stream."""
         transport = self._transport
         # A blocking read waits up to the read timeout on top of the command timeout.
-        self._client = _redis.client(transport.url, transport.timeout + 1.0)
+        self._client = _redis.client(
+            transport.url, transport.timeout + 1.0, transport.client_name("listener")
+        )
         try:
             info = self._client.xinfo_stream(transport.stream)
         except Exception as exc:
