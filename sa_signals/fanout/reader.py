@@ -22,7 +22,7 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("sa_signals.fanout")
 
-READ_TIMEOUT: t.Final = 0.25
+READ_TIMEOUT: t.Final = 0.1
 """Seconds one read waits for a message: how soon a stop is noticed."""
 
 BACKOFF: t.Final = (0.05, 2.0)

@@ -136,8 +136,14 @@ class Heard:
             self._condition.notify_all()
 
     def wait_for(self, predicate: c.Callable[[], bool], timeout: float = WAIT) -> bool:
+        """Wait until ``predicate()`` holds (it may also read counters that notify nobody)."""
+        deadline = time.monotonic() + timeout
         with self._condition:
-            return self._condition.wait_for(predicate, timeout)
+            while not predicate():
+                if time.monotonic() > deadline:
+                    return False
+                self._condition.wait(0.01)
+            return True
 
     def identities(self) -> list[t.Any]:
         return [change.identity for change in self.changes]
@@ -222,7 +228,8 @@ def publishing(
 def listening(transport: Transport, **options: t.Any) -> c.Iterator[fanout.Listener]:
     """A listener that hears this process's own publishers too, subscribed, stopped at the end."""
     options.setdefault("own", True)
-    listener = fanout.listen(transport, models=Base, **options)
+    options.setdefault("models", Base)
+    listener = fanout.listen(transport, **options)
     try:
         assert listener.wait_ready(WAIT), f"{transport!r} did not subscribe"
         yield listener
