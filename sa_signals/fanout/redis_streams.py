@@ -3,7 +3,7 @@
 Publishers ``XADD`` to one stream, trimmed to about ``maxlen`` entries; each listener reads it
 from where it stopped. A reconnect therefore loses nothing while the entries it missed are still
 in the stream: the listener resumes without a gap. Trimming past a listener's position is
-noticed (Redis 7 records the largest deleted entry id) and reported as a gap.
+noticed (Redis 7 counts the entries ever added) and reported as a gap.
 """
 
 from __future__ import annotations
@@ -22,12 +22,6 @@ BATCH: t.Final = 1000
 
 FIELD: t.Final = b"m"
 """The entry field holding the payload."""
-
-
-def _id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    milliseconds, _, sequence = text.partition("-")
-    return int(milliseconds), int(sequence or 0)
 
 
 class RedisStream:
@@ -69,9 +63,9 @@ class RedisStream:
         """Return a sender that connects on first use."""
         return StreamSender(self)
 
-    def subscribe(self, position: str | None = None) -> StreamSubscription:
-        """Return a subscription reading after the entry id ``position`` (default: the end)."""
-        return StreamSubscription(self, position)
+    def subscribe(self) -> StreamSubscription:
+        """Return a subscription that starts reading at the end of the stream."""
+        return StreamSubscription(self)
 
 
 class StreamSender:
@@ -102,14 +96,20 @@ class StreamSender:
 
 
 class StreamSubscription:
-    """Reads the stream from a position kept across reconnects."""
+    """Reads the stream from a position kept across reconnects.
 
-    def __init__(self, transport: RedisStream, position: str | None) -> None:
+    Besides the id of the last entry read, it keeps that entry's ordinal: how many entries the
+    stream had received up to it. Redis counts every entry ever added (``entries-added``) and
+    trims only the oldest, so the entries still in the stream are the last ``length`` ones: when
+    the ordinal is below ``entries-added - length``, unread entries were trimmed away.
+    """
+
+    def __init__(self, transport: RedisStream) -> None:
         self._transport = transport
         self._client: redis.Redis | None = None
-        self.position = position
+        self.position: str | None = None
         """The id of the last entry read; None before the first open."""
-        self._added = 0
+        self._ordinal = 0
 
     def open(self) -> bool:
         """Connect; return True if every entry after the position is still in the stream."""
@@ -124,23 +124,22 @@ class StreamSubscription:
             if not _no_stream(exc):
                 raise
             info = None
-        if self.position is None:
-            self.position = "0-0" if info is None else _text(info["last-generated-id"])
-            self._added = 0 if info is None else int(info["entries-added"])
+        if self.position is None:  # the first open: start at the end
+            self._resync(info)
             return False
-        return self._check(info, self.position)
+        return self._intact(info, self._ordinal)
 
     def read(self, timeout: float, /) -> list[bytes | Missed]:
         """Return the entries appended after the position, waiting up to ``timeout`` seconds."""
         client = self._client
-        previous = self.position
         assert client is not None, "read() before open()"
-        assert previous is not None
+        assert self.position is not None
         stream = self._transport.stream
+        ordinal = self._ordinal
         pipeline = client.pipeline(transaction=False)
-        pipeline.xread({stream: previous}, count=BATCH, block=max(1, int(timeout * 1000)))
-        # Right after the read, on the same connection: was anything after the position
-        # deleted before the read could return it?
+        pipeline.xread({stream: self.position}, count=BATCH, block=max(1, int(timeout * 1000)))
+        # Right after the read, on the same connection: had the stream dropped entries after
+        # the position before the read could return them?
         pipeline.xinfo_stream(stream)
         result, info = pipeline.execute(raise_on_error=False)
         if isinstance(result, Exception):
@@ -153,34 +152,35 @@ class StreamSubscription:
         for _, entries in result or ():
             for entry_id, fields in entries:
                 self.position = _text(entry_id)
+                self._ordinal += 1
                 payload = fields.get(FIELD)
                 if payload is not None:
                     out.append(payload)
-        if not self._check(info, previous):
+        if not self._intact(info, ordinal):
             out.insert(0, Missed(f"the stream {stream!r} was trimmed past this listener"))
         return out
 
-    def _check(self, info: dict[str, t.Any] | None, position: str) -> bool:
-        """Whether no entry after ``position`` can have been deleted, per ``info``.
+    def _intact(self, info: dict[str, t.Any] | None, ordinal: int) -> bool:
+        """Whether every entry after the one of ``ordinal`` is still in the stream, per ``info``.
 
-        When one was, the position moves to the end of the stream (the gap covers the rest).
+        If not, the position moves to the end of the stream: the gap covers what is skipped.
         """
-        if info is None:  # no stream: intact unless one we were reading was deleted
-            intact = self._added == 0
-            self._added = 0
-            if not intact:
-                self.position = "0-0"
-            return intact
-        added = int(info["entries-added"])
-        deleted = _id(info["max-deleted-entry-id"])
-        # A stream deleted and made again counts fewer entries than we saw added.
-        intact = added >= self._added and deleted <= _id(position)
-        self._added = added
+        if info is None:
+            intact = ordinal == 0  # else the stream being read was deleted
+        else:
+            added = int(info["entries-added"])
+            # Fewer entries added than read: the stream was deleted and made again.
+            intact = added - int(info["length"]) <= ordinal <= added
         if not intact:
-            last = _text(info["last-generated-id"])
-            assert self.position is not None
-            self.position = max(self.position, last, key=_id)
+            self._resync(info)
         return intact
+
+    def _resync(self, info: dict[str, t.Any] | None) -> None:
+        if info is None:
+            self.position, self._ordinal = "0-0", 0
+        else:
+            self.position = _text(info["last-generated-id"])
+            self._ordinal = int(info["entries-added"])
 
     def close(self) -> None:
         """Close the connection; the position is kept for the next open."""
