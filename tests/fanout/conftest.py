@@ -27,6 +27,9 @@ import redis
 from sa_signals import fanout
 from sa_signals import signals
 from sa_signals.fanout import Transport
+from tests.fanout.transports import make_transport
+from tests.fanout.transports import postgresql_url
+from tests.fanout.transports import redis_url
 from tests.models import Base
 
 if t.TYPE_CHECKING:
@@ -39,14 +42,6 @@ WAIT: t.Final = 20.0
 
 REDIS_PORT: t.Final = 6391
 """The port of the private Redis server that tests kill and restart."""
-
-
-def redis_url() -> str:
-    return os.environ["SA_SIGNALS_TEST_REDIS_URL"]
-
-
-def postgresql_url() -> str:
-    return os.environ["SA_SIGNALS_TEST_POSTGRESQL_URL"]
 
 
 def transport_params() -> list[t.Any]:
@@ -70,21 +65,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _value(param: t.Any) -> str:
     return param if isinstance(param, str) else param.values[0]
-
-
-def make_transport(kind: str, name: str, url: str | None = None, **options: t.Any) -> Transport:
-    """A transport of ``kind`` on channel or stream ``name`` (on ``url``, default the test's)."""
-    if kind == "postgresql":
-        from sa_signals.fanout.postgresql import PostgresNotify
-
-        return PostgresNotify(url or postgresql_url(), name.replace("-", "_"), **options)
-    if kind == "redis-pubsub":
-        from sa_signals.fanout.redis_pubsub import RedisPubSub
-
-        return RedisPubSub(url or redis_url(), name, **options)
-    from sa_signals.fanout.redis_streams import RedisStream
-
-    return RedisStream(url or redis_url(), name, **options)
 
 
 def new_name() -> str:
