@@ -114,34 +114,27 @@ def encode(message: Message, max_bytes: int) -> tuple[bytes, bool]:
     (``"m": null``: anything may have changed). The result always fits a limit of 512 bytes or
     more.
     """
-    body: dict[str, t.Any] = {
-        "v": VERSION,
-        "p": message.publisher,
-        "s": message.sequence,
-        "l": message.lost,
-        "t": round(message.at, 6),
-        "h": message.heartbeat,
-    }
-    if message.end:
-        body["e"] = True
+    # Formatted by hand around the models: a third of what json.dumps() of the whole costs.
+    end = ',"e":true' if message.end else ""
+    head = (
+        f'{{"v":{VERSION},"p":{json.dumps(message.publisher)},"s":{message.sequence:d},'
+        f'"l":{message.lost:d},"t":{message.at:.6f},"h":{message.heartbeat!r}{end},"m":'
+    ).encode("ascii")
     if message.models is None:
-        body["m"] = None
-        return _dump(body), False
+        return head + b"null}", False
     models = {
         model: [_record(record) for record in records] for model, records in message.models.items()
     }
-    body["m"] = models
-    payload = _dump(body)
+    payload = head + _dump(models) + b"}"
     if len(payload) <= max_bytes:
         return payload, False
     # The largest models lose their identities first, one at a time, until the payload fits.
     for model in sorted(models, key=lambda key: len(models[key]), reverse=True):
         models[model] = [_record(record) for record in _tables_only(message.models[model])]
-        payload = _dump(body)
+        payload = head + _dump(models) + b"}"
         if len(payload) <= max_bytes:
             return payload, True
-    body["m"] = None
-    return _dump(body), True
+    return head + b"null}", True
 
 
 def _tables_only(records: c.Iterable[Record]) -> list[Record]:
@@ -173,7 +166,7 @@ def _plain_identity(identity: tuple[t.Any, ...]) -> list[t.Any] | None:
     return values
 
 
-def _dump(body: dict[str, t.Any]) -> bytes:
+def _dump(body: t.Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 

@@ -24,11 +24,6 @@ from .transport import Missed
 MAX_PAYLOAD: t.Final = 7999
 """PostgreSQL refuses a ``NOTIFY`` payload of 8000 bytes or more."""
 
-_NOTIFY = (
-    "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) WITH ORDINALITY AS sent(payload, n)"
-    " ORDER BY n"
-)
-
 
 class PostgresNotify:
     """Messages as ``NOTIFY`` on ``channel`` of the database at ``url``.
@@ -66,6 +61,7 @@ class PostgresNotify:
             "keepalives_idle": max(1, round(timeout)),
             "keepalives_interval": 1,
             "keepalives_count": 3,
+            "options": "-c standard_conforming_strings=on",
         }
 
     def __repr__(self) -> str:
@@ -92,22 +88,35 @@ class PostgresNotify:
 
 
 class NotifySender:
-    """Sends each batch of payloads as one statement: one round trip, one transaction."""
+    """Sends each batch of payloads as ``NOTIFY`` statements in one simple query: one round
+    trip, one transaction, in order."""
 
     def __init__(self, transport: PostgresNotify) -> None:
         self._transport = transport
         self._connection: psycopg.Connection[t.Any] | None = None
+        self._cursor: psycopg.Cursor[t.Any] | None = None
+        self._prefix = ""
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Notify the channel of ``payloads``, in order."""
-        if self._connection is None:
+        if self._cursor is None:
             self._connection = self._transport.connect("publisher")
-        texts = [payload.decode("ascii") for payload in payloads]
-        self._connection.execute(_NOTIFY, (self._transport.channel, texts))
+            self._cursor = self._connection.cursor()
+            channel = psycopg.sql.Identifier(self._transport.channel)
+            self._prefix = f"NOTIFY {channel.as_string(self._connection)}, '"
+        # Literals, not parameters: a statement without parameters is sent as a simple query,
+        # several at once. The connection has standard_conforming_strings on, so doubling the
+        # quotes is the whole escaping of an ASCII payload.
+        prefix = self._prefix
+        self._cursor.execute(
+            ";".join(
+                prefix + payload.decode("ascii").replace("'", "''") + "'" for payload in payloads
+            )
+        )
 
     def close(self) -> None:
         """Close the connection."""
-        connection, self._connection = self._connection, None
+        connection, self._connection, self._cursor = self._connection, None, None
         if connection is not None:
             connection.close()
 

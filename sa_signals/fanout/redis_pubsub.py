@@ -63,30 +63,22 @@ class RedisPubSub:
 
 
 class PublishSender:
-    """Sends each batch of payloads in one pipeline: one round trip."""
+    """Sends each batch of payloads in one write: one round trip."""
 
     def __init__(self, transport: RedisPubSub) -> None:
-        self._transport = transport
-        self._client: redis.Redis | None = None
+        self._channel = transport.channel
+        self._commands = _redis.Commands(
+            transport.url, transport.timeout, transport.client_name("publisher")
+        )
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Publish ``payloads`` on the channel, in order."""
-        if self._client is None:
-            self._client = _redis.client(
-                self._transport.url,
-                self._transport.timeout,
-                self._transport.client_name("publisher"),
-            )
-        pipeline = self._client.pipeline(transaction=False)
-        channel = self._transport.channel
-        for payload in payloads:
-            pipeline.publish(channel, payload)
-        pipeline.execute()
+        channel = self._channel
+        self._commands.run([("PUBLISH", channel, payload) for payload in payloads])
 
     def close(self) -> None:
         """Close the connection."""
-        client, self._client = self._client, None
-        _redis.close(client)
+        self._commands.close()
 
 
 class PubSubSubscription:

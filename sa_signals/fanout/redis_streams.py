@@ -69,30 +69,22 @@ class RedisStream:
 
 
 class StreamSender:
-    """Appends each batch of payloads in one pipeline: one round trip."""
+    """Appends each batch of payloads in one write: one round trip."""
 
     def __init__(self, transport: RedisStream) -> None:
-        self._transport = transport
-        self._client: redis.Redis | None = None
+        self._command = ("XADD", transport.stream, "MAXLEN", "~", transport.maxlen, "*", FIELD)
+        self._commands = _redis.Commands(
+            transport.url, transport.timeout, transport.client_name("publisher")
+        )
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Append ``payloads`` to the stream, in order, trimming it."""
-        transport = self._transport
-        if self._client is None:
-            self._client = _redis.client(
-                transport.url, transport.timeout, transport.client_name("publisher")
-            )
-        pipeline = self._client.pipeline(transaction=False)
-        for payload in payloads:
-            pipeline.xadd(
-                transport.stream, {FIELD: payload}, maxlen=transport.maxlen, approximate=True
-            )
-        pipeline.execute()
+        command = self._command
+        self._commands.run([(*command, payload) for payload in payloads])
 
     def close(self) -> None:
         """Close the connection."""
-        client, self._client = self._client, None
-        _redis.close(client)
+        self._commands.close()
 
 
 class StreamSubscription:
