@@ -78,14 +78,15 @@ def writer(rows: int = 100) -> sa_orm.scoped_session[sa_orm.Session]:
     engine = sa.create_engine("sqlite://", poolclass=sa_pool.StaticPool)
     Base.metadata.create_all(engine)
     with sa_orm.Session(engine) as session, session.begin():
-        session.add_all([Row(id=n, value=0) for n in range(rows)])
+        session.add_all([Row(id=n, value=-1) for n in range(rows)])
     Session = sa_orm.scoped_session(sa_orm.sessionmaker(engine))
     sa_signals.install(Session)
     return Session
 
 
 def update(Session: sa_orm.scoped_session[sa_orm.Session], row: int, value: int) -> None:
-    """One transaction: load a row, change it, commit (a web request's write)."""
+    """One transaction: load a row, change it, commit (a web request's write). The rows start
+    at -1, so any ``value`` from 0 on changes them."""
     with Session.begin():
         Session.get_one(Row, row).value = value
     Session.remove()
