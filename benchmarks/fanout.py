@@ -157,6 +157,7 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
         assert process.stdout is not None
         process.stdin.close()
         result = json.loads(process.stdout.read().splitlines()[-1])
+        process.stdout.close()
         process.wait()
         latencies.extend(result["latencies"])
         gaps.extend(gap for gap in result["gaps"] if gap != "subscribed")
