@@ -18,6 +18,37 @@ DEFAULT_MAX_BYTES: t.Final = 1 << 20
 """The default payload limit of the Redis transports (Redis itself takes up to 512 MiB)."""
 
 
+class Server:
+    """What both Redis transports hold: the server's URL, the channel or stream, the limits."""
+
+    def __init__(self, url: str, key: str, timeout: float, max_bytes: int) -> None:
+        self.url = url
+        self.timeout = timeout
+        """Seconds a command may take."""
+        self._key = key
+        self._max_bytes = max_bytes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._key!r})"
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest payload sent."""
+        return self._max_bytes
+
+    def client_name(self, role: str) -> str:
+        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<key>``."""
+        return f"sa_signals-fanout-{role}-{self._key}".replace(" ", "_")
+
+    def client(self, role: str, extra_timeout: float = 0.0) -> redis.Redis:
+        """Return a client whose connections are named for ``role``."""
+        return client(self.url, self.timeout + extra_timeout, self.client_name(role))
+
+    def commands(self, role: str) -> Commands:
+        """Return a batch sender whose connection is named for ``role``."""
+        return Commands(self.url, self.timeout, self.client_name(role))
+
+
 def _options(timeout: float, name: str) -> dict[str, t.Any]:
     return {
         "socket_timeout": timeout,

@@ -353,6 +353,9 @@ def publish(
     if max_pending < 1:
         msg = f"publish() needs max_pending of at least 1, got {max_pending}."
         raise ValueError(msg)
+    if not 0 <= heartbeat < math.inf:
+        msg = f"publish() needs a heartbeat of 0 (none) or more seconds, got {heartbeat}."
+        raise ValueError(msg)
     return Publisher(
         session_class,
         transport,

@@ -57,7 +57,7 @@ class Reader:
     def stop(self, timeout: float) -> None:
         """Close the subscription and end the thread, waiting at most ``timeout`` seconds."""
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
     def _run(self) -> None:

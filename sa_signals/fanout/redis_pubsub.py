@@ -21,7 +21,7 @@ DRAIN: t.Final = 1000
 """Messages one read takes at most."""
 
 
-class RedisPubSub:
+class RedisPubSub(_redis.Server):
     """Messages as ``PUBLISH`` on ``channel`` of the Redis server at ``url``.
 
     Pub/sub channels are shared by every database of a server: the database of ``url`` does not
@@ -36,22 +36,8 @@ class RedisPubSub:
         timeout: float = 2.0,
         max_bytes: int = _redis.DEFAULT_MAX_BYTES,
     ) -> None:
-        self.url = url
+        super().__init__(url, channel, timeout, max_bytes)
         self.channel = channel
-        self.timeout = timeout
-        self._max_bytes = max_bytes
-
-    def __repr__(self) -> str:
-        return f"RedisPubSub(channel={self.channel!r})"
-
-    def client_name(self, role: str) -> str:
-        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<channel>``."""
-        return f"sa_signals-fanout-{role}-{self.channel}".replace(" ", "_")
-
-    @property
-    def max_bytes(self) -> int:
-        """The largest payload sent."""
-        return self._max_bytes
 
     def sender(self) -> PublishSender:
         """Return a sender that connects on first use."""
@@ -67,9 +53,7 @@ class PublishSender:
 
     def __init__(self, transport: RedisPubSub) -> None:
         self._channel = transport.channel
-        self._commands = _redis.Commands(
-            transport.url, transport.timeout, transport.client_name("publisher")
-        )
+        self._commands = transport.commands("publisher")
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Publish ``payloads`` on the channel, in order."""
@@ -92,9 +76,7 @@ class PubSubSubscription:
     def open(self) -> bool:
         """Subscribe and wait for the confirmation; what was published before is lost."""
         transport = self._transport
-        self._client = _redis.client(
-            transport.url, transport.timeout, transport.client_name("listener")
-        )
+        self._client = transport.client("listener")
         self._pubsub = self._client.pubsub()
         self._pubsub.subscribe(transport.channel)
         confirmation = self._pubsub.get_message(timeout=transport.timeout)

@@ -24,7 +24,7 @@ FIELD: t.Final = b"m"
 """The entry field holding the payload."""
 
 
-class RedisStream:
+class RedisStream(_redis.Server):
     """Messages as entries of the stream ``stream`` on the Redis server at ``url``.
 
     Publishers trim it to about ``maxlen`` entries (``XADD MAXLEN ~``): enough for a listener
@@ -41,23 +41,9 @@ class RedisStream:
         timeout: float = 2.0,
         max_bytes: int = _redis.DEFAULT_MAX_BYTES,
     ) -> None:
-        self.url = url
+        super().__init__(url, stream, timeout, max_bytes)
         self.stream = stream
         self.maxlen = maxlen
-        self.timeout = timeout
-        self._max_bytes = max_bytes
-
-    def __repr__(self) -> str:
-        return f"RedisStream(stream={self.stream!r})"
-
-    def client_name(self, role: str) -> str:
-        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<stream>``."""
-        return f"sa_signals-fanout-{role}-{self.stream}".replace(" ", "_")
-
-    @property
-    def max_bytes(self) -> int:
-        """The largest payload sent."""
-        return self._max_bytes
 
     def sender(self) -> StreamSender:
         """Return a sender that connects on first use."""
@@ -73,9 +59,7 @@ class StreamSender:
 
     def __init__(self, transport: RedisStream) -> None:
         self._command = ("XADD", transport.stream, "MAXLEN", "~", transport.maxlen, "*", FIELD)
-        self._commands = _redis.Commands(
-            transport.url, transport.timeout, transport.client_name("publisher")
-        )
+        self._commands = transport.commands("publisher")
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Append ``payloads`` to the stream, in order, trimming it."""
@@ -107,9 +91,7 @@ class StreamSubscription:
         """Connect; return True if every entry after the position is still in the stream."""
         transport = self._transport
         # A blocking read waits up to the read timeout on top of the command timeout.
-        self._client = _redis.client(
-            transport.url, transport.timeout + 1.0, transport.client_name("listener")
-        )
+        self._client = transport.client("listener", extra_timeout=1.0)
         try:
             info = self._client.xinfo_stream(transport.stream)
         except Exception as exc:
