@@ -44,11 +44,11 @@ class MessageError(SaSignalsError, ValueError):
     """A payload is not a fan-out message this version can read."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Record:
+class Record(t.NamedTuple):
     """One row a transaction changed, as the message carries it."""
 
     operation: Operation
+    """``"insert"``, ``"update"`` or ``"delete"``."""
     identity: Identity
     """The primary key; None when the rows are unknown (a bulk statement, a degraded message)."""
     fields: frozenset[str]
