@@ -1,8 +1,7 @@
-"""Who this process is to the fan-out, renewed in a forked child; objects a child must not free."""
+"""Who this process is to the fan-out, renewed in a forked child."""
 
 from __future__ import annotations
 
-import collections.abc as c
 import os
 import socket
 import threading
@@ -14,11 +13,6 @@ _token = ""
 _counter = 0
 _lock = threading.Lock()
 _fork_hooks: weakref.WeakSet[t.Any] = weakref.WeakSet()
-
-_abandoned: list[object] = []
-"""Connections inherited from the parent in a forked child. Freeing one would close the
-parent's session too (libpq sends a Terminate message when a connection is freed), so the child
-keeps them referenced and never uses them."""
 
 
 def _renew() -> None:
@@ -52,11 +46,6 @@ class ForkAware(t.Protocol):
 def on_fork(obj: ForkAware) -> None:
     """Call ``obj.after_fork()`` in every child forked while ``obj`` is alive."""
     _fork_hooks.add(obj)
-
-
-def abandon(objects: c.Iterable[object]) -> None:
-    """Keep ``objects`` referenced for the life of this (forked) process."""
-    _abandoned.extend(objects)
 
 
 def _after_fork_in_child() -> None:

@@ -195,9 +195,12 @@ class Publisher:
             )
 
     def after_fork(self) -> None:
-        """Start afresh in a forked child: a new id, an empty queue, no inherited connection."""
-        if self._sender is not None:
-            _process.abandon([self._sender])
+        """Start afresh in a forked child: a new id, an empty queue, no inherited connection.
+
+        The parent's sender is dropped, never closed: closing it would end the parent's
+        session on the server too (psycopg and redis-py leave a connection made by another
+        process alone when they free it).
+        """
         self._reset()
 
     def _run(self) -> None:

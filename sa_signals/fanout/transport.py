@@ -21,7 +21,11 @@ class Missed:
 
 
 class Sender(t.Protocol):
-    """One publisher's connection: used from one thread, never on a committing thread."""
+    """One publisher's connection: used from one thread, never on a committing thread.
+
+    In a child forked from the publishing process the sender is dropped without ``close()``:
+    when freed in another process, it must leave its connection alone.
+    """
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Send ``payloads`` in order, or raise. Must return or raise within bounded time."""

@@ -240,3 +240,35 @@ def test_a_killed_publisher_is_a_gap_a_stopped_one_is_not(
         assert heard.wait_for(lambda: len(heard.gaps) == 2)
         time.sleep(1.0)  # longer than three heartbeats of the stopped publisher: no gap for it
     assert heard.gaps == ["subscribed", f"publisher {ids[1]} fell silent"]
+
+
+@pytest.mark.transports("postgresql")
+def test_a_forked_publisher_starts_afresh_and_leaves_the_parent_alone(
+    engine: sa.Engine, transport_kind: str, heard: Heard, tmp_path: t.Any
+) -> None:
+    """A child forked from a publishing process publishes as a new publisher; the parent's
+    connection, inherited by the child, keeps working for the parent."""
+    name = new_name()
+    transport = make_transport(transport_kind, name)
+    url = f"sqlite:///{tmp_path / 'fork.db'}"
+    with sa.create_engine(url).begin() as connection:
+        Item.metadata.create_all(connection)
+    with listening(transport, own=False):
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.fanout.fork_process", transport_kind, name, url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=WAIT,
+        )
+        assert result.returncode == 0, result.stderr
+        child, parent = result.stdout.split()
+        assert heard.wait_for(lambda: len(heard.changes) == 3)
+    assert child != parent
+    assert [(m.publisher, m.sequence) for m in heard.messages] == [
+        (parent, 1),
+        (child, 1),
+        (parent, 2),
+    ]
+    assert heard.gaps == ["subscribed"]
