@@ -224,12 +224,13 @@ def configs(kinds: list[str]) -> list[Config]:
 
 
 def overhead(kinds: list[str], args: argparse.Namespace) -> list[dict[str, t.Any]]:
-    """Per transaction: the committing thread's time (median), and the process's CPU time
-    including the publisher's sends; each paired per round with the baseline's batch."""
+    """Per transaction: the committing thread's wall time (median) and CPU time, and the
+    process's CPU time including the publisher's sends; each paired per round with the
+    baseline's batch."""
     Session = writer()
     all_configs = configs(kinds)
     all_configs[1].receiver = True
-    times: dict[str, list[tuple[float, float]]] = {c.label: [] for c in all_configs}
+    times: dict[str, list[tuple[float, float, float]]] = {c.label: [] for c in all_configs}
     for _ in range(args.rounds):
         order = all_configs[:]
         random.shuffle(order)
@@ -237,30 +238,29 @@ def overhead(kinds: list[str], args: argparse.Namespace) -> list[dict[str, t.Any
             config.enter(Session, args)
             gc.collect()
             durations = []
-            cpu = time.process_time()
+            cpu, thread = time.process_time(), time.thread_time()
             for n in range(BATCH):
                 started = time.perf_counter()
                 update(Session, 1 + n % 99, n)
                 durations.append(time.perf_counter() - started)
+            thread = time.thread_time() - thread
             config.settle()
             cpu = time.process_time() - cpu
             config.exit()
-            times[config.label].append((statistics.median(durations), cpu / BATCH))
+            times[config.label].append((statistics.median(durations), thread / BATCH, cpu / BATCH))
     sa_signals.uninstall(Session)
     base = times[all_configs[0].label]
     rows = []
     for config in all_configs:
         figures = times[config.label]
-        pairs = list(zip(figures, base, strict=True))
-        rows.append(
-            {
-                "label": config.label,
-                "wall": statistics.median(w for w, _ in figures) * 1e6,
-                "cpu": statistics.median(c for _, c in figures) * 1e6,
-                "wall+": statistics.median(w - b for (w, _), (b, _) in pairs) * 1e6,
-                "cpu+": statistics.median(c - b for (_, c), (_, b) in pairs) * 1e6,
-            }
-        )
+        row: dict[str, t.Any] = {"label": config.label}
+        for index, key in enumerate(("commit", "thread", "cpu")):
+            row[key] = statistics.median(f[index] for f in figures) * 1e6
+            row[key + "+"] = (
+                statistics.median(f[index] - b[index] for f, b in zip(figures, base, strict=True))
+                * 1e6
+            )
+        rows.append(row)
     return rows
 
 
@@ -385,14 +385,17 @@ def main(argv: list[str] | None = None) -> int:
         " first row)"
     )
     counts = instructions(args.transport, args) if args.instructions else {}
-    header = f"{'':<34} {'commit us':>9} {'+ us':>7} {'cpu us':>8} {'+ us':>7}"
-    print(header + (f" {'instructions':>13} {'+':>9}" if counts else ""))
+    header = f"{'':<30} {'commit us':>9} {'+':>6} {'thread cpu':>10} {'+':>6}"
+    header += f" {'all cpu':>8} {'+':>6}"
+    print(header + (f" {'instructions':>12} {'+':>8}" if counts else ""))
     base = counts.get("nothing published", 0.0)
     for row in overhead(args.transport, args):
-        line = f"{row['label']:<34} {row['wall']:9.1f} {row['wall+']:7.1f} {row['cpu']:8.1f}"
-        line += f" {row['cpu+']:7.1f}"
+        line = f"{row['label']:<30} {row['commit']:9.1f} {row['commit+']:6.1f}"
+        line += (
+            f" {row['thread']:10.1f} {row['thread+']:6.1f} {row['cpu']:8.1f} {row['cpu+']:6.1f}"
+        )
         if counts:
-            line += f" {counts[row['label']]:13,.0f} {counts[row['label']] - base:9,.0f}"
+            line += f" {counts[row['label']]:12,.0f} {counts[row['label']] - base:8,.0f}"
         print(line, flush=True)
     return 0
 

@@ -102,6 +102,7 @@ class Publisher:
         """This publisher's id in the messages: unique per process and handle."""
         self._pending: collections.deque[tuple[float, list[t.Any] | None]] = collections.deque()
         self._wake = threading.Event()
+        self._asleep = False
         self._idle = threading.Condition()
         self._sending = False
         self._stopping = False
@@ -152,7 +153,7 @@ class Publisher:
         self._pending.append((time.time(), changes))
         if self._thread is None:
             self._start()
-        if not self._wake.is_set():
+        if self._asleep:  # a busy sender takes it anyway: no wake-up call
             self._wake.set()
 
     def _start(self) -> None:
@@ -210,8 +211,16 @@ class Publisher:
         backoff = BACKOFF[0]
         timeout: float | None = heartbeat
         while True:
-            self._wake.wait(None if timeout == math.inf else timeout)
-            self._wake.clear()
+            if timeout != 0.0:
+                # The flag goes up before the last look at the queue: a change set appended
+                # before the look is sent now, one appended after it sees the flag and wakes
+                # this thread (the committing threads call set() only then).
+                self._asleep = True
+                due = self._pending and retry_at <= time.monotonic()
+                if not (due or self._stopping):
+                    self._wake.wait(None if timeout == math.inf else timeout)
+                self._asleep = False
+                self._wake.clear()
             stopping = self._stopping
             now = time.monotonic()
             if now < retry_at and not stopping:
