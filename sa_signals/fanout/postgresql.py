@@ -24,6 +24,9 @@ from .transport import Missed
 MAX_PAYLOAD: t.Final = 7999
 """PostgreSQL refuses a ``NOTIFY`` payload of 8000 bytes or more."""
 
+MAX_CHANNEL: t.Final = 63
+"""PostgreSQL cuts longer identifiers, so a longer channel would never match its own name."""
+
 
 class PostgresNotify:
     """Messages as ``NOTIFY`` on ``channel`` of the database at ``url``.
@@ -43,6 +46,12 @@ class PostgresNotify:
         *,
         timeout: float = 2.0,
     ) -> None:
+        if len(channel.encode()) > MAX_CHANNEL:
+            msg = (
+                f"the channel name {channel!r} is longer than PostgreSQL's {MAX_CHANNEL}-byte"
+                " identifiers; use a shorter one."
+            )
+            raise ValueError(msg)
         if isinstance(url, sa.Engine):
             url = url.url
         if isinstance(url, str) and "://" not in url:

@@ -152,3 +152,10 @@ class TestRedisStream:
         client.close()
         assert subscription.open() is False
         subscription.close()
+
+
+@pytest.mark.transports("postgresql")
+def test_channel_names_postgresql_would_cut_are_refused(transport_kind: str) -> None:
+    """A NOTIFY channel longer than PostgreSQL's identifiers is refused with the fix."""
+    with pytest.raises(ValueError, match="longer than PostgreSQL's 63-byte identifiers; use a"):
+        make_transport(transport_kind, "x" * 64)
