@@ -29,6 +29,7 @@ from .transport import Missed
 from .transport import Sender
 from .transport import Subscription
 from .transport import Transport
+from .transport import Writer
 
 __all__ = [
     "AsyncListener",
@@ -46,6 +47,7 @@ __all__ = [
     "Subscription",
     "Token",
     "Transport",
+    "Writer",
     "listen",
     "listen_async",
     "publish",

@@ -80,23 +80,61 @@ def close(client: redis.Redis | None) -> None:
 
 class Commands:
     """One connection that sends commands in batches: a pipeline without redis-py's per-call
-    machinery, which costs a publisher three times the CPU of the commands themselves."""
+    machinery, which costs a publisher three times the CPU of the commands themselves. Also a
+    :class:`~sa_signals.fanout.transport.Writer`: commands written without waiting for their
+    answers, read later."""
 
     def __init__(self, url: str, timeout: float, name: str) -> None:
         self._pool = redis.ConnectionPool.from_url(url, **_options(timeout, name))
         self._connection: redis.connection.ConnectionInterface | None = None
+        self.unanswered = 0
+        """Commands written whose answer was not read yet."""
 
     def run(self, commands: c.Sequence[tuple[t.Any, ...]]) -> None:
-        """Send ``commands`` in one write and read every reply; raise on the first error."""
+        """Send ``commands`` in one write and read every answer; raise on the first error."""
         connection = self._connection
         if connection is None:
             connection = self._connection = self._pool.get_connection()
+        self.drain(wait=True)
+        self._write(connection, commands, check_health=True)
+        self.drain(wait=True)
+
+    def write(self, commands: c.Sequence[tuple[t.Any, ...]]) -> None:
+        """Write ``commands`` on the open connection without reading the answers."""
+        connection = self._connection
+        if connection is None or not connection.is_connected:
+            msg = "the connection is not open; send() opens it"
+            raise ConnectionError(msg)
+        self._write(connection, commands, check_health=False)
+
+    def _write(
+        self,
+        connection: redis.connection.ConnectionInterface,
+        commands: c.Sequence[tuple[t.Any, ...]],
+        *,
+        check_health: bool,
+    ) -> None:
         packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-        connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
-        for _ in commands:
+        connection.send_packed_command(  # type: ignore[no-untyped-call]
+            packed, check_health=check_health
+        )
+        self.unanswered += len(commands)
+
+    def drain(self, *, wait: bool) -> None:
+        """Read the answers that arrived, or all of them with ``wait``; raise on an error."""
+        connection = self._connection
+        while self.unanswered and connection is not None:
+            if not connection.is_connected:  # redis-py dropped it after an error
+                msg = "the connection was lost with answers unread"
+                raise ConnectionError(msg)
+            if not wait and not connection.can_read(timeout=0):
+                break
+            # An error answer raises, and its write stays unanswered: counted as lost.
             connection.read_response()
+            self.unanswered -= 1
 
     def close(self) -> None:
         """Close the connection."""
         self._connection = None
+        self.unanswered = 0
         self._pool.disconnect()

@@ -1,9 +1,14 @@
 """``publish()``: send what each transaction committed to the other processes, after the COMMIT.
 
-A receiver of ``signals.models_committed`` only appends the change set to an in-memory queue; a
-thread of the publisher encodes it and sends it through the transport. A commit never waits for
-the network, and a transport that is down costs the committing thread nothing: the failure is
-logged, counted, and announced to the listeners by the next message that gets through.
+A receiver of ``signals.models_committed`` hands each change set on. When the transport's
+sender is a :class:`~sa_signals.fanout.transport.Writer` (the Redis transports) with an open
+connection and nothing is queued before it, the committing thread encodes the message and writes
+it without waiting for the answer: no thread hand-off, whose wake-ups cost a busy process more
+than the write. Otherwise (connecting, PostgreSQL, a failure, another thread writing) the change
+set goes to an in-memory queue that a thread of the publisher sends; that thread also reads the
+writes' answers, sends heartbeats, and retries a failed transport. A commit never waits for the
+network, and a transport that is down costs it nothing: the failure is logged, counted, and
+announced to the listeners by the next message that gets through.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .message import records_of
 from .names import cached
 from .names import Namer
 from .names import table_name
+from .transport import Writer
 
 if t.TYPE_CHECKING:
     from ..typing import InstallTarget
@@ -43,6 +49,12 @@ MIN_BYTES: t.Final = 512
 
 MAX_BATCH: t.Final = 256
 """Messages sent in one call of the transport, at most."""
+
+READ_ANSWERS: t.Final = 0.02
+"""Seconds between two reads of a writer's answers while some are due."""
+
+WAKE_AT: t.Final = 64
+"""Unanswered writes at which a committing thread wakes the publisher's thread to read them."""
 
 BACKOFF: t.Final = (0.05, 5.0)
 """Seconds a publisher waits before it tries a failed transport again: the first wait, the
@@ -110,6 +122,11 @@ class Publisher:
         self._start_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._sender: Sender | None = None
+        self._writer: Writer | None = None
+        self._io = threading.Lock()
+        """Held while messages are numbered and sent, so that they leave in number order."""
+        self._flushing = 0
+        self._last_sent = 0.0
         self._sequence = 0
         self._lost = 0
         self._dropped = 0
@@ -146,6 +163,14 @@ class Publisher:
         session = getattr(sender, "sync_session", sender)  # an AsyncSession's own Session
         if not isinstance(session, self._session_class()):
             return
+        writer = self._writer
+        if writer is not None and not self._pending and self._io.acquire(blocking=False):
+            try:
+                if writer is self._writer and not self._pending:
+                    self._write(writer, changes)
+                    return
+            finally:
+                self._io.release()
         if len(self._pending) >= self._max_pending:
             with self._drop_lock:
                 self._dropped += 1
@@ -153,7 +178,25 @@ class Publisher:
         self._pending.append((time.time(), changes))
         if self._thread is None:
             self._start()
-        if self._asleep:  # a busy sender takes it anyway: no wake-up call
+        if self._asleep:  # a busy thread takes it anyway: no wake-up call
+            self._wake.set()
+
+    def _write(self, writer: Writer, changes: list[t.Any]) -> None:
+        """Write one change set from the committing thread; ``_io`` is held."""
+        (message,) = self._messages([(time.time(), changes)], end=False)
+        payload, degraded = encode(message, self._max_bytes)
+        try:
+            writer.write([payload])
+        except Exception:
+            self._lose(1)
+            if self._asleep:
+                self._wake.set()
+            return
+        self._lost = 0
+        self._published += 1
+        self._degraded += degraded
+        self._last_sent = time.monotonic()
+        if writer.unanswered >= WAKE_AT and self._asleep:
             self._wake.set()
 
     def _start(self) -> None:
@@ -165,9 +208,22 @@ class Publisher:
                 self._thread.start()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every change set queued so far was sent (or failed); False on timeout."""
+        """Wait until every change set so far was sent and answered (or failed); False on
+        timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._pending and not self._sending, timeout)
+            self._flushing += 1
+        try:
+            self._wake.set()
+            with self._idle:
+                return self._idle.wait_for(self._flushed, timeout)
+        finally:
+            with self._idle:
+                self._flushing -= 1
+
+    def _flushed(self) -> bool:
+        writer = self._writer
+        unanswered = 0 if writer is None else writer.unanswered
+        return not (self._pending or self._sending or unanswered)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop publishing: send what is queued and a last message, within ``timeout`` seconds.
@@ -206,7 +262,7 @@ class Publisher:
 
     def _run(self) -> None:
         heartbeat = self._heartbeat or math.inf
-        next_beat = time.monotonic() + heartbeat
+        self._last_sent = time.monotonic()
         retry_at = 0.0
         backoff = BACKOFF[0]
         timeout: float | None = heartbeat
@@ -228,20 +284,8 @@ class Publisher:
                 continue
             with self._idle:
                 self._sending = True
-            ok = True
             try:
-                batch = [
-                    self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))
-                ]
-                if (
-                    batch
-                    or self._lost
-                    or self._dropped > self._dropped_seen
-                    or stopping
-                    or (now >= next_beat)
-                ):
-                    ok = self._send(batch, end=stopping and not self._pending)
-                    next_beat = now + heartbeat
+                ok = self._turn(now, heartbeat, stopping)
             finally:
                 with self._idle:
                     self._sending = False
@@ -252,14 +296,42 @@ class Publisher:
                 retry_at, backoff = now + backoff, min(backoff * 2, BACKOFF[1])
             if stopping and (not self._pending or not ok):
                 break
-            timeout = 0.0 if self._pending else min(next_beat, retry_at or math.inf) - now
-        self._close_sender()
+            writer = self._writer
+            if self._pending:
+                timeout = 0.0
+            elif writer is not None and writer.unanswered:
+                timeout = READ_ANSWERS
+            else:
+                timeout = min(self._last_sent + heartbeat, retry_at or math.inf) - now
+        with self._io:
+            self._close_sender()
         if self._pending:
             logger.error(
                 "fan-out publisher %s stopped with %d change sets unsent",
                 self.id,
                 len(self._pending),
             )
+
+    def _turn(self, now: float, heartbeat: float, stopping: bool) -> bool:
+        """Read the writes' answers, then send what is queued, a notice or a heartbeat."""
+        with self._io:
+            writer = self._writer
+            if writer is not None and writer.unanswered:
+                try:
+                    writer.drain(wait=self._flushing > 0 or stopping)
+                except Exception:
+                    self._lose(0)
+                    return False
+            batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+            if (
+                batch
+                or self._lost
+                or self._dropped > self._dropped_seen
+                or stopping
+                or now >= self._last_sent + heartbeat
+            ):
+                return self._send(batch, end=stopping and not self._pending)
+            return True
 
     def _messages(self, batch: list[tuple[float, list[t.Any] | None]], end: bool) -> list[Message]:
         dropped = self._dropped - self._dropped_seen
@@ -298,19 +370,7 @@ class Publisher:
                 self._sender = self._transport.sender()
             self._sender.send(payloads)
         except Exception:
-            first = self._lost == 0
-            self._lost += len(messages)
-            self._failed += len(messages)
-            self._close_sender()
-            logger.log(
-                logging.ERROR if first else logging.WARNING,
-                "fan-out publisher %s could not send %d messages through %r; listeners will"
-                " see a gap",
-                self.id,
-                len(messages),
-                self._transport,
-                exc_info=first,
-            )
+            self._lose(len(messages))
             return False
         if self._lost:
             logger.info(
@@ -320,10 +380,32 @@ class Publisher:
         self._published += len(batch)
         self._heartbeats += len(messages) - len(batch)
         self._degraded += degraded
+        self._last_sent = time.monotonic()
+        self._writer = self._sender if isinstance(self._sender, Writer) else None
         return True
 
+    def _lose(self, count: int) -> None:
+        """Count ``count`` messages, and the writes still unanswered, as lost; drop the sender.
+
+        The next message that gets through tells the listeners. Called with ``_io`` held.
+        """
+        writer = self._writer
+        count += 0 if writer is None else writer.unanswered
+        first = self._lost == 0
+        self._lost += count
+        self._failed += count
+        self._close_sender()
+        logger.log(
+            logging.ERROR if first else logging.WARNING,
+            "fan-out publisher %s could not send %d messages through %r; listeners will see a gap",
+            self.id,
+            count,
+            self._transport,
+            exc_info=first,
+        )
+
     def _close_sender(self) -> None:
-        sender, self._sender = self._sender, None
+        sender, self._sender, self._writer = self._sender, None, None
         if sender is not None:
             try:
                 sender.close()

@@ -49,16 +49,31 @@ class RedisPubSub(_redis.Server):
 
 
 class PublishSender:
-    """Sends each batch of payloads in one write: one round trip."""
+    """Sends each batch of payloads in one write: one round trip; a
+    :class:`~sa_signals.fanout.transport.Writer`."""
 
     def __init__(self, transport: RedisPubSub) -> None:
         self._channel = transport.channel
         self._commands = transport.commands("publisher")
 
+    @property
+    def unanswered(self) -> int:
+        """Payloads written whose answer was not read yet."""
+        return self._commands.unanswered
+
     def send(self, payloads: c.Sequence[bytes], /) -> None:
-        """Publish ``payloads`` on the channel, in order."""
+        """Publish ``payloads`` on the channel, in order, and read the answers."""
         channel = self._channel
         self._commands.run([("PUBLISH", channel, payload) for payload in payloads])
+
+    def write(self, payloads: c.Sequence[bytes], /) -> None:
+        """Publish ``payloads`` on the open connection, leaving the answers for :meth:`drain`."""
+        channel = self._channel
+        self._commands.write([("PUBLISH", channel, payload) for payload in payloads])
+
+    def drain(self, *, wait: bool) -> None:
+        """Read the answers that arrived (all of them if ``wait``)."""
+        self._commands.drain(wait=wait)
 
     def close(self) -> None:
         """Close the connection."""

@@ -34,6 +34,27 @@ class Sender(t.Protocol):
         """Release the connection. Must not raise."""
 
 
+@t.runtime_checkable
+class Writer(Sender, t.Protocol):
+    """A sender that can also write without waiting for the server's answers.
+
+    A publisher whose sender is a writer writes each change set from the committing thread,
+    right after the COMMIT, when nothing is queued before it: no hand-off to its thread, whose
+    wake-ups cost a busy process more than the write itself. Its thread reads the answers.
+    """
+
+    @property
+    def unanswered(self) -> int:
+        """How many payloads written have no answer yet."""
+
+    def write(self, payloads: c.Sequence[bytes], /) -> None:
+        """Write ``payloads`` without waiting for answers, or raise; never connect or block."""
+
+    def drain(self, *, wait: bool) -> None:
+        """Read the answers that arrived (every one, if ``wait``); raise on an error answer or
+        a lost connection."""
+
+
 class Subscription(t.Protocol):
     """One listener's connection: opened, read and closed from one thread."""
 
