@@ -434,7 +434,10 @@ def publish(
     message a heartbeat is sent (0: none), so that listeners notice a publisher that vanished.
 
     Commits made by commit-time work (an ``on_commit`` callback's distinct session) are
-    published too, as every commit that sends ``models_committed``.
+    published too, as every commit that sends ``models_committed``. A commit never waits for the
+    network: the message is written from the committing thread without waiting for an answer
+    when the transport's sender is a :class:`~sa_signals.fanout.transport.Writer` with an open
+    connection, and sent by the publisher's thread otherwise.
     """
     session_class = _session_class_of(target)
     limit = min(max_bytes, transport.max_bytes)

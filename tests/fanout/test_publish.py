@@ -322,3 +322,27 @@ class TestTransportDown:
         assert (
             f"fan-out publisher {publisher.id} sends again after losing 1 messages" in caplog.text
         )
+
+    @pytest.mark.transports("redis-pubsub", "redis-stream")
+    def test_a_write_lost_with_its_connection_is_announced(
+        self, Session: sa_orm.scoped_session[sa_orm.Session], transport: t.Any, heard: Heard
+    ) -> None:
+        """A message written from the committing thread on a connection Redis closed is
+        counted as lost when its answer never comes, and announced."""
+        with publishing(Session, transport) as publisher, listening(transport):
+            with Session.begin():
+                Session.add(Item(id=1, name="a"))  # sent by the thread: the connection opens
+            assert publisher.flush()
+            with Session.begin():
+                Session.add(Item(id=2, name="b"))  # written from this thread
+            assert heard.wait_for(lambda: heard.identities() == [(1,), (2,)])
+            assert kill_connections(transport, "publisher") == 1
+            with Session.begin():
+                Session.add(Item(id=3, name="lost"))
+            assert publisher.flush()
+            assert publisher.counters.failed == 1
+            with Session.begin():
+                Session.add(Item(id=4, name="d"))
+            assert heard.wait_for(lambda: (4,) in heard.identities())
+        assert heard.identities() == [(1,), (2,), (4,)]
+        assert heard.gaps == ["subscribed", f"publisher {publisher.id} failed to send 1 messages"]
