@@ -239,7 +239,7 @@ def overhead(kinds: list[str], args: argparse.Namespace) -> list[dict[str, t.Any
             gc.collect()
             durations = []
             cpu, thread = time.process_time(), time.thread_time()
-            for n in range(BATCH):
+            for n in range(args.batch):
                 started = time.perf_counter()
                 update(Session, 1 + n % 99, n)
                 durations.append(time.perf_counter() - started)
@@ -247,7 +247,8 @@ def overhead(kinds: list[str], args: argparse.Namespace) -> list[dict[str, t.Any
             config.settle()
             cpu = time.process_time() - cpu
             config.exit()
-            times[config.label].append((statistics.median(durations), thread / BATCH, cpu / BATCH))
+            batch = args.batch
+            times[config.label].append((statistics.median(durations), thread / batch, cpu / batch))
     sa_signals.uninstall(Session)
     base = times[all_configs[0].label]
     rows = []
@@ -343,12 +344,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=15, help="of the overhead benchmark (15)")
     parser.add_argument("--instructions", action="store_true", help="count them with callgrind")
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the harness")
+    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--listen", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--count", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.transport = args.transport or list(KINDS)
     if args.quick:
-        args.seconds, args.rounds, args.listeners = 0.2, 2, 2
+        args.seconds, args.rounds, args.listeners, args.batch = 0.2, 1, 2, 20
     return args
 
 
@@ -381,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"\n== what publishing adds to a committing transaction (one-row update, SQLite :memory:,"
-        f" {args.rounds} interleaved rounds of {BATCH}; medians; + is paired per round with the"
-        " first row)"
+        f" {args.rounds} interleaved rounds of {args.batch}; medians; + is paired per round with"
+        " the first row)"
     )
     counts = instructions(args.transport, args) if args.instructions else {}
     header = f"{'':<30} {'commit us':>9} {'+':>6} {'thread cpu':>10} {'+':>6}"

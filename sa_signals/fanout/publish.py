@@ -54,7 +54,13 @@ READ_ANSWERS: t.Final = 0.02
 """Seconds between two reads of a writer's answers while some are due."""
 
 WAKE_AT: t.Final = 64
-"""Unanswered writes at which a committing thread wakes the publisher's thread to read them."""
+"""Unanswered writes at which a committing thread stops writing and wakes the publisher's
+thread to wait for the answers: so few bytes in flight never fill a socket's buffer, so a
+write never blocks."""
+
+STALL: t.Final = 1.0
+"""Seconds without an answer to a write after which the publisher's thread waits for it (up to
+the transport's timeout, then the connection counts as lost)."""
 
 BACKOFF: t.Final = (0.05, 5.0)
 """Seconds a publisher waits before it tries a failed transport again: the first wait, the
@@ -127,6 +133,11 @@ class Publisher:
         """Held while messages are numbered and sent, so that they leave in number order."""
         self._flushing = 0
         self._last_sent = 0.0
+        self._writes = 0
+        """Change sets written from committing threads."""
+        self._polling = False
+        """Whether the thread sleeps only until its next look at the answers."""
+        self._stalled_since: float | None = None
         self._sequence = 0
         self._lost = 0
         self._dropped = 0
@@ -164,7 +175,12 @@ class Publisher:
         if not isinstance(session, self._session_class()):
             return
         writer = self._writer
-        if writer is not None and not self._pending and self._io.acquire(blocking=False):
+        if (
+            writer is not None
+            and not self._pending
+            and writer.unanswered < WAKE_AT
+            and self._io.acquire(blocking=False)
+        ):
             try:
                 if writer is self._writer and not self._pending:
                     self._write(writer, changes)
@@ -196,7 +212,11 @@ class Publisher:
         self._published += 1
         self._degraded += degraded
         self._last_sent = time.monotonic()
-        if writer.unanswered >= WAKE_AT and self._asleep:
+        self._writes += 1
+        # The thread reads the answers: it polls while writes come, and is woken by the first
+        # write after a pause, or to wait for answers when too many are due (change sets are
+        # queued meanwhile).
+        if self._asleep and (not self._polling or writer.unanswered >= WAKE_AT):
             self._wake.set()
 
     def _start(self) -> None:
@@ -266,6 +286,7 @@ class Publisher:
         retry_at = 0.0
         backoff = BACKOFF[0]
         timeout: float | None = heartbeat
+        writes = self._writes
         while True:
             if timeout != 0.0:
                 # The flag goes up before the last look at the queue: a change set appended
@@ -273,7 +294,9 @@ class Publisher:
                 # this thread (the committing threads call set() only then).
                 self._asleep = True
                 due = self._pending and retry_at <= time.monotonic()
-                if not (due or self._stopping):
+                # A write after the decision to sleep long: poll instead.
+                missed = not self._polling and self._writes != writes
+                if not (due or self._stopping or missed):
                     self._wake.wait(None if timeout == math.inf else timeout)
                 self._asleep = False
                 self._wake.clear()
@@ -297,9 +320,14 @@ class Publisher:
             if stopping and (not self._pending or not ok):
                 break
             writer = self._writer
+            # Poll for answers while writes come or answers are due; sleep long once they stop.
+            self._polling = writer is not None and (
+                bool(writer.unanswered) or self._writes != writes
+            )
+            writes = self._writes
             if self._pending:
                 timeout = 0.0
-            elif writer is not None and writer.unanswered:
+            elif self._polling:
                 timeout = READ_ANSWERS
             else:
                 timeout = min(self._last_sent + heartbeat, retry_at or math.inf) - now
@@ -318,7 +346,7 @@ class Publisher:
             writer = self._writer
             if writer is not None and writer.unanswered:
                 try:
-                    writer.drain(wait=self._flushing > 0 or stopping)
+                    self._read_answers(writer, now, stopping)
                 except Exception:
                     self._lose(0)
                     return False
@@ -356,6 +384,17 @@ class Publisher:
         if end:
             messages[-1] = dataclasses.replace(messages[-1], end=True)
         return messages
+
+    def _read_answers(self, writer: Writer, now: float, stopping: bool) -> None:
+        """Read the answers that arrived; wait for all of them when asked to flush or stop,
+        when too many are due, or when none came for :data:`STALL` seconds."""
+        due = writer.unanswered
+        stalled = self._stalled_since is not None and now - self._stalled_since > STALL
+        writer.drain(wait=self._flushing > 0 or stopping or due >= WAKE_AT or stalled)
+        if not writer.unanswered or writer.unanswered < due:
+            self._stalled_since = None
+        elif self._stalled_since is None:
+            self._stalled_since = now
 
     def _send(self, batch: list[tuple[float, list[t.Any] | None]], end: bool) -> bool:
         messages = self._messages(batch, end)
