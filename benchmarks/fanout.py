@@ -350,7 +350,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.transport = args.transport or list(KINDS)
     if args.quick:
-        args.seconds, args.rounds, args.listeners, args.batch = 0.2, 1, 2, 20
+        args.seconds, args.rounds, args.listeners, args.batch = 0.2, 1, 1, 20
     return args
 
 

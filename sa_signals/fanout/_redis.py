@@ -138,3 +138,36 @@ class Commands:
         self._connection = None
         self.unanswered = 0
         self._pool.disconnect()
+
+
+class CommandSender:
+    """A :class:`~sa_signals.fanout.transport.Writer` that sends one command per payload, each
+    batch in one write: one round trip. Subclasses say which command."""
+
+    def __init__(self, server: Server) -> None:
+        self._commands = server.commands("publisher")
+
+    def command(self, payload: bytes) -> tuple[t.Any, ...]:
+        """Return the command that carries ``payload``."""
+        raise NotImplementedError
+
+    @property
+    def unanswered(self) -> int:
+        """Payloads written whose answer was not read yet."""
+        return self._commands.unanswered
+
+    def send(self, payloads: c.Sequence[bytes], /) -> None:
+        """Send ``payloads`` in order and read the answers."""
+        self._commands.run([self.command(payload) for payload in payloads])
+
+    def write(self, payloads: c.Sequence[bytes], /) -> None:
+        """Write ``payloads`` on the open connection, leaving the answers for :meth:`drain`."""
+        self._commands.write([self.command(payload) for payload in payloads])
+
+    def drain(self, *, wait: bool) -> None:
+        """Read the answers that arrived (all of them if ``wait``)."""
+        self._commands.drain(wait=wait)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._commands.close()

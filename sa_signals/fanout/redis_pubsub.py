@@ -7,7 +7,6 @@ is disconnected by Redis (``client-output-buffer-limit pubsub``), which is a rec
 
 from __future__ import annotations
 
-import collections.abc as c
 import typing as t
 
 from . import _redis
@@ -48,36 +47,16 @@ class RedisPubSub(_redis.Server):
         return PubSubSubscription(self)
 
 
-class PublishSender:
-    """Sends each batch of payloads in one write: one round trip; a
-    :class:`~sa_signals.fanout.transport.Writer`."""
+class PublishSender(_redis.CommandSender):
+    """Publishes each payload on the channel."""
 
     def __init__(self, transport: RedisPubSub) -> None:
+        super().__init__(transport)
         self._channel = transport.channel
-        self._commands = transport.commands("publisher")
 
-    @property
-    def unanswered(self) -> int:
-        """Payloads written whose answer was not read yet."""
-        return self._commands.unanswered
-
-    def send(self, payloads: c.Sequence[bytes], /) -> None:
-        """Publish ``payloads`` on the channel, in order, and read the answers."""
-        channel = self._channel
-        self._commands.run([("PUBLISH", channel, payload) for payload in payloads])
-
-    def write(self, payloads: c.Sequence[bytes], /) -> None:
-        """Publish ``payloads`` on the open connection, leaving the answers for :meth:`drain`."""
-        channel = self._channel
-        self._commands.write([("PUBLISH", channel, payload) for payload in payloads])
-
-    def drain(self, *, wait: bool) -> None:
-        """Read the answers that arrived (all of them if ``wait``)."""
-        self._commands.drain(wait=wait)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._commands.close()
+    def command(self, payload: bytes) -> tuple[t.Any, ...]:
+        """Return ``PUBLISH`` of ``payload`` on the channel."""
+        return ("PUBLISH", self._channel, payload)
 
 
 class PubSubSubscription:

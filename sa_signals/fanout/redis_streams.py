@@ -8,7 +8,6 @@ noticed (Redis 7 counts the entries ever added) and reported as a gap.
 
 from __future__ import annotations
 
-import collections.abc as c
 import typing as t
 
 from . import _redis
@@ -54,36 +53,16 @@ class RedisStream(_redis.Server):
         return StreamSubscription(self)
 
 
-class StreamSender:
-    """Appends each batch of payloads in one write: one round trip; a
-    :class:`~sa_signals.fanout.transport.Writer`."""
+class StreamSender(_redis.CommandSender):
+    """Appends each payload to the stream, trimming it."""
 
     def __init__(self, transport: RedisStream) -> None:
+        super().__init__(transport)
         self._command = ("XADD", transport.stream, "MAXLEN", "~", transport.maxlen, "*", FIELD)
-        self._commands = transport.commands("publisher")
 
-    @property
-    def unanswered(self) -> int:
-        """Payloads written whose answer was not read yet."""
-        return self._commands.unanswered
-
-    def send(self, payloads: c.Sequence[bytes], /) -> None:
-        """Append ``payloads`` to the stream, in order, trimming it, and read the answers."""
-        command = self._command
-        self._commands.run([(*command, payload) for payload in payloads])
-
-    def write(self, payloads: c.Sequence[bytes], /) -> None:
-        """Append ``payloads`` on the open connection, leaving the answers for :meth:`drain`."""
-        command = self._command
-        self._commands.write([(*command, payload) for payload in payloads])
-
-    def drain(self, *, wait: bool) -> None:
-        """Read the answers that arrived (all of them if ``wait``)."""
-        self._commands.drain(wait=wait)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._commands.close()
+    def command(self, payload: bytes) -> tuple[t.Any, ...]:
+        """Return ``XADD`` of ``payload``."""
+        return (*self._command, payload)
 
 
 class StreamSubscription:
