@@ -486,7 +486,49 @@ class TestDistinctSession:
         assert len(failures) == 1
         assert isinstance(failures[0][1]["exception"], sa_signals.SessionLeftOpenError)
         assert failures[0][1]["callback"] is misuse
-        assert "began a transaction on the session that had committed" in caplog.text
+        assert "used the session that had committed" in caplog.text
+        assert "sa_signals.current_session()" in caplog.text
+
+    @pytest.mark.flavours("sync")
+    def test_writing_through_the_session_of_a_begin_block_is_named(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """A callback writing through the session of `with session.begin():` gets the
+        layer's SessionLeftOpenError naming the fix, SQLAlchemy's refusal as its cause."""
+        failures = connect.record(signals.on_commit_failed)
+        session = Session.session_factory()
+        with session.begin():
+            session.add(Item(name="a"))
+            sa_signals.on_commit(
+                lambda: session.add(Audit(message="x")) or session.flush(), session
+            )
+        [(_, failure)] = failures
+        error = failure["exception"]
+        assert isinstance(error, sa_signals.SessionLeftOpenError)
+        assert isinstance(error.__cause__, sa_exc.InvalidRequestError)
+        assert "sa_signals.current_session()" in str(error)
+        session.close()
+
+    @pytest.mark.flavours("sync")
+    def test_reading_an_expired_instance_names_change_identity(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """A receiver reading an attribute of a committed (so expired) object learns to read
+        change.identity or change.changes instead."""
+        failures = connect.record(signals.receiver_failed)
+        names: list[str] = []
+
+        def on_committed(sender: type, *, change: sa_signals.Change, **kwargs: object) -> None:
+            names.append(change.instance.name)  # expired by the commit: loads through it
+
+        connect(signals.committed, on_committed, Item)
+        session = Session()
+        session.add(Item(name="a"))
+        session.commit()
+        [(_, failure)] = failures
+        assert isinstance(failure["exception"], sa_signals.SessionLeftOpenError)
+        assert "change.identity and change.changes" in str(failure["exception"])
+        assert "expire_on_commit=False" in str(failure["exception"])
 
     def test_failing_callback_that_used_original_session_leaves_it_closed(
         self, flavour: Flavour, Session: Scoped, connect: Connector, recorder: Recorder

@@ -26,6 +26,7 @@ from .._log import logger
 from ..exceptions import ChangeLoopError
 from ..exceptions import OutsideCallbackError
 from .failures import close_quietly
+from .failures import is_closed_context_error
 from .failures import left_open_error
 from .failures import report
 from .slot import RegistrySwap
@@ -316,6 +317,10 @@ def _failed(
     there), report ``exc``; return it if the item is not robust."""
     slot.release()
     origin = slot.origin
+    if not was_open and is_closed_context_error(exc):
+        error = left_open_error(func_of(item))
+        error.__cause__ = exc
+        exc = error
     with _outside(state, slot):
         if not was_open and origin.in_transaction():
             close_quietly(origin)
