@@ -262,37 +262,36 @@ def _run_batch(state: Run, batch: _Batch) -> Exception | None:
 def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
     origin = slot.origin
     fields_known = _FIELDS_KNOWN
+    # Whether the committed session is in a transaction: only the testing helpers run items
+    # while it is; an item that opens it is settled (which closes it), so the flag is read
+    # again only then.
+    origin_open = _open(origin)
     # A thread-local registry's storage is the same dict for the whole batch (one thread).
     values = slot.local.__dict__ if slot.local is not None else None
     first_error: Exception | None = None
     item: Item | None = None
     try:
         for item in batch.items:
-            was_open = origin._transaction is not None if fields_known else origin.in_transaction()
             try:
                 result = item()
-                if type(result) is _CoroutineType:
-                    slot.await_result(result, item)
             except Exception as exc:
-                error = _failed(state, item, slot, exc, was_open)
+                error = _failed(state, item, slot, exc, origin_open)
+                origin_open = _open(origin)
             except BaseException:
                 slot.release()
                 raise
             else:
                 if (
-                    not was_open
-                    and (
-                        origin._transaction is None
-                        if fields_known
-                        else not origin.in_transaction()
-                    )
+                    result is None
+                    and (origin._transaction is None if fields_known else not _open(origin))
                     and ("value" not in values if values is not None else slot.created() is None)
                 ):
-                    # The common case: nothing made or left open, nothing to settle.
+                    # The common case: nothing returned, made or left open: nothing to settle.
                     if batch.interrupted:
                         break  # the item queued a nested batch: it runs first
                     continue
-                error = _settle(state, item, slot, was_open)
+                error = _settle(state, item, slot, result, origin_open)
+                origin_open = _open(origin)
             if error is not None and first_error is None:
                 first_error = error
             if batch.interrupted:
@@ -307,7 +306,8 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
 
 
 def _open(session: sa_orm.Session) -> bool:
-    return session.in_transaction()
+    """Whether ``session`` is in a transaction."""
+    return session._transaction is not None if _FIELDS_KNOWN else session.in_transaction()
 
 
 def _failed(
@@ -328,14 +328,25 @@ def _failed(
     return exc if not robust_of(item) else None
 
 
-def _settle(state: Run, item: Item, slot: Slot, was_open: bool) -> Exception | None:
-    """Finish an item that returned: commit its distinct session, check what it left behind."""
+def _settle(
+    state: Run, item: Item, slot: Slot, result: object, was_open: bool
+) -> Exception | None:
+    """Finish an item that returned: await what it returned if that is a coroutine, commit its
+    distinct session, check what it left behind."""
+    if type(result) is _CoroutineType:
+        try:
+            slot.await_result(result, item)
+        except Exception as exc:
+            return _failed(state, item, slot, exc, was_open)
+        except BaseException:
+            slot.release()
+            raise
     origin = slot.origin
     try:
         made = slot.created()
         if made is not None:
             slot.finish(made)
-        if not was_open and origin.in_transaction():
+        if not was_open and _open(origin):
             with _outside(state, slot):
                 close_quietly(origin)
             raise left_open_error(func_of(item))
