@@ -91,7 +91,7 @@ def create_app(url: str) -> fastapi.FastAPI:
 
     app = fastapi.FastAPI(lifespan=lifespan)
     # Commit before the response is sent: a client that got its 200 reads the new price.
-    db = SaSignals(sa_asyncio.async_sessionmaker(engine), app, before_response=True)
+    db = SaSignals(sa_asyncio.async_sessionmaker(engine), app)
     sent: dict[int, Enqueued] = {}
 
     def on_product_saved(sender: type[Product], *, instance: Product, **kw: object) -> None:
