@@ -11,7 +11,10 @@ import pytest
 
 from tests.conftest import URL_VARIABLES
 
-pytestmark = pytest.mark.services("rabbitmq", "redis")
+pytestmark = [
+    pytest.mark.services("rabbitmq", "redis"),
+    pytest.mark.requires("celery", "fastapi", "flask", "redis"),
+]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
