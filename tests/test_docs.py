@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
 import sa_signals
 from tests import not_installed
@@ -114,6 +115,26 @@ def test_example_script_runs() -> None:
     assert "2. a change inside a rolled-back savepoint never invalidates:" in result.stdout
     assert result.stdout.count("cache entry dropped") == 2
     assert result.stdout.splitlines()[-1] == "audit: product 1 now costs 4"
+
+
+def test_example_script_runs_again_on_the_same_database(
+    engine: sa.Engine, tmp_path: pathlib.Path
+) -> None:
+    """The quick-start example drops its tables at the end, and left ones at the start."""
+    url = engine.url.render_as_string(hide_password=False)
+    if engine.dialect.name == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shop.db'}"
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "cache_invalidation.py"), url],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "audit: product 1 now costs 4"
+    assert not sa.inspect(engine).has_table("products")
 
 
 API_PAGES = ROOT / "docs" / "api"
