@@ -1,4 +1,4 @@
-"""``on_commit()``: the savepoint-aware queue of callbacks of one session's transaction."""
+"""``on_commit()``: run a callback once the outermost transaction of a session committed."""
 
 from __future__ import annotations
 
@@ -6,23 +6,28 @@ import inspect
 import types
 import typing as t
 
+import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from ._dispatch import _is_coroutine_function
-from ._runner import Item
-from ._runner import run
-from ._runner import Work
-from ._state import async_api
-from ._state import installation_for
-from ._state import SessionState
-from ._state import state_of
-from ._state import TRANSACTION_FIELDS_KNOWN
-from .changes import settle_changes
+from ._core import external
+from ._core.commit import observe
+from ._core.queue import push
+from ._core.runner import run
+from ._core.state import async_api
+from ._core.state import installation_for
+from ._core.state import SessionState
+from ._core.state import state_of
+from ._core.state import TRANSACTION_FIELDS_KNOWN
+from ._core.state import TRANSACTIONAL_ATTR
+from ._core.work import Work
+from ._dispatch import is_coroutine_function
 from .exceptions import CoroutineMisuseError
+from .exceptions import ExternalTransactionError
 from .exceptions import NotInstalledError
-from .typing import Callback
 
 if t.TYPE_CHECKING:
+    from ._core.state import Item
+    from .typing import Callback
     from .typing import SessionTarget
 
 _FunctionType = types.FunctionType
@@ -40,7 +45,9 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
 
     The callback is dropped if that transaction, or a savepoint it was registered in, rolls
     back. It runs with no arguments inside a distinct session (see :func:`current_session`).
-    Registered while the session is not in a transaction, it runs at once.
+    Registered while the session is not in a transaction, it runs at once. A session joined
+    into a Connection's transaction that its caller began (``Session(bind=conn)``) commits
+    nothing: the callback waits for that Connection's COMMIT (see ``docs/guarantees.md``).
 
     With ``robust=True`` an exception from the callback is logged and sent on
     :data:`~sa_signals.signals.on_commit_failed`; with ``robust=False`` it propagates out of
@@ -69,13 +76,13 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
                     _register(callback, session, robust)
                     return
                 state.plain = callback
-            queue = state.queue
+            queue = state.queue  # queue.push(), inlined
             savepoint = session._nested_transaction
             if savepoint is not None:
                 marks = state.marks
                 if not marks or marks[-1][0] is not savepoint:
                     marks.append((savepoint, len(queue)))
-            queue.append(callback if robust else Work(callback, False))
+            queue.append(callback if robust is True else _strict(callback, robust))
             return
     except AttributeError:  # not installed: no class default (STATE_ATTR names it)
         pass
@@ -83,10 +90,11 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
 
 
 def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None:
-    """Check ``callback`` and ``session`` fully, then queue or run ``callback``."""
+    """Check ``callback`` and ``session`` fully, then queue, hold or run ``callback``."""
     if not callable(callback):
         msg = f"on_commit() needs a callable, got {callback!r}"
         raise TypeError(msg)
+    item = callback if robust is True else _strict(callback, robust)
     installation = installation_for(session)
     if installation is None:
         msg = (
@@ -95,7 +103,7 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
         )
         raise NotInstalledError(msg)
     aio = installation.aio
-    is_coroutine = _is_coroutine_function(callback)
+    is_coroutine = is_coroutine_function(callback)
     if is_coroutine and aio is None:
         msg = (
             f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
@@ -103,6 +111,27 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
         )
         raise CoroutineMisuseError(msg)
     if not session.in_transaction():
+        bind = session.bind
+        if (
+            isinstance(bind, sa.Connection)
+            and bind.in_transaction()
+            and not bind.__dict__.get(TRANSACTIONAL_ATTR)
+        ):
+            # The session will join the transaction its caller began: wait for its COMMIT.
+            if not external.can_hold():
+                msg = (
+                    "on_commit() cannot follow the COMMIT of the Connection this session is"
+                    " bound to, whose transaction its caller began; register the callback"
+                    " after that Connection commits, or bind the session to the Engine."
+                )
+                raise ExternalTransactionError(msg)
+            items = [item]
+            state = state_of(session)
+            if state.watches:
+                items = observe(state, session, items, "held")
+            if items:
+                external.hold([bind], items, session, installation)
+            return
         if is_coroutine and aio is not None and not aio.can_await():
             msg = (
                 f"on_commit() cannot await the coroutine function {callback!r} now: the"
@@ -110,19 +139,23 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
                 " `await sa_signals.on_commit_async(callback, session)`."
             )
             raise CoroutineMisuseError(msg)
-        run((callback if robust else Work(callback, False),), session, installation)
+        error = run((item,), session, installation)
+        if error is not None:
+            raise error
         return
     state = state_of(session)
     state.installation = installation  # made before an uninstall(), a state is stale
-    queue = state.queue
-    savepoint = session.get_nested_transaction()
-    if savepoint is not None:
-        marks = state.marks
-        if not marks or marks[-1][0] is not savepoint:
-            marks.append((savepoint, len(queue)))
-    queue.append(callback if robust else Work(callback, False))
+    push(state, session.get_nested_transaction(), item)
     if not is_coroutine:
         state.plain = callback
+
+
+def _strict(callback: Callback, robust: object) -> Item:
+    """Return the item of a callback registered with ``robust`` other than True."""
+    if robust is not False:
+        msg = f"on_commit() takes robust=True or robust=False, got robust={robust!r}"
+        raise TypeError(msg)
+    return Work(callback, False)
 
 
 def _session_of(target: object) -> sa_orm.Session:
@@ -142,47 +175,3 @@ def _session_of(target: object) -> sa_orm.Session:
         f" async_scoped_session), got {target!r}"
     )
     raise TypeError(msg)
-
-
-def end_savepoint(
-    state: SessionState, savepoint: sa_orm.SessionTransaction, committed: bool
-) -> None:
-    """Settle the callbacks and recorded changes of ``savepoint``, which has just ended.
-
-    A released (``committed``) savepoint hands them to its enclosing savepoint (or the outermost
-    transaction), so that a later rollback of that one drops them too; a rolled-back one drops
-    them.
-
-    The queue is in registration order and a savepoint's callbacks were all registered while it
-    was the innermost one, so they are the queue's tail from its mark (``SessionState.marks``).
-    """
-    marks = state.marks
-    if not (marks or state.changes):
-        return
-    parent = None
-    if committed:
-        parent = savepoint.parent
-        # A savepoint begun during a flush has the flush's subtransaction as parent: skip it.
-        while parent is not None and parent.parent is not None and not parent.nested:
-            parent = parent.parent
-    if marks and marks[-1][0] is savepoint:
-        start = marks.pop()[1]
-        if not committed:
-            del state.queue[start:]
-            state.plain = None  # it may have been cut: hold no callback that will not run
-            if start < state.cut:
-                state.cut = start
-        elif parent is not None and parent.nested and not (marks and marks[-1][0] is parent):
-            marks.append((parent, start))
-    if state.changes:
-        settle_changes(state, savepoint, parent)
-
-
-def take_queue(state: SessionState) -> list[Item]:
-    """Empty the queue before anything runs, so a failing callback still clears it."""
-    queue = state.queue
-    if queue:
-        state.queue = []
-        state.marks.clear()
-        state.plain = None
-    return queue

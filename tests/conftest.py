@@ -18,6 +18,7 @@ import asyncio
 import collections.abc as c
 import contextlib
 import inspect
+import logging
 import os
 import pathlib
 import typing as t
@@ -516,3 +517,28 @@ def connect() -> c.Iterator[Connector]:
     connector = Connector()
     yield connector
     connector.disconnect_all()
+
+
+class _InternalErrors(logging.Handler):
+    """Collects the layer's own failures, which it logs rather than raise after a COMMIT."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("sa_signals failed"):
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_internal_error() -> c.Iterator[None]:
+    """Fail any test during which the layer logged a failure of its own."""
+    handler = _InternalErrors()
+    logger = logging.getLogger("sa_signals")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.records, [handler.format(record) for record in handler.records]

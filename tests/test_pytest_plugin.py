@@ -179,10 +179,18 @@ def test_capture_on_a_given_session(sa_signals_session, sa_signals_capture_on_co
     assert ran == [1]
 
 
-def test_capture_needs_a_session_for_a_sessionmaker(sa_signals_capture_on_commit):
-    with pytest.raises(TypeError, match="pass the session it made"):
-        with sa_signals_capture_on_commit():
-            pass
+def test_capture_on_the_factory(sa_signals_session_factory, sa_signals_capture_on_commit):
+    ran = []
+    with sa_signals_capture_on_commit(execute=True) as callbacks:
+        with sa_signals_session_factory() as session:
+            session.begin()
+            sa_signals.on_commit(lambda: ran.append(1), session)
+            session.rollback()
+            session.begin()
+            sa_signals.on_commit(lambda: ran.append(2), session)
+            session.commit()
+        assert ran == [2]
+    assert len(callbacks) == 1
 
 
 def test_capture_signals(sa_signals_session, sa_signals_capture_signals):
@@ -248,7 +256,7 @@ def test_costs_nothing_unused(pytester: pytest.Pytester) -> None:
     """Loaded but unused, the plugin connects no receiver and installs nothing."""
     pytester.makepyfile(
         """
-        from sa_signals import _bridge
+        from sa_signals._core import bridge as _bridge
         from sa_signals import signals
 
         def test_nothing_set_up(request):

@@ -9,7 +9,7 @@ import typing as t
 
 import sqlalchemy.ext.asyncio as sa_asyncio
 
-from .._bridge import install
+from .._core.install import install
 from .asgi import _before_response
 from .asgi import SessionMiddleware
 from .scopes import Scope

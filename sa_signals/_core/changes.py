@@ -1,115 +1,34 @@
-"""Commit-time change sets: the :class:`Change` record and its per-transaction accumulation.
+"""Change sets: the writes of a transaction recorded, folded into one net change per row, and
+sent after the COMMIT.
 
-While a change signal has receivers (or an installation asks with ``track_changes=True``), each
-row a flush inserts, updates or deletes, and each ORM bulk statement, is recorded as an event
-tagged with the innermost transaction open at the time. A released savepoint hands its events to
-its parent and a rolled-back one drops them (see ``on_commit.end_savepoint``); the outermost
-transaction's end takes them all. At commit the events are folded into one net :class:`Change`
-per object.
+Flushes are recorded by the mapper listeners, ORM bulk statements by :mod:`.bulk`; a
+savepoint's end hands its records to the enclosing transaction or drops them (:func:`settle`).
+A flush DELETE that matched no row (the row was gone already) records nothing.
 """
 
 from __future__ import annotations
 
 import collections.abc as c
-import dataclasses
-import enum
 import types
 import typing as t
 
 import sqlalchemy as sa
+import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
-from . import signals
-from ._runner import Work
-from ._state import current_transaction
-from ._state import installation_for
-from ._state import state_of
+from .. import signals
+from .records import Change
+from .records import NOT_LOADED
+from .records import Record
+from .state import current_transaction
+from .state import installation_for
+from .state import state_of
+from .work import Work
 
 if t.TYPE_CHECKING:
-    from ._state import Installation
-    from ._state import SessionState
-
-Operation: t.TypeAlias = t.Literal["insert", "update", "delete"]
-"""What a :class:`Change` did to its row."""
-
-
-class _NotLoaded(enum.Enum):
-    NOT_LOADED = "NOT_LOADED"
-
-    def __repr__(self) -> str:
-        return "sa_signals.NOT_LOADED"
-
-
-NOT_LOADED: t.Final = _NotLoaded.NOT_LOADED
-"""A value SQLAlchemy never held in memory, so the layer cannot report it.
-
-An ``old`` value is ``NOT_LOADED`` when the attribute was expired or deferred and then set
-without being read; a ``new`` value is ``NOT_LOADED`` when the database computed it (a SQL
-expression, or a server-side default that was not fetched back). Never a guess.
-"""
-
-
-@dataclasses.dataclass(frozen=True)
-class Change:
-    """The net effect of one committed transaction on one row (or one bulk statement).
-
-    Every attribute holds plain values captured while the session was alive: reading them never
-    loads anything, also after the session is closed.
-    """
-
-    operation: Operation
-    """``"insert"``, ``"update"`` or ``"delete"``."""
-
-    model: type[t.Any]
-    """The mapped class of the object (its most specific class under inheritance)."""
-
-    identity: tuple[t.Any, ...] | None
-    """The primary key as a tuple; None for a bulk statement whose rows are unknown."""
-
-    instance: t.Any = dataclasses.field(repr=False, hash=False)
-    """The object; None for a bulk statement."""
-
-    changes: c.Mapping[str, tuple[t.Any, t.Any]] = dataclasses.field(hash=False)
-    """Attribute key to ``(old, new)``: for an update, the value at the start of the transaction
-    and the final value, only for attributes that differ; for an insert, ``(None, value)`` for
-    every column attribute; for a delete, ``(value, None)`` for every column attribute. A value
-    the layer cannot know is :data:`NOT_LOADED`."""
-
-    statement: sa.Executable | None = dataclasses.field(default=None, repr=False, hash=False)
-    """The ORM bulk statement this change comes from; None for a change made by a flush."""
-
-
-class Event:
-    """One recorded write, waiting for its transaction to commit or roll back."""
-
-    __slots__ = (
-        "identity",
-        "instance",
-        "model",
-        "operation",
-        "statement",
-        "transaction",
-        "values",
-    )
-
-    def __init__(
-        self,
-        transaction: sa_orm.SessionTransaction | None,
-        operation: Operation,
-        model: type[t.Any],
-        identity: tuple[t.Any, ...] | None,
-        instance: t.Any,
-        values: dict[str, tuple[t.Any, t.Any]],
-        statement: sa.Executable | None = None,
-    ) -> None:
-        self.transaction = transaction
-        self.operation = operation
-        self.model = model
-        self.identity = identity
-        self.instance = instance
-        self.values = values
-        self.statement = statement
-
+    from .records import Operation
+    from .state import Installation
+    from .state import SessionState
 
 _forced = 0
 
@@ -153,7 +72,8 @@ def _plain(value: t.Any) -> t.Any:
 _pk_cache: dict[sa_orm.Mapper[t.Any], tuple[str, ...]] = {}
 
 
-def _pk_keys(mapper: sa_orm.Mapper[t.Any]) -> tuple[str, ...]:
+def pk_keys(mapper: sa_orm.Mapper[t.Any]) -> tuple[str, ...]:
+    """Return the attribute keys of ``mapper``'s primary key, in its order."""
     keys = _pk_cache.get(mapper)
     if keys is None:
         keys = _pk_cache[mapper] = tuple(
@@ -162,12 +82,17 @@ def _pk_keys(mapper: sa_orm.Mapper[t.Any]) -> tuple[str, ...]:
     return keys
 
 
-def record_row(operation: Operation, mapper: sa_orm.Mapper[t.Any], target: object) -> None:
+def record_row(
+    operation: Operation,
+    mapper: sa_orm.Mapper[t.Any],
+    target: object,
+    connection: sa.Connection | None = None,
+) -> None:
     """Record that a flush is writing ``target``'s row (mapper before_update, after_insert/delete).
 
     Updates are read in ``before_update``, while the attribute history still holds SQL
     expressions and values the flush will expire; inserts after the INSERT, once the primary
-    key is known.
+    key is known; deletes after the DELETE, on ``connection``, unless it matched no row.
     """
     session = sa_orm.object_session(target)
     if session is None or _tracked(session) is None:
@@ -189,7 +114,7 @@ def record_row(operation: Operation, mapper: sa_orm.Mapper[t.Any], target: objec
         # The identity the row had; a primary key the update changes is reported new.
         identity = tuple(
             values[key][1] if key in values else value
-            for key, value in zip(_pk_keys(mapper), state.identity or (), strict=False)
+            for key, value in zip(pk_keys(mapper), state.identity or (), strict=False)
         )
     elif operation == "insert":
         dict_ = state.dict
@@ -203,6 +128,9 @@ def record_row(operation: Operation, mapper: sa_orm.Mapper[t.Any], target: objec
                 values[key] = (None, NOT_LOADED if key in expired else None)
         identity = tuple(mapper.primary_key_from_instance(target))
     else:
+        identity = tuple(state.identity or ())
+        if connection is not None and _matched_none(connection, mapper, identity):
+            return
         for prop in mapper.column_attrs:
             history = state.attrs[prop.key].history
             if history.deleted:
@@ -212,9 +140,8 @@ def record_row(operation: Operation, mapper: sa_orm.Mapper[t.Any], target: objec
             else:
                 old = NOT_LOADED
             values[prop.key] = (old, None)
-        identity = tuple(state.identity or ())
     state_of(session).changes.append(
-        Event(current_transaction(session), operation, mapper.class_, identity, target, values)
+        Record(current_transaction(session), operation, mapper.class_, identity, target, values)
     )
 
 
@@ -225,15 +152,16 @@ def record_bulk(
     statement: sa.Executable,
     identities: list[tuple[t.Any, ...]] | None,
     rows: list[dict[str, tuple[t.Any, t.Any]]] | None,
+    rowcount: int | None = None,
 ) -> None:
-    """Record an executed ORM bulk statement: one event per known row, else one for all."""
-    if _tracked(session) is None:
-        return
+    """Record an executed ORM bulk statement: one record per known row, else one for all."""
+    if _tracked(session) is None or rowcount == 0:
+        return  # a statement that matched no row changed nothing
     transaction = current_transaction(session)
     events = state_of(session).changes
     if identities is None:
         values = rows[0] if rows is not None and len(rows) == 1 else {}
-        events.append(Event(transaction, operation, model, None, None, values, statement))
+        events.append(Record(transaction, operation, model, None, None, values, statement))
         return
     shared = rows[0] if rows is not None and len(rows) == 1 else None
     for index, identity in enumerate(identities):
@@ -241,17 +169,17 @@ def record_bulk(
             values = shared
         else:
             values = rows[index] if rows is not None and index < len(rows) else {}
-        events.append(Event(transaction, operation, model, identity, None, values, statement))
+        events.append(Record(transaction, operation, model, identity, None, values, statement))
 
 
-def settle_changes(
+def settle(
     state: SessionState,
     savepoint: sa_orm.SessionTransaction,
     parent: sa_orm.SessionTransaction | None,
 ) -> None:
-    """Hand the events of ``savepoint`` to ``parent``, or drop them when ``parent`` is None.
+    """Hand the records of ``savepoint`` to ``parent``, or drop them when ``parent`` is None.
 
-    Events are appended in time order and a savepoint's are all recorded after it began, so
+    Records are appended in time order and a savepoint's are all recorded after it began, so
     they are the tail of the list.
     """
     events = state.changes
@@ -265,8 +193,8 @@ def settle_changes(
             event.transaction = parent
 
 
-def take_changes(state: SessionState) -> list[Event]:
-    """Empty the recorded events of the ending transaction and return them."""
+def take(state: SessionState) -> list[Record]:
+    """Empty the records of the ending transaction and return them."""
     events = state.changes
     if events:
         state.changes = []
@@ -276,7 +204,7 @@ def take_changes(state: SessionState) -> list[Event]:
 class _Net:
     __slots__ = ("identity", "instance", "model", "new", "old", "operation")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Record) -> None:
         self.operation: Operation = event.operation
         self.model = event.model
         self.identity = event.identity
@@ -285,7 +213,7 @@ class _Net:
         self.new: dict[str, t.Any] = {}
         self.add(event)
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Record) -> None:
         self.model = event.model
         self.identity = event.identity
         self.instance = event.instance
@@ -324,7 +252,7 @@ def _same(old: t.Any, new: t.Any) -> bool:
         return False
 
 
-def net_changes(events: c.Iterable[Event]) -> list[Change]:
+def net_changes(events: c.Iterable[Record]) -> list[Change]:
     """Fold ``events`` into one net change per row, in order of first appearance.
 
     A row is followed through the object that wrote it, and through its primary key: an object
@@ -404,22 +332,23 @@ def _will_commit(session: sa_orm.Session) -> bool:
     )
 
 
-def commit_work(events: list[Event], session: object, installation: Installation) -> list[Work]:
-    """Return the commit-time sends of ``models_committed`` and ``committed`` for ``events``.
+def commit_work(records: list[Record], session: object, installation: Installation) -> list[Work]:
+    """Return the commit-time sends of ``models_committed`` and ``committed`` for ``records``.
 
     ``session`` is the sender: the session the user holds (an ``AsyncSession`` for async).
     """
-    changes = net_changes(events)
+    changes = net_changes(records)
     if not changes:
         return []
     robust = installation.robust
+    sync = installation.aio is None
     items = [
         Work(
             receiver,
             robust,
             (session,),
             signals.models_committed,
-            is_coro,
+            is_coro and sync,
             {"changes": list(changes)},
         )
         for receiver, is_coro in signals.models_committed.receivers_in_order(session)
@@ -432,9 +361,76 @@ def commit_work(events: list[Event], session: object, installation: Installation
                     robust,
                     (change.model,),
                     signals.committed,
-                    is_coro,
+                    is_coro and sync,
                     {"change": change},
                 )
                 for receiver, is_coro in signals.committed.receivers_in_order(change.model)
             )
     return items
+
+
+_UNMATCHED_ATTR = "_sa_signals_unmatched"
+"""Connection attribute: base table -> ``(identities, rowcount)`` of each flush DELETE there that
+matched fewer rows than it named, since the flush's last ``before_delete``."""
+
+_watched_engines: set[int] = set()
+
+
+def expect_deletes(connection: sa.Connection, mapper: sa_orm.Mapper[t.Any]) -> None:
+    """Get ready to see what the flush's DELETE on ``mapper``'s table matches (before_delete).
+
+    The first time, an ``after_execute`` listener is attached to the connection's Engine; it
+    stays until the process ends (SQLAlchemy's listeners cannot be removed while another thread
+    may run them) and costs one call per statement, returning at once for all but a DELETE.
+    """
+    engine = connection.engine
+    if id(engine) not in _watched_engines:
+        _watched_engines.add(id(engine))
+        sa_event.listen(engine, "after_execute", _after_execute)
+    unmatched: dict[t.Any, list[t.Any]] | None = connection.__dict__.get(_UNMATCHED_ATTR)
+    if unmatched:
+        unmatched.pop(mapper.base_mapper.local_table, None)
+
+
+def _after_execute(
+    connection: sa.Connection,
+    statement: object,
+    multiparams: t.Any,
+    params: object,
+    execution_options: object,
+    result: t.Any,
+) -> None:
+    # The flush runs one DELETE per table for many rows (executemany): SQLAlchemy only warns
+    # when fewer rows matched ("expected to delete N row(s); M were matched").
+    if not isinstance(statement, sa.Delete):
+        return
+    # Several rows come as a list, one as a dict.
+    rows = multiparams if multiparams else [params] if isinstance(params, dict) else []
+    expected = len(rows)
+    rowcount = getattr(result, "rowcount", -1)
+    if not expected or not isinstance(rowcount, int) or rowcount < 0 or rowcount >= expected:
+        return
+    table = statement.table
+    keys = [column.key for column in table.primary_key]  # type: ignore[attr-defined,unused-ignore]
+    identities = {tuple(row.get(key) for key in keys) for row in rows}
+    unmatched = connection.__dict__.setdefault(_UNMATCHED_ATTR, {})
+    unmatched.setdefault(table, []).append((identities, rowcount))
+
+
+def _matched_none(
+    connection: sa.Connection, mapper: sa_orm.Mapper[t.Any], identity: tuple[t.Any, ...]
+) -> bool:
+    """Whether the flush DELETE of the row ``identity`` certainly matched no row.
+
+    Certain when its statement matched none of the rows it named; when it matched some of them
+    the row is reported, as SQLAlchemy cannot tell which.
+    """
+    unmatched: dict[t.Any, list[tuple[set[t.Any], int]]] | None = connection.__dict__.get(
+        _UNMATCHED_ATTR
+    )
+    if not unmatched:
+        return False
+    for identities, rowcount in unmatched.get(mapper.base_mapper.local_table, ()):
+        if identity in identities:
+            return rowcount == 0
+    return False
