@@ -336,16 +336,20 @@ class TestUvicorn:
             paths = [f"/items/r{i}?fail={kinds[i % 3]}" for i in range(30)]
 
             async def send_all() -> list[int]:
-                async with httpx.AsyncClient(
-                    base_url=f"http://127.0.0.1:{port}", timeout=20
-                ) as client:
+                base_url = f"http://127.0.0.1:{port}"
+                async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
                     responses = await asyncio.gather(*(client.post(path) for path in paths))
-                    # A client that goes away in the middle of a streamed response.
-                    async with client.stream("GET", "/stream/gone") as streamed:
-                        assert streamed.status_code == 200
-                        async for chunk in streamed.aiter_raw():
-                            assert chunk.startswith(b".")
-                            break
+                # A client that goes away in the middle of a streamed response. A client of
+                # its own: the server closes the connections of the failed requests, which the
+                # first client could otherwise pick again from its pool.
+                async with (
+                    httpx.AsyncClient(base_url=base_url, timeout=20) as client,
+                    client.stream("GET", "/stream/gone") as streamed,
+                ):
+                    assert streamed.status_code == 200
+                    async for chunk in streamed.aiter_raw():
+                        assert chunk.startswith(b".")
+                        break
                 return [response.status_code for response in responses]
 
             statuses = asyncio.run(asyncio.wait_for(send_all(), 60))
