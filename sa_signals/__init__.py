@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from . import signals
-from ._bridge import install
-from ._bridge import uninstall
-from ._runner import current_session
+from ._core.install import install
+from ._core.install import uninstall
+from ._core.records import Change
+from ._core.records import NOT_LOADED
+from ._core.runner import current_session
 from .asyncio import current_async_session
 from .asyncio import on_commit_async
-from .changes import Change
-from .changes import NOT_LOADED
+from .exceptions import ChangeLoopError
 from .exceptions import CoroutineMisuseError
+from .exceptions import ExternalTransactionError
 from .exceptions import InstallError
 from .exceptions import NotInstalledError
 from .exceptions import OutsideCallbackError
@@ -22,10 +24,15 @@ from .scope import distinct_session
 from .scope import session_scope
 from .scope import SessionScope
 
+__version__ = "0.1.0.dev0"
+"""The version of this package."""
+
 __all__ = [
     "NOT_LOADED",
     "Change",
+    "ChangeLoopError",
     "CoroutineMisuseError",
+    "ExternalTransactionError",
     "InstallError",
     "NotInstalledError",
     "OutsideCallbackError",
@@ -33,6 +40,7 @@ __all__ = [
     "ScopeError",
     "SessionLeftOpenError",
     "SessionScope",
+    "__version__",
     "current_async_session",
     "current_session",
     "distinct_session",

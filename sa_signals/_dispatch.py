@@ -1,10 +1,9 @@
-"""The blinker ``Signal`` subclass behind every sa_signals signal, and robust sending."""
+"""The blinker ``Signal`` subclass behind every sa_signals signal."""
 
 from __future__ import annotations
 
 import collections.abc as c
 import inspect
-import logging
 import threading
 import types
 import typing as t
@@ -12,9 +11,6 @@ import weakref
 
 import blinker
 from blinker._utilities import make_id as _make_id
-
-logger = logging.getLogger("sa_signals")
-"""The library's logger: failing receivers and callbacks are reported here at ERROR."""
 
 Receiver = c.Callable[..., t.Any]
 
@@ -42,9 +38,29 @@ class Signal(blinker.NamedSignal):
             self._invalidate()
         return result
 
+    def disconnect(  # type: ignore[override]
+        self, receiver: c.Callable[..., t.Any], sender: t.Any = blinker.ANY
+    ) -> bool:
+        """Disconnect ``receiver`` from ``sender`` (from every sender by default).
+
+        Return whether it was connected to it. A receiver disconnected from the last sender it
+        was connected to is no longer connected at all: :attr:`receivers` forgets it.
+        """
+        receiver_id = _make_id(receiver)
+        with self._lock:
+            if sender is blinker.ANY:
+                connected = receiver_id in self.receivers
+            else:
+                connected = _make_id(sender) in self._by_receiver.get(receiver_id, ())
+            super().disconnect(receiver, sender)
+        return connected
+
     def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
         # Also reached from blinker's weakref cleanup when a weak receiver is collected.
         super()._disconnect(receiver_id, sender_id)
+        if sender_id != _ANY_ID and not self._by_receiver.get(receiver_id):
+            # blinker keeps a receiver disconnected from its only sender in `receivers`.
+            super()._disconnect(receiver_id, _ANY_ID)
         self._invalidate()
 
     def _make_cleanup_sender(
@@ -119,7 +135,7 @@ class Signal(blinker.NamedSignal):
             if receiver_id in wanted:
                 target = ref() if isinstance(ref, weakref.ref) else ref
                 if target is not None:
-                    entries.append((ref, _is_coroutine_function(target)))
+                    entries.append((ref, is_coroutine_function(target)))
         result = tuple(entries)
         if key is not None or not senders:
             with self._lock:
@@ -129,7 +145,9 @@ class Signal(blinker.NamedSignal):
         return result
 
 
-def _is_coroutine_function(receiver: t.Any) -> bool:
+def is_coroutine_function(receiver: t.Any) -> bool:
+    """Whether calling ``receiver`` makes a coroutine: a coroutine function, or an object whose
+    ``__call__`` is one."""
     # Fast path, on every on_commit(): for a plain function without attributes (so without a
     # markcoroutinefunction() marker), inspect.iscoroutinefunction() reads only the code flags.
     if type(receiver) is types.FunctionType and not receiver.__dict__:
@@ -138,12 +156,3 @@ def _is_coroutine_function(receiver: t.Any) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - a callable object's async __call__
     )
-
-
-def describe(func: object) -> str:
-    """Name ``func`` for a log message: its qualified name and module where it has them."""
-    name = getattr(func, "__qualname__", None)
-    module = getattr(func, "__module__", None)
-    if name and module:
-        return f"{module}.{name}"
-    return repr(func)

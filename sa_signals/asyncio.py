@@ -10,16 +10,14 @@ import typing as t
 
 import sqlalchemy.util.concurrency as sa_concurrency
 
-from ._runner import _current
-from ._slot import DistinctSlot
-from ._state import async_api
+from ._core.runner import current_slot
+from ._core.state import async_api
 from .exceptions import OutsideCallbackError
 from .on_commit import on_commit
 
 if t.TYPE_CHECKING:
     import sqlalchemy.ext.asyncio as sa_asyncio
 
-    from ._aio import AsyncSlot
     from .typing import AsyncCallback
     from .typing import Callback
 
@@ -29,20 +27,15 @@ def current_async_session() -> sa_asyncio.AsyncSession:
 
     The async counterpart of :func:`~sa_signals.current_session`, for async installs.
     """
-    slot = _current.get()
-    if slot is None:
-        msg = (
-            "current_async_session() works only inside an on_commit callback or a commit-time"
-            " receiver; elsewhere use your own session or sa_signals.distinct_session()."
-        )
-        raise OutsideCallbackError(msg)
-    if isinstance(slot, DistinctSlot):
+    slot = current_slot("current_async_session")
+    if slot.aio is None:
         msg = (
             "current_async_session() was called for a synchronous Session's commit; use"
             " sa_signals.current_session() there."
         )
         raise OutsideCallbackError(msg)
-    return t.cast("AsyncSlot", slot).get_async()
+    session: sa_asyncio.AsyncSession = slot.get_made()
+    return session
 
 
 async def on_commit_async(

@@ -35,3 +35,18 @@ class CoroutineMisuseError(SaSignalsError, TypeError):
 class ScopeError(SaSignalsError, RuntimeError):
     """A scope was misused: ``session_scope()`` met a scoped session already in a transaction,
     or a ``contrib.scopes.Scope`` was used outside a unit of work or with a key in use."""
+
+
+class ChangeLoopError(SaSignalsError, RuntimeError):
+    """Commit-time work kept committing changes that caused more commit-time work.
+
+    Reported on ``receiver_failed`` for each receiver whose send was dropped past the limit.
+    """
+
+
+class ExternalTransactionError(SaSignalsError, RuntimeError):
+    """An on_commit callback met a transaction the layer cannot see the end of.
+
+    Raised at registration when the session is bound to a Connection whose transaction its
+    caller began, and the layer cannot follow that Connection's COMMIT.
+    """

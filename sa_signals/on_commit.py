@@ -1,4 +1,4 @@
-"""``on_commit()``: the savepoint-aware queue of callbacks of one session's transaction."""
+"""``on_commit()``: run a callback once the outermost transaction of a session committed."""
 
 from __future__ import annotations
 
@@ -6,28 +6,31 @@ import inspect
 import types
 import typing as t
 
+import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from ._dispatch import _is_coroutine_function
-from ._runner import Item
-from ._runner import run
-from ._runner import Work
-from ._state import async_api
-from ._state import installation_for
-from ._state import SessionState
-from ._state import state_of
-from ._state import TRANSACTION_FIELDS_KNOWN
-from .changes import settle_changes
+from ._core import external
+from ._core import queue as _queue
+from ._core.commit import observe
+from ._core.queue import push
+from ._core.runner import run
+from ._core.state import async_api
+from ._core.state import installation_for
+from ._core.state import state_of
+from ._core.state import TRANSACTIONAL_ATTR
+from ._core.work import Work
+from ._dispatch import is_coroutine_function
 from .exceptions import CoroutineMisuseError
+from .exceptions import ExternalTransactionError
 from .exceptions import NotInstalledError
-from .typing import Callback
 
 if t.TYPE_CHECKING:
+    from ._core.state import Item
+    from .typing import Callback
     from .typing import SessionTarget
 
 _FunctionType = types.FunctionType
-_CO_COROUTINE = inspect.CO_COROUTINE
-_FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
+_CO_FLAGS = inspect.CO_COROUTINE
 _Session = sa_orm.Session
 
 
@@ -40,53 +43,45 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
 
     The callback is dropped if that transaction, or a savepoint it was registered in, rolls
     back. It runs with no arguments inside a distinct session (see :func:`current_session`).
-    Registered while the session is not in a transaction, it runs at once.
+    Registered while the session is not in a transaction, it runs at once. A session joined
+    into a Connection's transaction that its caller began (``Session(bind=conn)``) commits
+    nothing: the callback waits for that Connection's COMMIT (see ``docs/guarantees.md``).
 
     With ``robust=True`` an exception from the callback is logged and sent on
     :data:`~sa_signals.signals.on_commit_failed`; with ``robust=False`` it propagates out of
     ``commit()`` once every other callback has run. The data stays committed either way.
     """
-    session = target if isinstance(target, _Session) else _session_of(target)
-    # The hot path, inlined: a session in a transaction whose state was made by an installation
-    # still in place, and a plain function (no coroutine flag, no attributes that could carry a
-    # coroutine marker), not checked again when the same one is registered again. Anything else
-    # takes _register().
-    try:
-        # None (a class default) until the session has a state; missing if not installed.
-        state: SessionState | None = session._sa_signals_state  # type: ignore[attr-defined]
-        if (
-            state is not None
-            and _FIELDS_KNOWN
-            and session._transaction is not None
-            and state.installation.active  # type: ignore[union-attr]
-        ):
-            if callback is not state.plain:
-                if (
-                    type(callback) is not _FunctionType
-                    or callback.__dict__
-                    or callback.__code__.co_flags & _CO_COROUTINE
-                ):
-                    _register(callback, session, robust)
-                    return
-                state.plain = callback
-            queue = state.queue
-            savepoint = session._nested_transaction
-            if savepoint is not None:
-                marks = state.marks
-                if not marks or marks[-1][0] is not savepoint:
-                    marks.append((savepoint, len(queue)))
-            queue.append(callback if robust else Work(callback, False))
-            return
-    except AttributeError:  # not installed: no class default (STATE_ATTR names it)
-        pass
+    # The hot path, inlined: a plain function (no coroutine flag) queued on the session
+    # on_commit() queued on last, whose innermost transaction is the same as then. The full
+    # path (_register) checks everything else, and lets this one take the next registrations
+    # (see _core.queue.last). It reads no Session attribute: _transaction comes from the
+    # session's __dict__, a cheaper lookup.
+    state = _queue.last
+    if (
+        target is state.session
+        and state.fields["_transaction"] is state.current
+        and robust is True
+        and (
+            callback is state.plain
+            or (type(callback) is _FunctionType and not callback.__code__.co_flags & _CO_FLAGS)
+        )
+    ):
+        state.queue.append(callback)
+        return
+    session = _session_of(target)
+    if session is not target and session is state.session:
+        # A scoped_session (or an AsyncSession) standing for the session of the fast path.
+        on_commit(callback, session, robust=robust)
+        return
     _register(callback, session, robust)
 
 
 def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None:
-    """Check ``callback`` and ``session`` fully, then queue or run ``callback``."""
+    """Check ``callback`` and ``session`` fully, then queue, hold or run ``callback``."""
     if not callable(callback):
         msg = f"on_commit() needs a callable, got {callback!r}"
         raise TypeError(msg)
+    item = callback if robust is True else _strict(callback, robust)
     installation = installation_for(session)
     if installation is None:
         msg = (
@@ -95,7 +90,7 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
         )
         raise NotInstalledError(msg)
     aio = installation.aio
-    is_coroutine = _is_coroutine_function(callback)
+    is_coroutine = is_coroutine_function(callback)
     if is_coroutine and aio is None:
         msg = (
             f"on_commit() got the coroutine function {callback!r} for a synchronous Session,"
@@ -103,6 +98,27 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
         )
         raise CoroutineMisuseError(msg)
     if not session.in_transaction():
+        bind = session.bind
+        if (
+            isinstance(bind, sa.Connection)
+            and bind.in_transaction()
+            and not bind.__dict__.get(TRANSACTIONAL_ATTR)
+        ):
+            # The session will join the transaction its caller began: wait for its COMMIT.
+            if not external.can_hold():
+                msg = (
+                    "on_commit() cannot follow the COMMIT of the Connection this session is"
+                    " bound to, whose transaction its caller began; register the callback"
+                    " after that Connection commits, or bind the session to the Engine."
+                )
+                raise ExternalTransactionError(msg)
+            items = [item]
+            state = state_of(session)
+            if state.watches:
+                items = observe(state, session, items, "held")
+            if items:
+                external.hold([bind], items, session, installation)
+            return
         if is_coroutine and aio is not None and not aio.can_await():
             msg = (
                 f"on_commit() cannot await the coroutine function {callback!r} now: the"
@@ -110,22 +126,29 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
                 " `await sa_signals.on_commit_async(callback, session)`."
             )
             raise CoroutineMisuseError(msg)
-        run((callback if robust else Work(callback, False),), session, installation)
+        error = run((item,), session, installation)
+        if error is not None:
+            raise error
         return
     state = state_of(session)
     state.installation = installation  # made before an uninstall(), a state is stale
-    queue = state.queue
-    savepoint = session.get_nested_transaction()
-    if savepoint is not None:
-        marks = state.marks
-        if not marks or marks[-1][0] is not savepoint:
-            marks.append((savepoint, len(queue)))
-    queue.append(callback if robust else Work(callback, False))
+    push(state, session.get_nested_transaction(), item)
     if not is_coroutine:
         state.plain = callback
+    _queue.remember(state, session)
+
+
+def _strict(callback: Callback, robust: object) -> Item:
+    """Return the item of a callback registered with ``robust`` other than True."""
+    if robust is not False:
+        msg = f"on_commit() takes robust=True or robust=False, got robust={robust!r}"
+        raise TypeError(msg)
+    return Work(callback, False)
 
 
 def _session_of(target: object) -> sa_orm.Session:
+    if isinstance(target, _Session):
+        return target
     if isinstance(target, sa_orm.scoped_session):
         session: sa_orm.Session = target()
         return session
@@ -142,47 +165,3 @@ def _session_of(target: object) -> sa_orm.Session:
         f" async_scoped_session), got {target!r}"
     )
     raise TypeError(msg)
-
-
-def end_savepoint(
-    state: SessionState, savepoint: sa_orm.SessionTransaction, committed: bool
-) -> None:
-    """Settle the callbacks and recorded changes of ``savepoint``, which has just ended.
-
-    A released (``committed``) savepoint hands them to its enclosing savepoint (or the outermost
-    transaction), so that a later rollback of that one drops them too; a rolled-back one drops
-    them.
-
-    The queue is in registration order and a savepoint's callbacks were all registered while it
-    was the innermost one, so they are the queue's tail from its mark (``SessionState.marks``).
-    """
-    marks = state.marks
-    if not (marks or state.changes):
-        return
-    parent = None
-    if committed:
-        parent = savepoint.parent
-        # A savepoint begun during a flush has the flush's subtransaction as parent: skip it.
-        while parent is not None and parent.parent is not None and not parent.nested:
-            parent = parent.parent
-    if marks and marks[-1][0] is savepoint:
-        start = marks.pop()[1]
-        if not committed:
-            del state.queue[start:]
-            state.plain = None  # it may have been cut: hold no callback that will not run
-            if start < state.cut:
-                state.cut = start
-        elif parent is not None and parent.nested and not (marks and marks[-1][0] is parent):
-            marks.append((parent, start))
-    if state.changes:
-        settle_changes(state, savepoint, parent)
-
-
-def take_queue(state: SessionState) -> list[Item]:
-    """Empty the queue before anything runs, so a failing callback still clears it."""
-    queue = state.queue
-    if queue:
-        state.queue = []
-        state.marks.clear()
-        state.plain = None
-    return queue

@@ -20,7 +20,7 @@ import typing as t
 import pytest
 
 from . import testing
-from ._state import is_async_factory
+from ._core.state import is_async_factory
 
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
@@ -36,7 +36,11 @@ class CaptureOnCommit(t.Protocol):
     """The type of the ``sa_signals_capture_on_commit`` fixture, for annotating tests."""
 
     def __call__(
-        self, target: SessionTarget | None = None, /, *, execute: bool = False
+        self,
+        target: SessionTarget | SessionFactory | AsyncSessionFactory | None = None,
+        /,
+        *,
+        execute: bool = False,
     ) -> testing.OnCommitCapture: ...
 
 
@@ -101,7 +105,8 @@ def sa_signals_session(
 def sa_signals_capture_on_commit(request: pytest.FixtureRequest) -> CaptureOnCommit:
     """Return :func:`sa_signals.testing.capture_on_commit`, for use as a context manager.
 
-    Without a target it captures on the current session of ``sa_signals_session_factory``::
+    Without a target it captures on ``sa_signals_session_factory``: every session it makes in
+    the block (and the current one of a ``scoped_session``)::
 
         with sa_signals_capture_on_commit(execute=True) as callbacks:
             ...
@@ -111,7 +116,10 @@ def sa_signals_capture_on_commit(request: pytest.FixtureRequest) -> CaptureOnCom
     _watch_failures(request)
 
     def capture(
-        target: SessionTarget | None = None, /, *, execute: bool = False
+        target: SessionTarget | SessionFactory | AsyncSessionFactory | None = None,
+        /,
+        *,
+        execute: bool = False,
     ) -> testing.OnCommitCapture:
         if target is None:
             target = request.getfixturevalue("sa_signals_session_factory")

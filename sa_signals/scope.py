@@ -10,9 +10,10 @@ import typing as t
 
 import sqlalchemy.orm as sa_orm
 
-from ._dispatch import logger
-from ._state import is_async_factory
-from ._state import registry_holding
+from ._core.state import async_api
+from ._core.state import is_async_factory
+from ._core.state import registry_holding
+from ._log import logger
 from .exceptions import ScopeError
 
 if t.TYPE_CHECKING:
@@ -129,9 +130,7 @@ def session_scope(factory: SessionFactory | AsyncSessionFactory, /) -> SessionSc
     ``async_sessionmaker`` or ``async_scoped_session`` the same holds with ``async with``.
     """
     if is_async_factory(factory):
-        from ._aio import unit_of_work  # needs greenlet: only for async users
-
-        return SessionScope(None, functools.partial(unit_of_work, factory))
+        return SessionScope(None, functools.partial(_async_unit_of_work, factory))
     _check_factory(factory, "session_scope")
     return SessionScope(functools.partial(_unit_of_work, t.cast("SessionFactory", factory)))
 
@@ -147,9 +146,7 @@ def distinct_session(factory: SessionFactory | AsyncSessionFactory, /) -> Sessio
        while the outer session holds an open write transaction on the same database file.
     """
     if is_async_factory(factory):
-        from ._aio import distinct
-
-        return SessionScope(None, functools.partial(distinct, factory))
+        return SessionScope(None, functools.partial(_async_distinct, factory))
     _check_factory(factory, "distinct_session")
     return SessionScope(functools.partial(_distinct, t.cast("SessionFactory", factory)))
 
@@ -210,3 +207,64 @@ def _rollback_quietly(session: sa_orm.Session) -> None:
         session.rollback()
     except Exception:
         logger.exception("rolling back %r after an error failed", session)
+
+
+def _is_async_scoped(factory: object) -> bool:
+    api = async_api()
+    return api is not None and isinstance(factory, api.async_scoped_session)
+
+
+@contextlib.asynccontextmanager
+async def _async_unit_of_work(
+    factory: AsyncSessionFactory,
+) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
+    if not _is_async_scoped(factory):
+        async with _async_commit_or_rollback(factory()) as session:
+            yield session
+        return
+    scoped = t.cast("sa_asyncio.async_scoped_session[t.Any]", factory)
+    registry = scoped.registry
+    if registry.has() and registry().in_transaction():
+        msg = (
+            "session_scope() was entered while the async_scoped_session's current session is"
+            " in a transaction; pass that session down, or use distinct_session() for an"
+            " independent one."
+        )
+        raise ScopeError(msg)
+    try:
+        async with _async_commit_or_rollback(scoped()) as session:
+            yield session
+    finally:
+        await scoped.remove()
+
+
+@contextlib.asynccontextmanager
+async def _async_distinct(
+    factory: AsyncSessionFactory,
+) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
+    if not _is_async_scoped(factory):
+        async with _async_commit_or_rollback(factory()) as session:
+            yield session
+        return
+    scoped = t.cast("sa_asyncio.async_scoped_session[t.Any]", factory)
+    session = scoped.session_factory()
+    with registry_holding(scoped.registry, session):
+        async with _async_commit_or_rollback(session):
+            yield session
+
+
+@contextlib.asynccontextmanager
+async def _async_commit_or_rollback(
+    session: sa_asyncio.AsyncSession,
+) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
+    try:
+        yield session
+        await session.commit()
+    except BaseException:
+        try:
+            await session.rollback()
+        except Exception:
+            logger.exception("rolling back %r after an error failed", session)
+        raise
+    finally:
+        await session.close()

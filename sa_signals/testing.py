@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections.abc as c
 import contextlib
 import dataclasses
-import functools
-import inspect
 import typing as t
 
 import sqlalchemy as sa
@@ -27,18 +25,15 @@ import sqlalchemy.orm as sa_orm
 import sqlalchemy.util.concurrency as sa_concurrency
 
 from . import signals as _signals
+from ._core.capture import Capture
+from ._core.install import installation_of
+from ._core.runner import run
+from ._core.state import async_api
+from ._core.state import INSTALLATION_ATTR
+from ._core.state import installation_for
+from ._core.state import is_async_factory
+from ._core.state import TRANSACTIONAL_ATTR
 from ._dispatch import Signal
-from ._failures import WRAPPED_CALLBACK_ATTR
-from ._runner import _current
-from ._runner import func_of
-from ._runner import run
-from ._runner import Work
-from ._state import async_api
-from ._state import INSTALLATION_ATTR
-from ._state import installation_for
-from ._state import is_async_factory
-from ._state import state_of
-from ._state import TRANSACTIONAL_ATTR
 from .exceptions import NotInstalledError
 from .exceptions import ScopeError
 
@@ -47,7 +42,8 @@ if t.TYPE_CHECKING:
 
     import sqlalchemy.ext.asyncio as sa_asyncio
 
-    from ._runner import Item
+    from ._core.state import Installation
+    from ._core.state import Item
     from .typing import AsyncSessionFactory
     from .typing import Callback
     from .typing import SessionFactory
@@ -64,23 +60,34 @@ __all__ = [
 ]
 
 
-def capture_on_commit(target: SessionTarget, /, *, execute: bool = False) -> OnCommitCapture:
+def capture_on_commit(
+    target: SessionTarget | SessionFactory | AsyncSessionFactory, /, *, execute: bool = False
+) -> OnCommitCapture:
     """Collect the on_commit callbacks registered on ``target`` inside the block.
 
-    ``target`` is a session, or a ``scoped_session`` standing for its current session (or their
-    async twins). The yielded list is filled when the block ends, in registration order, with
-    the callbacks still queued then: those of savepoints rolled back inside the block are left
-    out (they would never run), and so are those of a transaction that ended inside the block
-    (they ran, or were dropped).
+    ``target`` is a session (or ``AsyncSession``): its callbacks registered in the block are
+    captured. A ``sessionmaker`` or ``async_sessionmaker`` captures those of every session it
+    makes inside the block (in any thread); a ``scoped_session`` or ``async_scoped_session``
+    those of its current session and of every session it makes inside the block.
 
-    With ``execute=False`` the callbacks stay queued for the real commit. With ``execute=True``
-    they are taken out of the queue and run when the block ends without an exception, as after a
-    commit: each in a distinct session, robust or strict as registered. Callbacks they register
-    in their own transaction are run after it commits and are added to the list. For an
-    ``AsyncSession`` use ``async with``: coroutine callbacks are awaited, each in a distinct
-    ``AsyncSession``.
+    The yielded list is filled as the block runs and when it ends, in order, with every
+    callback registered in the block whose transaction committed (the callback ran), waits on
+    a Connection's COMMIT (a session joined into the test's outer transaction) or is still
+    open; never one of a transaction or savepoint that rolled back.
+
+    With ``execute=False`` the callbacks are left to run, wait or stay queued as they would.
+    With ``execute=True`` each of them runs by the end of the block, once: at its commit if it
+    really committed, else when the block ends without an exception (taken out of the queue
+    or the Connection's wait), as after a commit: each in a distinct session, robust or strict
+    as registered. Callbacks they register run too and are listed, in run order. For an
+    ``AsyncSession`` or async factory use ``async with``: coroutine callbacks are awaited, each
+    in a distinct ``AsyncSession``.
     """
-    return OnCommitCapture(_resolve_session(target, "capture_on_commit"), execute)
+    if not isinstance(execute, bool):
+        msg = f"capture_on_commit() takes execute=True or execute=False, got {execute!r}"
+        raise TypeError(msg)
+    session, installation, factory = _capture_target(target)
+    return OnCommitCapture(session, installation, factory, execute)
 
 
 class OnCommitCapture:
@@ -89,31 +96,24 @@ class OnCommitCapture:
     Re-entering it starts a new capture.
     """
 
-    def __init__(self, session: sa_orm.Session, execute: bool) -> None:
-        installation = installation_for(session)
-        if installation is None:
-            msg = (
-                f"{type(session).__name__} is not installed: call sa_signals.install() on its"
-                " sessionmaker or scoped_session before capturing its on_commit callbacks."
-            )
-            raise NotInstalledError(msg)
+    def __init__(
+        self,
+        session: sa_orm.Session | None,
+        installation: Installation,
+        factory: bool,
+        execute: bool,
+    ) -> None:
         self._session = session
         self._installation = installation
+        self._factory = factory
         self._execute = execute
-        self._queue: list[Item] | None = None
-        self._outer_cut = 0
-        self._callbacks: list[Callback] = []
+        self._active: list[Capture] = []
 
     def __enter__(self) -> list[Callback]:
-        # The queue only grows at its end, is cut by savepoint rollbacks (which lower state.cut)
-        # and is replaced when its transaction ends: the block's callbacks are its tail from
-        # state.cut on, or all of a new queue.
-        state = state_of(self._session)
-        self._queue = state.queue
-        self._outer_cut = state.cut  # an enclosing capture's, put back (lowered) on exit
-        state.cut = len(state.queue)
-        self._callbacks = []
-        return self._callbacks
+        capture = Capture(self._installation, self._execute)
+        capture.begin(self._session, factory=self._factory)
+        self._active.append(capture)
+        return capture.callbacks
 
     def __exit__(
         self,
@@ -123,15 +123,13 @@ class OnCommitCapture:
     ) -> None:
         aio = self._installation.aio
         if self._execute and exc_type is None and aio is not None and not aio.can_await():
-            self._take(False)
+            self._active.pop().finish(False)
             msg = (
                 "capture_on_commit(execute=True) on an AsyncSession runs its callbacks when"
                 " the block ends, which needs `async with`."
             )
             raise TypeError(msg)
-        captured = self._take(exc_type is None)
-        if captured:
-            run(captured, self._session, self._installation)
+        self._run(self._active.pop().finish(exc_type is None))
 
     async def __aenter__(self) -> list[Callback]:
         return self.__enter__()
@@ -142,72 +140,54 @@ class OnCommitCapture:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        captured = self._take(exc_type is None)
-        if captured:
+        to_run = self._active.pop().finish(exc_type is None)
+        if to_run:
             # The runner awaits coroutine callbacks through SQLAlchemy's greenlet.
-            await sa_concurrency.greenlet_spawn(run, captured, self._session, self._installation)
+            await sa_concurrency.greenlet_spawn(self._run, to_run)
 
-    def _take(self, succeeded: bool) -> list[Item]:
-        """List the block's callbacks; return them, dequeued, if they are to run now."""
-        state = state_of(self._session)
-        queue = state.queue
-        start = state.cut if queue is self._queue else 0
-        state.cut = min(self._outer_cut, state.cut)
-        self._queue = None
-        captured = queue[start:]
-        self._callbacks.extend(func_of(entry) for entry in captured)
-        if not (self._execute and succeeded and captured):
-            return []
-        del queue[start:]
-        state.marks[:] = [mark for mark in state.marks if mark[1] < start]
-        return [_recording_entry(entry, self._callbacks) for entry in captured]
+    def _run(self, to_run: list[tuple[sa_orm.Session, list[Item]]]) -> None:
+        first_error: Exception | None = None
+        for session, items in to_run:
+            error = run(items, session, self._installation)
+            if error is not None and first_error is None:
+                first_error = error
+        if first_error is not None:
+            raise first_error
 
 
-def _recording_entry(entry: Item, callbacks: list[Callback]) -> Item:
-    """Return ``entry`` with its callback wrapped by :func:`_recording`, as robust as it was."""
-    if isinstance(entry, Work):
-        return Work(_recording(entry.func, callbacks), entry.robust)
-    return _recording(entry, callbacks)
-
-
-def _recording(callback: c.Callable[..., object], callbacks: list[Callback]) -> Callback:
-    """Wrap ``callback`` so that what it registers on its distinct session is recorded too."""
-
-    @functools.wraps(callback)
-    def recording() -> object:
-        finished = True
-        try:
-            result = callback()
-            if inspect.iscoroutine(result):
-                finished = False
-                return _awaiting(result, callbacks)
-            return result
-        finally:
-            if finished:
-                _record_registered(callbacks)
-
-    setattr(recording, WRAPPED_CALLBACK_ATTR, callback)
-    return recording
-
-
-async def _awaiting(
-    coroutine: c.Coroutine[t.Any, t.Any, object], callbacks: list[Callback]
-) -> object:
-    try:
-        return await coroutine
-    finally:
-        _record_registered(callbacks)
-
-
-def _record_registered(callbacks: list[Callback]) -> None:
-    slot = _current.get()
-    session = slot.created() if slot is not None else None
-    if session is not None:
-        # Still queued: the distinct session commits after the callback returns.
-        queue = state_of(session).queue
-        for index, entry in enumerate(queue):
-            callbacks.append(func_of(entry))
-            queue[index] = _recording_entry(entry, callbacks)
+def _capture_target(
+    target: object,
+) -> tuple[sa_orm.Session | None, Installation, bool]:
+    """Return the session to watch, its installation, and whether to watch new sessions."""
+    session: sa_orm.Session | None = None
+    factory = True
+    if isinstance(target, sa_orm.Session):
+        session, factory = target, False
+    elif isinstance(target, sa_orm.scoped_session):
+        if target.registry.has():
+            session = target.registry()
+    elif not isinstance(target, sa_orm.sessionmaker):
+        api = async_api()
+        if api is not None and isinstance(target, api.AsyncSession):
+            session, factory = target.sync_session, False
+        elif api is not None and isinstance(target, api.async_scoped_session):
+            if target.registry.has():
+                session = target.registry().sync_session
+        elif api is None or not isinstance(target, api.async_sessionmaker):
+            msg = (
+                "capture_on_commit() needs a Session, a scoped_session or a sessionmaker (or"
+                f" their async twins), got {target!r}"
+            )
+            raise TypeError(msg)
+    installation = installation_of(target) if factory else installation_for(session)  # type: ignore[arg-type]
+    if installation is None:
+        name = type(session).__name__ if session is not None else repr(target)
+        msg = (
+            f"{name} is not installed: call sa_signals.install() on its sessionmaker or"
+            " scoped_session before capturing its on_commit callbacks."
+        )
+        raise NotInstalledError(msg)
+    return session, installation, factory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,9 +325,9 @@ class TransactionalMode:
                 " async_sessionmaker or async_scoped_session for `async with`."
             )
             raise TypeError(msg)
-        from . import _atesting  # needs greenlet: only for async users
+        from . import _async_testing  # needs greenlet: only for async users
 
-        manager = _atesting.transactional(self._factory, self._bind)
+        manager = _async_testing.transactional(self._factory, self._bind)
         connection = await manager.__aenter__()
         self._active.append(manager)
         return connection
@@ -411,22 +391,3 @@ def _transactional(
             maker.kw.update(saved)
             if scoped is not None:
                 scoped.remove()
-
-
-def _resolve_session(target: object, name: str) -> sa_orm.Session:
-    if isinstance(target, sa_orm.scoped_session):
-        session: sa_orm.Session = target()
-        return session
-    if isinstance(target, sa_orm.Session):
-        return target
-    api = async_api()
-    if api is not None:
-        if isinstance(target, api.AsyncSession):
-            return t.cast("sa_orm.Session", target.sync_session)
-        if isinstance(target, api.async_scoped_session):
-            return t.cast("sa_orm.Session", target().sync_session)
-    msg = (
-        f"{name}() needs a Session or a scoped_session (or their async twins), got {target!r};"
-        " for a sessionmaker, pass the session it made."
-    )
-    raise TypeError(msg)

@@ -11,10 +11,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 
 import sa_signals
-from sa_signals import _bridge
 from sa_signals import Change
 from sa_signals import NOT_LOADED
 from sa_signals import signals
+from sa_signals._core import bridge as _bridge
 from tests.models import Animal
 from tests.models import Audit
 from tests.models import Cat
@@ -52,6 +52,25 @@ def changes(calls: Calls) -> list[Change]:
 
 
 class TestBulkUpdate:
+    @pytest.mark.parametrize("operation", ["update", "delete"])
+    def test_statement_matching_no_row_reports_no_change(
+        self, session: sa_orm.Session, connect: Connector, committed: Calls, operation: str
+    ) -> None:
+        """A bulk UPDATE or DELETE that matched no row changed nothing: no change is sent
+        (the bulk signal still says it ran, with rowcount 0)."""
+        seed(session)
+        committed.clear()
+        signal = signals.bulk_update if operation == "update" else signals.bulk_delete
+        calls = connect.record(signal, Item)
+        if operation == "update":
+            statement: t.Any = sa.update(Item).where(Item.name == "nobody").values(value=9)
+        else:
+            statement = sa.delete(Item).where(Item.name == "nobody")
+        session.execute(statement, execution_options={"synchronize_session": False})
+        session.commit()
+        assert calls[0][1]["rowcount"] == 0
+        assert committed == []
+
     @pytest.mark.parametrize("sync", ["auto", "fetch", "evaluate", False])
     def test_update_with_and_without_synchronize_session(
         self,

@@ -11,14 +11,16 @@ import hypothesis.strategies as st
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
+import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
-from sa_signals import _bridge
 from sa_signals import Change
 from sa_signals import NOT_LOADED
 from sa_signals import signals
-from sa_signals._state import STATE_ATTR
+from sa_signals._core import changes as changes_module
+from sa_signals._core import state as _state
+from sa_signals._core.state import STATE_ATTR
 from tests.models import Animal
 from tests.models import Audit
 from tests.models import Author
@@ -30,6 +32,7 @@ from tests.models import Tag
 
 if t.TYPE_CHECKING:
     from tests.conftest import Connector
+    from tests.conftest import Flavour
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
 Calls = list[tuple[t.Any, dict[str, t.Any]]]
@@ -571,8 +574,9 @@ class TestSignals:
         seen: list[sa_orm.Session] = []
 
         def on_models(sender: sa_orm.Session, changes: list[Change], **kw: object) -> None:
-            seen.append(Session())
-            Session.add(Audit(message=f"{len(changes)} changed"))
+            if all(change.model is Item for change in changes):  # not for its own Audit rows
+                seen.append(Session())
+                Session.add(Audit(message=f"{len(changes)} changed"))
 
         def on_committed(sender: type, change: Change, **kw: object) -> None:
             Session.add(Audit(message=f"{change.operation} {change.identity}"))
@@ -635,6 +639,141 @@ class TestSignals:
             sa_signals.uninstall(maker)
         assert before == []
         assert after == []
+
+
+def end_transaction(session: sa_orm.Session) -> None:
+    """Commit without expiring: the objects stay loaded, as objects of a past transaction."""
+    session.expire_on_commit = False
+    session.commit()
+    session.expire_on_commit = True
+
+
+class TestWhatReallyChanged:
+    def test_delete_that_matched_no_row_is_not_reported(
+        self, session: sa_orm.Session, engine: sa.Engine, committed: Calls
+    ) -> None:
+        """Deleting through a stale object a row already gone reports no delete."""
+        item = add_item(session)
+        end_transaction(session)
+        with engine.begin() as connection:
+            connection.execute(sa.delete(Item).where(Item.id == item.id))
+        committed.clear()
+        session.delete(item)
+        with pytest.warns(sa_exc.SAWarning, match="0 were matched"):
+            session.flush()
+        session.commit()
+        assert committed == []
+
+    def test_a_row_deleted_twice_is_reported_once(self, Session: Scoped, committed: Calls) -> None:
+        """Two sessions delete the same row: only the DELETE that matched it is reported."""
+        item = add_item(Session())
+        end_transaction(Session())
+        other = Session.session_factory()
+        stale = other.get(Item, item.id)
+        end_transaction(other)
+        committed.clear()
+        Session.delete(item)
+        Session.commit()
+        other.delete(stale)
+        with pytest.warns(sa_exc.SAWarning, match="0 were matched"):
+            other.commit()
+        other.close()
+        assert [(change.operation, change.identity) for change in changes_of(committed)] == [
+            ("delete", (item.id,))
+        ]
+
+    def test_a_flush_after_one_that_matched_nothing_is_reported(
+        self, session: sa_orm.Session, engine: sa.Engine, committed: Calls
+    ) -> None:
+        """Flushed one at a time, only the row that existed is reported."""
+        first, second = add_item(session, "a"), add_item(session, "b")
+        end_transaction(session)
+        with engine.begin() as connection:
+            connection.execute(sa.delete(Item).where(Item.id == second.id))
+        committed.clear()
+        session.delete(second)
+        with pytest.warns(sa_exc.SAWarning, match="0 were matched"):
+            session.flush()
+        session.delete(first)
+        session.flush()
+        session.commit()
+        assert [change.identity for change in changes_of(committed)] == [(first.id,)]
+
+
+class TestCommitTimeWrites:
+    def test_a_callbacks_write_sends_its_change_set_after_the_round(
+        self, flavour: Flavour, AnySession: t.Any, committed: Calls
+    ) -> None:
+        """A callback updating a row in its distinct session: that commit's change set is sent
+        once, after the round that caused it (the callback's own run)."""
+        order: list[str] = []
+        session = AnySession()
+        session.add(Item(name="a", value=1))
+
+        def callback() -> None:
+            order.append("callback")
+            AnySession.scalars(sa.select(Item)).one().value = 2
+
+        def async_callback() -> t.Any:
+            async def go() -> None:
+                order.append("callback")
+                (await AnySession.scalars(sa.select(Item))).one().value = 2
+
+            return go()
+
+        sa_signals.on_commit(async_callback if flavour.is_async else callback, session)
+        flavour.aw(session.commit())
+        assert order == ["callback"]
+        assert len(committed) == 2
+        [first] = committed[0][1]["changes"]
+        [second] = committed[1][1]["changes"]
+        assert first.operation == "insert"
+        assert (second.operation, second.identity) == ("update", first.identity)
+        assert committed[1][0] is not session  # sent by the callback's distinct session
+
+    def test_a_committed_receiver_writing_sends_the_update(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """Rails' after_update_commit for a save inside after_create_commit: a receiver of
+        the insert updates the row, and the update is sent too, once."""
+        seen: list[tuple[str, dict[str, t.Any]]] = []
+
+        def on_committed(sender: type, *, change: Change, **kwargs: object) -> None:
+            seen.append((change.operation, dict(change.changes)))
+            if change.operation == "insert":
+                Session.get(Item, change.identity).value = 10
+
+        connect(signals.committed, on_committed, Item)
+        session = Session()
+        session.add(Item(name="a", value=1))
+        session.commit()
+        assert [operation for operation, _ in seen] == ["insert", "update"]
+        assert seen[1][1] == {"value": (1, 10)}
+
+    def test_endless_writes_are_bounded_and_reported(
+        self,
+        Session: Scoped,
+        connect: Connector,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A receiver whose write causes its own send again stops after a bounded number of
+        rounds; the dropped send is reported on receiver_failed and logged."""
+        calls: list[int] = []
+        failures = connect.record(signals.receiver_failed)
+
+        def on_models(sender: t.Any, **kwargs: object) -> None:
+            calls.append(1)
+            Session.add(Audit(message=str(len(calls))))
+
+        connect(signals.models_committed, on_models)
+        session = Session()
+        session.add(Item(name="a"))
+        session.commit()  # returns: nothing raised
+        assert len(calls) == 11  # the commit's own send, then ten rounds
+        [(_, failure)] = failures
+        assert isinstance(failure["exception"], sa_signals.ChangeLoopError)
+        assert failure["receiver"] is on_models
+        assert "10 rounds in a row" in caplog.text
 
 
 class TestBeforeModelsCommitted:
@@ -805,7 +944,7 @@ class TestOptIn:
         """With no receiver and no track_changes, flushes record nothing."""
         session.add(Item(name="a"))
         session.flush()
-        if _bridge._CONNECTIONS_KNOWN:
+        if _state.CONNECTIONS_KNOWN:
             assert STATE_ATTR not in session.__dict__  # nothing is made at all
         else:  # SQLAlchemy < 2.1.7: only the transaction's connections are recorded
             assert session.__dict__[STATE_ATTR].changes == []
@@ -842,7 +981,7 @@ class TestOptIn:
                 session.rollback()
         finally:
             sa_signals.uninstall(maker)
-        assert not sa_signals.changes.wanted()
+        assert not changes_module.wanted()
 
 
 OPERATIONS = ["insert", "update", "rename", "delete", "flush", "savepoint", "release", "rollback"]

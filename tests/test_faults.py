@@ -19,9 +19,9 @@ import sqlalchemy.orm as sa_orm
 import sqlalchemy.pool as sa_pool
 
 import sa_signals
-from sa_signals import _runner
 from sa_signals import signals
-from sa_signals._state import STATE_ATTR
+from sa_signals._core import runner as _runner
+from sa_signals._core.state import STATE_ATTR
 from tests.conftest import async_url
 from tests.models import Audit
 from tests.models import customers
@@ -112,8 +112,7 @@ def assert_nothing_left(Session: Scoped, original: sa_orm.Session) -> None:
     assert not original.in_transaction()
     state = original.__dict__.get(STATE_ATTR)
     assert state is None or (not state.queue and not state.connections)
-    assert _runner._current.get() is None
-    assert _runner._pending.get() is None
+    assert _runner.active_run() is None
 
 
 def names(engine: sa.Engine, column: sa.ColumnElement[t.Any]) -> list[t.Any]:
@@ -479,8 +478,7 @@ def assert_async_nothing_left(Session: AsyncScoped, original: sa_asyncio.AsyncSe
     assert not original.in_transaction()
     state = original.sync_session.__dict__.get(STATE_ATTR)
     assert state is None or (not state.queue and not state.connections)
-    assert _runner._current.get() is None
-    assert _runner._pending.get() is None
+    assert _runner.active_run() is None
 
 
 async def anames(Session: AsyncScoped, column: sa.ColumnElement[t.Any]) -> list[t.Any]:

@@ -22,8 +22,8 @@ import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import signals
+from sa_signals._core.state import STATE_ATTR
 from sa_signals._dispatch import Signal
-from sa_signals._state import STATE_ATTR
 from tests.conftest import count
 from tests.conftest import Recorder
 from tests.models import Audit

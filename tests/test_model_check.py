@@ -31,10 +31,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import sa_signals
-from sa_signals import _bridge
-from sa_signals import _runner
 from sa_signals import signals
-from sa_signals._state import STATE_ATTR
+from sa_signals._core import bridge as _bridge
+from sa_signals._core import commit as _commit
+from sa_signals._core import queue as _queue
+from sa_signals._core import runner as _runner
+from sa_signals._core.state import STATE_ATTR
 from tests.conftest import async_engine
 from tests.conftest import Flavour
 from tests.models import Audit
@@ -125,7 +127,7 @@ class Model:
             for frame in frames:
                 apply(self.rows, frame.writes)
             if self.joined:
-                return  # only a savepoint of the test's transaction was released
+                return  # only a savepoint of the test's transaction was released: all waits
             if "after_commit" in self.receivers:
                 self.events.append(("after_commit",))
             for frame in frames:
@@ -409,12 +411,14 @@ class SessionHistory(hs.RuleBasedStateMachine):
             sa_signals.on_commit(callback, self.session)
             self.model.frames[-1].callbacks.append((number, fails, child))
         else:
-            # No transaction: runs at once (awaited through the awaitable form when async).
+            # No transaction: runs at once (awaited through the awaitable form when async);
+            # joined into the test's transaction, it waits for that one, which rolls back.
             if self.aengine is None:
                 sa_signals.on_commit(callback, self.session)
             else:
                 self.aw(sa_signals.on_commit_async(callback, self.session))
-            self.model.run_callback(number, fails, child)
+            if not self.model.joined:
+                self.model.run_callback(number, fails, child)
 
     @hs.rule(name=st.sampled_from(RECEIVERS), coroutine=st.booleans())
     def toggle_receiver(self, name: str, coroutine: bool) -> None:
@@ -517,9 +521,10 @@ def test_portable_paths_match_the_model(
     """The same holds on the paths taken where SQLAlchemy's private layout is not known: no
     reads of ``Session._transaction`` and the like, and the connections recorded by an
     ``after_begin`` listener instead of read from ``SessionTransaction.connections``."""
-    for module in (on_commit_module, _bridge, _runner):
+    for module in (_queue, _bridge, _runner):
         monkeypatch.setattr(module, "_FIELDS_KNOWN", False)
     monkeypatch.setattr(_bridge, "_CONNECTIONS_KNOWN", False)
+    monkeypatch.setattr(_commit, "_CONNECTIONS_KNOWN", False)
     run_machine(engine, flavour, None)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc as c
+import contextlib
 import functools
 import gc
 import logging
@@ -484,7 +486,49 @@ class TestDistinctSession:
         assert len(failures) == 1
         assert isinstance(failures[0][1]["exception"], sa_signals.SessionLeftOpenError)
         assert failures[0][1]["callback"] is misuse
-        assert "began a transaction on the session that had committed" in caplog.text
+        assert "used the session that had committed" in caplog.text
+        assert "sa_signals.current_session()" in caplog.text
+
+    @pytest.mark.flavours("sync")
+    def test_writing_through_the_session_of_a_begin_block_is_named(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """A callback writing through the session of `with session.begin():` gets the
+        layer's SessionLeftOpenError naming the fix, SQLAlchemy's refusal as its cause."""
+        failures = connect.record(signals.on_commit_failed)
+        session = Session.session_factory()
+        with session.begin():
+            session.add(Item(name="a"))
+            sa_signals.on_commit(
+                lambda: session.add(Audit(message="x")) or session.flush(), session
+            )
+        [(_, failure)] = failures
+        error = failure["exception"]
+        assert isinstance(error, sa_signals.SessionLeftOpenError)
+        assert isinstance(error.__cause__, sa_exc.InvalidRequestError)
+        assert "sa_signals.current_session()" in str(error)
+        session.close()
+
+    @pytest.mark.flavours("sync")
+    def test_reading_an_expired_instance_names_change_identity(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """A receiver reading an attribute of a committed (so expired) object learns to read
+        change.identity or change.changes instead."""
+        failures = connect.record(signals.receiver_failed)
+        names: list[str] = []
+
+        def on_committed(sender: type, *, change: sa_signals.Change, **kwargs: object) -> None:
+            names.append(change.instance.name)  # expired by the commit: loads through it
+
+        connect(signals.committed, on_committed, Item)
+        session = Session()
+        session.add(Item(name="a"))
+        session.commit()
+        [(_, failure)] = failures
+        assert isinstance(failure["exception"], sa_signals.SessionLeftOpenError)
+        assert "change.identity and change.changes" in str(failure["exception"])
+        assert "expire_on_commit=False" in str(failure["exception"])
 
     def test_failing_callback_that_used_original_session_leaves_it_closed(
         self, flavour: Flavour, Session: Scoped, connect: Connector, recorder: Recorder
@@ -713,34 +757,155 @@ class TestErrors:
         flavour.aw(original.commit())
 
 
-class TestTestSavepointPattern:
-    @pytest.mark.parametrize(
-        "mode", ["create_savepoint", "rollback_only", "conditional_savepoint"]
-    )
-    def test_no_callbacks_when_joined_into_outer_transaction(
-        self, flavour: Flavour, Session: Scoped, recorder: Recorder, mode: str
-    ) -> None:
-        """session.commit() inside a test's outer transaction commits nothing: nothing runs."""
-        bind = Session.session_factory.kw["bind"]
-        maker = type(Session.session_factory)(join_transaction_mode=mode)
+@contextlib.contextmanager
+def outer(flavour: Flavour, bind: t.Any) -> c.Iterator[t.Any]:
+    """A Connection in a transaction its caller began, closed at the end."""
+    connection = flavour.aw(bind.connect())
+    flavour.aw(connection.begin())
+    try:
+        yield connection
+    finally:
+        flavour.aw(connection.close())
+
+
+JOIN_MODES = ["create_savepoint", "rollback_only", "conditional_savepoint"]
+"""How a session joins a Connection's transaction that its caller began."""
+
+
+class TestExternalTransaction:
+    @pytest.fixture
+    def joined(self, Session: Scoped, request: pytest.FixtureRequest) -> t.Any:
+        """An installed factory joining sessions into their Connection's transaction, and the
+        engine (the Connection is made inside the test, see :func:`outer`)."""
+        maker = type(Session.session_factory)(join_transaction_mode=request.param)
         sa_signals.install(maker)
-        try:
-            connection = flavour.aw(bind.connect())
-            outer = flavour.aw(connection.begin())
+        yield maker, Session.session_factory.kw["bind"]
+        sa_signals.uninstall(maker)
+
+    @pytest.mark.parametrize("joined", JOIN_MODES, indirect=True)
+    def test_callbacks_wait_for_the_connections_commit(
+        self, flavour: Flavour, joined: t.Any, recorder: Recorder
+    ) -> None:
+        """session.commit() commits nothing: callbacks, also one registered before the session
+        began, run after the Connection's own COMMIT, in order."""
+        maker, bind = joined
+        with outer(flavour, bind) as connection:
             session = maker(bind=connection)
+            sa_signals.on_commit(recorder.do(1), session)  # the session has not begun yet
             session.add(Item(name="a"))
-            sa_signals.on_commit(recorder.do(1), session)
+            sa_signals.on_commit(recorder.do(2), session)
             flavour.aw(session.commit())
-            sa_signals.on_commit(recorder.do(2), session)  # no transaction: at once
             flavour.aw(session.begin())
             sa_signals.on_commit(recorder.do(3), session)
             flavour.aw(session.commit())  # no SQL emitted: the bound connection decides
             flavour.aw(session.close())
-            flavour.aw(outer.rollback())
-            flavour.aw(connection.close())
-            recorder.assert_done([2])
-        finally:
-            sa_signals.uninstall(maker)
+            recorder.assert_done([])
+            flavour.aw(connection.commit())
+            recorder.assert_done([1, 2, 3])
+
+    @pytest.mark.parametrize("joined", JOIN_MODES, indirect=True)
+    def test_callbacks_dropped_when_the_connection_rolls_back(
+        self, flavour: Flavour, joined: t.Any, recorder: Recorder
+    ) -> None:
+        """The test-suite pattern: the outer rollback drops every callback; none ran early."""
+        maker, bind = joined
+        with outer(flavour, bind) as connection:
+            session = maker(bind=connection)
+            sa_signals.on_commit(recorder.do(1), session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do(2), session)
+            flavour.aw(session.commit())
+            flavour.aw(session.close())
+            flavour.aw(connection.rollback())
+            recorder.assert_done([])
+            flavour.aw(connection.begin())
+            flavour.aw(connection.commit())
+            recorder.assert_done([])
+
+    @pytest.mark.parametrize("joined", ["create_savepoint"], indirect=True)
+    @pytest.mark.parametrize("released", [True, False])
+    def test_connection_savepoint_rolled_back_drops_its_callbacks(
+        self, flavour: Flavour, joined: t.Any, recorder: Recorder, released: bool
+    ) -> None:
+        """A savepoint the caller rolls back on the Connection drops the callbacks of the work
+        inside it; released, they wait for the COMMIT."""
+        maker, bind = joined
+        with outer(flavour, bind) as connection:
+            sa_signals.on_commit(recorder.do("outside"), maker(bind=connection))
+            savepoint = flavour.aw(connection.begin_nested())
+            session = maker(bind=connection)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do("inside"), session)
+            flavour.aw(session.commit())
+            flavour.aw(session.close())
+            flavour.aw(savepoint.commit() if released else savepoint.rollback())
+            flavour.aw(connection.commit())
+            recorder.assert_done(["outside", "inside"] if released else ["outside"])
+
+    @pytest.mark.parametrize("joined", ["conditional_savepoint"], indirect=True)
+    def test_callback_sees_and_writes_committed_data_on_its_own_connection(
+        self, flavour: Flavour, joined: t.Any, engine: sa.Engine
+    ) -> None:
+        """After the Connection's COMMIT a callback's distinct session is bound to the Engine:
+        it sees the committed row, and its own write commits."""
+        maker, bind = joined
+        with outer(flavour, bind) as connection:
+            session = maker(bind=connection)
+            session.add(Item(name="a"))
+            seen: list[int] = []
+
+            def callback() -> None:
+                distinct = sa_signals.current_session()
+                assert distinct.bind is not connection
+                seen.append(distinct.scalar(sa.select(sa.func.count()).select_from(Item)) or 0)
+                distinct.add(Audit(message="after"))
+
+            def async_callback() -> t.Any:
+                async def go() -> None:
+                    distinct = sa_signals.current_async_session()
+                    seen.append(
+                        await distinct.scalar(sa.select(sa.func.count()).select_from(Item))
+                    )
+                    distinct.add(Audit(message="after"))
+
+                return go()
+
+            sa_signals.on_commit(async_callback if flavour.is_async else callback, session)
+            flavour.aw(session.commit())
+            flavour.aw(session.close())
+            flavour.aw(connection.commit())
+            assert seen == [1]
+            assert count(engine, Audit) == 1
+
+    @pytest.mark.parametrize("joined", ["create_savepoint"], indirect=True)
+    def test_after_commit_and_models_committed_wait_too(
+        self, flavour: Flavour, joined: t.Any
+    ) -> None:
+        """Commit-time receivers and change sets of a joined session wait for the Connection's
+        COMMIT as its callbacks do."""
+        maker, bind = joined
+        with outer(flavour, bind) as connection:
+            sent: list[str] = []
+
+            def after_commit(sender: t.Any, **kwargs: t.Any) -> None:
+                sent.append("after_commit")
+
+            def models_committed(sender: t.Any, *, changes: t.Any, **kwargs: t.Any) -> None:
+                sent.extend(f"{change.operation} {change.model.__name__}" for change in changes)
+
+            signals.after_commit.connect(after_commit)
+            signals.models_committed.connect(models_committed)
+            try:
+                session = maker(bind=connection)
+                session.add(Item(name="a"))
+                flavour.aw(session.commit())
+                flavour.aw(session.close())
+                assert sent == []
+                flavour.aw(connection.commit())
+                assert sent == ["after_commit", "insert Item"]
+            finally:
+                signals.after_commit.disconnect(after_commit)
+                signals.models_committed.disconnect(models_committed)
 
 
 class TestThreadsAndState:

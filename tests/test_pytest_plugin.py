@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -14,8 +16,9 @@ from tests.conftest import URL_VARIABLES
 
 pytest_plugins = ["pytester"]
 
-EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing"
-ASYNC_EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing_async"
+ROOT = pathlib.Path(__file__).parent.parent
+EXAMPLE = ROOT / "examples" / "testing"
+ASYNC_EXAMPLE = ROOT / "examples" / "testing_async"
 
 MAIL_SERVER = """
 def refuse(message):
@@ -73,6 +76,35 @@ def test_example_app_in_its_own_process(
             connection.execute(sa.text("DROP TABLE IF EXISTS shop_orders"))
             connection.execute(sa.text("DROP TABLE IF EXISTS shop_emails"))
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("folder", "driver"), [("testing", "sqlite"), ("testing_async", "sqlite+aiosqlite")]
+)
+def test_documented_command_in_a_checkout(
+    folder: str, driver: str, tmp_path: pathlib.Path
+) -> None:
+    """``pytest examples/testing`` run at the root of a checkout, as documented, passes.
+
+    The folder's own ``pytest.ini`` makes it pytest's root, so the repository's options (no
+    plugin, a coverage floor) do not apply to it.
+    """
+    env = {
+        **os.environ,
+        "SHOP_DATABASE_URL": f"{driver}:///{tmp_path / 'shop.db'}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", f"examples/{folder}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 10 passed in " in result.stdout.splitlines()[-1]
 
 
 CONFTEST = """
@@ -147,10 +179,18 @@ def test_capture_on_a_given_session(sa_signals_session, sa_signals_capture_on_co
     assert ran == [1]
 
 
-def test_capture_needs_a_session_for_a_sessionmaker(sa_signals_capture_on_commit):
-    with pytest.raises(TypeError, match="pass the session it made"):
-        with sa_signals_capture_on_commit():
-            pass
+def test_capture_on_the_factory(sa_signals_session_factory, sa_signals_capture_on_commit):
+    ran = []
+    with sa_signals_capture_on_commit(execute=True) as callbacks:
+        with sa_signals_session_factory() as session:
+            session.begin()
+            sa_signals.on_commit(lambda: ran.append(1), session)
+            session.rollback()
+            session.begin()
+            sa_signals.on_commit(lambda: ran.append(2), session)
+            session.commit()
+        assert ran == [2]
+    assert len(callbacks) == 1
 
 
 def test_capture_signals(sa_signals_session, sa_signals_capture_signals):
@@ -216,7 +256,7 @@ def test_costs_nothing_unused(pytester: pytest.Pytester) -> None:
     """Loaded but unused, the plugin connects no receiver and installs nothing."""
     pytester.makepyfile(
         """
-        from sa_signals import _bridge
+        from sa_signals._core import bridge as _bridge
         from sa_signals import signals
 
         def test_nothing_set_up(request):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc as c
+import contextvars
+import threading
 import typing as t
 
 import pytest
@@ -218,3 +221,147 @@ class TestCoroutineCheck:
         sa_signals.on_commit(callback, session)
         session.commit()
         assert ran == [True]
+
+
+async def commit_with_a_callback(maker: t.Any, ran: list[tuple[str, object]]) -> None:
+    """Commit a row of a session of ``maker`` with a callback; note the task of each step."""
+    async with maker() as own:
+        own.add(Item(name="job"))
+        sa_signals.on_commit(lambda: ran.append(("job", asyncio.current_task())), own)
+        await own.commit()
+        ran.append(("returned", asyncio.current_task()))
+
+
+class TestWorkThatOutlivesACallback:
+    """Tasks, threads and copied contexts started by a callback commit as if none ran."""
+
+    async def test_task_committing_after_the_callback_returned(
+        self, AsyncScoped: t.Any, arunner: t.Any
+    ) -> None:
+        """A task a callback started commits later: its callbacks run once, in its own task,
+        before its commit() returns, and commit() raises nothing."""
+        maker = AsyncScoped.session_factory
+        jobs: list[asyncio.Task[None]] = []
+        ran: list[tuple[str, object]] = []
+
+        def spawn() -> None:
+            jobs.append(asyncio.create_task(commit_with_a_callback(maker, ran)))
+
+        async with maker() as session:
+            session.add(Item(name="a"))
+            sa_signals.on_commit(spawn, session)
+            await session.commit()
+        await jobs[0]
+        assert ran == [("job", jobs[0]), ("returned", jobs[0])]
+
+    async def test_task_committing_while_the_callback_awaits(
+        self, AsyncScoped: t.Any, arunner: t.Any
+    ) -> None:
+        """A task committing while its spawning callback still awaits runs its own callbacks
+        in its own task before its commit() returns."""
+        maker = AsyncScoped.session_factory
+        ran: list[tuple[str, object]] = []
+
+        async def spawn_and_wait() -> None:
+            task = asyncio.create_task(commit_with_a_callback(maker, ran))
+            await task
+            ran.append(("awaited", task))
+
+        async with maker() as session:
+            session.add(Item(name="a"))
+            sa_signals.on_commit(spawn_and_wait, session)
+            await session.commit()
+        task = ran[0][1]
+        assert ran == [("job", task), ("returned", task), ("awaited", task)]
+        assert task is not asyncio.current_task()
+
+    async def test_thread_committing_while_the_callback_awaits(
+        self, AsyncScoped: t.Any, Session: Scoped, arunner: t.Any
+    ) -> None:
+        """A thread (asyncio.to_thread) committing a sync installed session runs its callbacks
+        in that thread, before its commit() returns."""
+        ran: list[tuple[str, int]] = []
+
+        def work() -> None:
+            own = Session()
+            own.add(Item(name="thread"))
+            sa_signals.on_commit(lambda: ran.append(("thread", threading.get_ident())), own)
+            own.commit()
+            ran.append(("returned", threading.get_ident()))
+            Session.remove()
+
+        async def callback() -> None:
+            await asyncio.to_thread(work)
+
+        async with AsyncScoped.session_factory() as session:
+            session.add(Item(name="a"))
+            sa_signals.on_commit(callback, session)
+            await session.commit()
+        thread = ran[0][1]
+        assert ran == [("thread", thread), ("returned", thread)]
+        assert thread != threading.get_ident()
+
+    def test_copied_context_run_later_in_a_thread(self, Session: Scoped) -> None:
+        """A sync callback's copied context, run in a thread after the commit, commits with
+        its callbacks run there, once."""
+        contexts: list[contextvars.Context] = []
+        ran: list[str] = []
+
+        def work() -> None:
+            own = Session()
+            own.add(Item(name="later"))
+            sa_signals.on_commit(lambda: ran.append("later"), own)
+            own.commit()
+            ran.append("returned")
+            Session.remove()
+
+        session = Session()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(lambda: contexts.append(contextvars.copy_context()), session)
+        session.commit()
+        thread = threading.Thread(target=contexts[0].run, args=(work,))
+        thread.start()
+        thread.join()
+        assert ran == ["later", "returned"]
+
+    def test_copied_context_run_later_in_the_same_thread(self, Session: Scoped) -> None:
+        """Run after the run ended, in the committing thread, a copied context commits
+        normally too."""
+        contexts: list[contextvars.Context] = []
+        ran: list[str] = []
+
+        def work() -> None:
+            with Session() as own:
+                own.add(Item(name="later"))
+                sa_signals.on_commit(lambda: ran.append("later"), own)
+                own.commit()
+                ran.append("returned")
+
+        session = Session()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(lambda: contexts.append(contextvars.copy_context()), session)
+        session.commit()
+        contexts[0].run(work)
+        assert ran == ["later", "returned"]
+
+    async def test_current_session_from_another_task_is_refused(
+        self, AsyncScoped: t.Any, arunner: t.Any
+    ) -> None:
+        """current_async_session() in a task a callback started names the fix."""
+        errors: list[BaseException] = []
+
+        async def job() -> None:
+            try:
+                sa_signals.current_async_session()
+            except sa_signals.OutsideCallbackError as exc:
+                errors.append(exc)
+
+        async def callback() -> None:
+            await asyncio.create_task(job())
+
+        async with AsyncScoped.session_factory() as session:
+            session.add(Item(name="a"))
+            sa_signals.on_commit(callback, session)
+            await session.commit()
+        assert len(errors) == 1
+        assert "another thread or asyncio task" in str(errors[0])

@@ -12,10 +12,10 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
-from sa_signals import _bridge
-from sa_signals import _state
 from sa_signals import signals
-from sa_signals._state import STATE_ATTR
+from sa_signals._core import bridge as _bridge
+from sa_signals._core import state as _state
+from sa_signals._core.state import STATE_ATTR
 from tests.conftest import count
 from tests.models import Animal
 from tests.models import Audit
@@ -505,12 +505,13 @@ class TestInstall:
     def test_two_scoped_sessions_on_one_maker_refused(self, engine: sa.Engine) -> None:
         """Two registries over one sessionmaker cannot both receive the distinct sessions."""
         maker = sa_orm.sessionmaker(engine)
-        sa_signals.install(sa_orm.scoped_session(maker))
+        scoped = sa_orm.scoped_session(maker)
+        sa_signals.install(scoped)
         try:
             with pytest.raises(sa_signals.InstallError, match="its own sessionmaker"):
                 sa_signals.install(sa_orm.scoped_session(maker))
         finally:
-            sa_signals.uninstall(maker)
+            sa_signals.uninstall(scoped)
 
     @pytest.mark.parametrize(
         ("target", "message"),
@@ -565,6 +566,64 @@ class TestSignalClass:
         signal.connect(lambda sender, **kw: calls.append((sender, kw)), weak=False)
         signal.send("me", value=1)
         assert calls == [("me", {"value": 1})]
+
+
+class TestDisconnect:
+    def test_disconnect_from_its_only_sender_disconnects_it(self) -> None:
+        """A receiver disconnected from the one sender it had is no longer connected."""
+        signal = signals.Signal("demo")
+
+        def receiver(sender: object, **kwargs: object) -> None: ...
+
+        signal.connect(receiver, sender=Item, weak=False)
+        assert signal.disconnect(receiver, sender=Item) is True
+        assert not signal.receivers
+        assert signal.receivers_in_order(Item) == []
+
+    def test_disconnect_from_one_of_two_senders_keeps_the_other(self) -> None:
+        """Disconnected from one sender, a receiver still receives the other's sends."""
+        signal = signals.Signal("demo")
+
+        def receiver(sender: object, **kwargs: object) -> None: ...
+
+        signal.connect(receiver, sender=Item, weak=False)
+        signal.connect(receiver, sender=Audit, weak=False)
+        assert signal.disconnect(receiver, sender=Item) is True
+        assert [r for r, _ in signal.receivers_in_order(Audit)] == [receiver]
+        assert signal.receivers_in_order(Item) == []
+
+    def test_disconnect_returns_whether_it_was_connected(self) -> None:
+        """As in Django: True when a receiver was removed, False otherwise."""
+        signal = signals.Signal("demo")
+
+        def receiver(sender: object, **kwargs: object) -> None: ...
+
+        assert signal.disconnect(receiver) is False
+        signal.connect(receiver, weak=False)
+        assert signal.disconnect(receiver, sender=Item) is False  # connected to any sender
+        assert signal.disconnect(receiver) is True
+        assert signal.disconnect(receiver) is False
+
+    def test_disconnect_in_dispatch(self, session: sa_orm.Session) -> None:
+        """Django's test_disconnect_in_dispatch: receivers that disconnect themselves while a
+        save is sent both run, and no receiver is left connected."""
+
+        class Handler:
+            def __init__(self) -> None:
+                self.ran = False
+
+            def __call__(self, sender: type, **kwargs: object) -> None:
+                self.ran = True
+                signals.post_save.disconnect(self, sender=sender)
+
+        first, second = Handler(), Handler()
+        signals.post_save.connect(first, sender=Item, weak=False)
+        signals.post_save.connect(second, sender=Item, weak=False)
+        session.add(Item(name="a"))
+        session.commit()
+        assert first.ran
+        assert second.ran
+        assert not signals.post_save.receivers
 
 
 class TestNoLoops:
@@ -652,11 +711,11 @@ class TestSessionListenersOnDemand:
         attached = [name for name, _ in _bridge._EVERY_SESSION_LISTENER]
         attached = [name for name in attached if session_listening(Session, name)]
         expected = ["after_commit", "after_transaction_end"]
-        if not _bridge._CONNECTIONS_KNOWN:  # SQLAlchemy < 2.1.7 records the connections
+        if not _state.CONNECTIONS_KNOWN:  # SQLAlchemy < 2.1.7 records the connections
             expected.insert(0, "after_begin")
         assert attached == expected
         assert [key for key in session.__dict__ if key.startswith("_sa_signals")] == (
-            [] if _bridge._CONNECTIONS_KNOWN else [STATE_ATTR]
+            [] if _state.CONNECTIONS_KNOWN else [STATE_ATTR]
         )
 
     def test_receiver_attaches_its_listener_until_uninstall(
@@ -685,4 +744,4 @@ class TestSessionListenersOnDemand:
         SessionTransaction.connections is used where it exists (2.1.7 and later)."""
         assert _state.TRANSACTION_FIELDS_KNOWN
         released = packaging.version.Version(sa.__version__).release
-        assert _bridge._CONNECTIONS_KNOWN is (released >= (2, 1, 7))
+        assert _state.CONNECTIONS_KNOWN is (released >= (2, 1, 7))

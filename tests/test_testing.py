@@ -17,7 +17,7 @@ import sqlalchemy.orm as sa_orm
 import sa_signals
 from sa_signals import signals
 from sa_signals import testing
-from sa_signals._state import TRANSACTIONAL_ATTR
+from sa_signals._core.state import TRANSACTIONAL_ATTR
 from tests.conftest import count
 from tests.models import Audit
 from tests.models import Item
@@ -115,16 +115,19 @@ class TestCaptureOnCommit:
     def test_transaction_ended_inside_the_block(
         self, flavour: Flavour, any_session: t.Any, recorder: Recorder
     ) -> None:
-        """Callbacks of a transaction that ended inside the block are not listed; those of the
-        one begun after it are."""
-        ran, queued = recorder.do(0), recorder.do(1)
+        """Callbacks of a transaction committed inside the block are listed (they ran), those
+        of one rolled back are not, and those of the one begun after are."""
+        ran, dropped, queued = recorder.do(0), recorder.do("dropped"), recorder.do(1)
         flavour.aw(any_session.begin())
         with flavour.enter(testing.capture_on_commit(any_session)) as callbacks:
             sa_signals.on_commit(ran, any_session)
             flavour.aw(any_session.commit())
             flavour.aw(any_session.begin())
+            sa_signals.on_commit(dropped, any_session)
+            flavour.aw(any_session.rollback())
+            flavour.aw(any_session.begin())
             sa_signals.on_commit(queued, any_session)
-        assert callbacks == [queued]
+        assert callbacks == [ran, queued]
         recorder.assert_done([0])
         flavour.aw(any_session.rollback())
 
@@ -194,15 +197,14 @@ class TestCaptureOnCommit:
 
             return aouter if flavour.is_async else outer
 
-        first = register("first", register("second", innermost))
+        second = register("second", innermost)
+        first = register("first", second)
         with flavour.enter(testing.capture_on_commit(AnySession, execute=True)) as callbacks:
             flavour.aw(AnySession.begin())
             sa_signals.on_commit(first, AnySession)
             sa_signals.on_commit(inner, AnySession)
         recorder.assert_done(["first", "second", "innermost", "inner"])
-        assert len(callbacks) == 4
-        assert callbacks[:2] == [first, inner]
-        assert callbacks[3] is innermost
+        assert callbacks == [first, second, innermost, inner]  # in run order
         flavour.aw(AnySession.rollback())
 
     def test_execute_keeps_robust_rule(
@@ -277,13 +279,106 @@ class TestCaptureOnCommit:
         await session.commit()
         recorder.assert_done([1])
 
-    def test_refuses_a_sessionmaker(self, Session: Scoped) -> None:
-        """A sessionmaker has no one session: the error says to pass the session."""
-        with (
-            pytest.raises(TypeError, match="for a sessionmaker, pass the session it made"),
-            testing.capture_on_commit(Session.session_factory),  # type: ignore[arg-type]
-        ):
-            pass
+    @pytest.mark.parametrize("execute", [False, True])
+    def test_captures_in_the_test_suite_pattern(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, execute: bool
+    ) -> None:
+        """A session joined into the test's outer transaction: the code under test registers
+        and commits (a savepoint release); the callbacks are listed and, with execute, run at
+        the block's end, once; the outer rollback runs nothing more."""
+        maker = AnySession.session_factory
+        first, second = recorder.do(1), recorder.do(2)
+        connection = flavour.aw(maker.kw["bind"].connect())
+        flavour.aw(connection.begin())
+        session = maker(bind=connection, join_transaction_mode="create_savepoint")
+        try:
+            with flavour.enter(testing.capture_on_commit(session, execute=execute)) as callbacks:
+                session.add(Item(name="a"))
+                sa_signals.on_commit(first, session)
+                flavour.aw(session.commit())
+                sa_signals.on_commit(second, session)
+                flavour.aw(session.commit())
+                recorder.assert_done([])
+            assert callbacks == [first, second]
+            recorder.assert_done([1, 2] if execute else [])
+        finally:
+            flavour.aw(session.close())
+            flavour.aw(connection.rollback())
+            flavour.aw(connection.close())
+        recorder.assert_done([1, 2] if execute else [])
+
+    @pytest.mark.parametrize("execute", [False, True])
+    def test_a_sessionmaker_captures_every_session_it_makes(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, execute: bool
+    ) -> None:
+        """Every session the factory makes inside the block is captured: committed ones ran at
+        their commit, open ones run at the end with execute; rolled-back ones are not listed."""
+        maker = AnySession.session_factory
+        committed, rolled_back, open_ = recorder.do(1), recorder.do("x"), recorder.do(2)
+        with flavour.enter(testing.capture_on_commit(maker, execute=execute)) as callbacks:
+            one, two, three = maker(), maker(), maker()
+            one.add(Item(name="a"))
+            sa_signals.on_commit(committed, one)
+            flavour.aw(one.commit())
+            flavour.aw(two.begin())
+            sa_signals.on_commit(rolled_back, two)
+            flavour.aw(two.rollback())
+            flavour.aw(three.begin())
+            sa_signals.on_commit(open_, three)
+        assert callbacks == [committed, open_]
+        recorder.assert_done([1, 2] if execute else [1])
+        for session in (one, two, three):
+            flavour.aw(session.close())
+
+    @pytest.mark.flavours("sync")
+    def test_execute_recursive(self, Session: Scoped) -> None:
+        """Django's test_execute_recursive: a callback registering one, both listed and run."""
+        ran: list[str] = []
+
+        def leaf() -> None:
+            ran.append("leaf")
+
+        def branch() -> None:
+            ran.append("branch")
+            with Session.begin():
+                sa_signals.on_commit(leaf, Session)
+
+        with testing.capture_on_commit(Session, execute=True) as callbacks, Session.begin():
+            sa_signals.on_commit(branch, Session)
+        assert callbacks == [branch, leaf]
+        assert ran == ["branch", "leaf"]
+
+    @pytest.mark.flavours("sync")
+    def test_execute_tree(self, Session: Scoped) -> None:
+        """Django's test_execute_tree: every node of a callback tree runs once and is listed,
+        in run order (a callback's own callbacks run right after it, depth first)."""
+        calls: list[str] = []
+
+        def node(name: str, *children: t.Callable[[], None]) -> t.Callable[[], None]:
+            def callback() -> None:
+                calls.append(name)
+                if children:
+                    with Session.begin():
+                        for child in children:
+                            sa_signals.on_commit(child, Session)
+
+            callback.__qualname__ = name
+            return callback
+
+        leaf_1, leaf_2, leaf_3 = node("leaf_1"), node("leaf_2"), node("leaf_3")
+        branch_2 = node("branch_2", leaf_1, leaf_2)
+        branch_1 = node("branch_1", branch_2, leaf_3)
+        Session.begin()
+        with testing.capture_on_commit(Session, execute=True) as callbacks:
+            sa_signals.on_commit(branch_1, Session)
+        Session.rollback()
+        assert calls == ["branch_1", "branch_2", "leaf_1", "leaf_2", "leaf_3"]
+        assert callbacks == [branch_1, branch_2, leaf_1, leaf_2, leaf_3]
+
+    def test_refuses_what_is_no_session_or_factory(self) -> None:
+        """Anything but a session or a session factory is refused with what it accepts."""
+        with pytest.raises(TypeError, match="needs a Session, a scoped_session or a sessionmaker"):
+            testing.capture_on_commit(42)  # type: ignore[arg-type]
 
     def test_refuses_uninstalled_session(self, engine: sa.Engine) -> None:
         """Capturing on a session that is not installed names install()."""
@@ -582,7 +677,8 @@ class TestTransactional:
     def test_unmarked_connection_still_runs_nothing(
         self, Session: Scoped, engine: sa.Engine, recorder: Recorder
     ) -> None:
-        """Outside the mode, a session joined into an outer transaction runs nothing."""
+        """Outside the mode, a session joined into an outer transaction runs nothing: its
+        callbacks wait for the Connection, whose rollback drops them."""
         with testing.transactional(Session):
             pass
         with engine.connect() as connection:

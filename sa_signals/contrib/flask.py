@@ -13,7 +13,7 @@ except ImportError as exc:
     msg = 'sa_signals.contrib.flask needs Flask: pip install "sa-signals[flask]"'
     raise ImportError(msg) from exc
 
-from .._bridge import install
+from .._core.install import install
 from .scopes import remove_session
 
 if t.TYPE_CHECKING:

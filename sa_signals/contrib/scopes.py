@@ -18,8 +18,8 @@ import typing as t
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.util as sa_util
 
-from .._dispatch import logger
-from .._state import async_api
+from .._core.state import async_api
+from .._log import logger
 from ..exceptions import ScopeError
 
 if t.TYPE_CHECKING:

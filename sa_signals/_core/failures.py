@@ -5,32 +5,46 @@ from __future__ import annotations
 import inspect
 import typing as t
 
+import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 
-from . import signals
-from ._dispatch import describe
-from ._dispatch import logger
-from ._dispatch import Signal
-from .exceptions import CoroutineMisuseError
-from .exceptions import SessionLeftOpenError
+from .. import signals
+from .._dispatch import Signal
+from .._log import describe
+from .._log import logger
+from ..exceptions import CoroutineMisuseError
+from ..exceptions import SessionLeftOpenError
 
 if t.TYPE_CHECKING:
-    from ._aio import AsyncSupport
+    from .aio import AsyncSupport
 
 WRAPPED_CALLBACK_ATTR = "_sa_signals_callback"
 """Set by the testing helpers on a wrapper they queue in place of a user's callback."""
 
 
 def left_open_error(func: object) -> SessionLeftOpenError:
+    """The error for a callback that used the session that had committed."""
     msg = (
-        f"{describe(func)} began a transaction on the session that had committed; it was"
-        " rolled back. Inside a callback use the distinct session: call the scoped_session,"
-        " or sa_signals.current_session()."
+        f"{describe(func)} used the session that had committed (a query, a write, or an"
+        " attribute of one of its objects, expired by the commit, being loaded); what it began"
+        " was rolled back. Inside a callback use the distinct session: call the"
+        " scoped_session, or sa_signals.current_session(). In a change receiver read"
+        " change.identity and change.changes rather than change.instance, or make the session"
+        " with expire_on_commit=False."
     )
     return SessionLeftOpenError(msg)
 
 
+def is_closed_context_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLAlchemy's refusal to use a session inside ``with session.begin()``
+    after that block's commit began: a callback that used the session that committed."""
+    return isinstance(exc, sa_exc.InvalidRequestError) and str(exc).startswith(
+        "Can't operate on closed transaction inside context manager"
+    )
+
+
 def coroutine_error(func: object) -> CoroutineMisuseError:
+    """The error for a coroutine function met where nothing can await it."""
     msg = (
         f"{describe(func)} is a coroutine function, but the commit came from a synchronous"
         " Session where nothing can await it; use a plain function, or an AsyncSession."
@@ -48,6 +62,7 @@ def returned_coroutine_error(func: object) -> CoroutineMisuseError:
 
 
 def close_quietly(session: sa_orm.Session) -> None:
+    """Roll ``session`` back, logging rather than raising a failure."""
     try:
         session.rollback()
     except Exception:

@@ -14,9 +14,11 @@ import sqlalchemy.engine.result as sa_result
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.util as sa_sql_util
 
-from .changes import _pk_keys
-from .changes import NOT_LOADED
-from .changes import Operation
+from . import changes
+from .records import NOT_LOADED
+
+if t.TYPE_CHECKING:
+    from .records import Operation
 
 Row: t.TypeAlias = "dict[str, tuple[t.Any, t.Any]]"
 
@@ -60,7 +62,7 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
     if mapper is None or not orm_state.is_orm_statement:
         return None  # a Core statement on a Table: out of scope
     statement = orm_state.statement
-    pk_keys = list(_pk_keys(mapper))
+    pk_keys = list(changes.pk_keys(mapper))
     params = orm_state.parameters
     param_rows: list[dict[str, t.Any]] | None = None
     if isinstance(params, dict):
@@ -76,19 +78,20 @@ def execute(orm_state: sa_orm.ORMExecuteState) -> Executed | None:
         return Executed(operation, mapper.class_, statement, frozen(), count, returned, None)
     if param_rows is not None and operation != "delete":
         return _by_parameters(orm_state, operation, mapper, pk_keys, param_rows)
-    result: t.Any = None
-    if operation != "insert" and _can_return(orm_state, operation, mapper):
-        result = orm_state.invoke_statement(
+    returning = operation != "insert" and _can_return(orm_state, operation, mapper)
+    if returning:
+        result: t.Any = orm_state.invoke_statement(
             statement=statement.return_defaults(*mapper.primary_key)  # type: ignore[attr-defined]
         )
-    if result is None:
+    else:
         result = orm_state.invoke_statement()
     identities: list[tuple[t.Any, ...]] | None = None
     if operation == "insert":
         keys = getattr(result, "inserted_primary_key_rows", None)
         if keys and all(None not in key for key in keys):
             identities = [tuple(key) for key in keys]
-    else:
+    elif returning:
+        # None when RETURNING gave nothing (no row matched: rowcount tells, see record_bulk).
         defaults = getattr(result, "returned_defaults_rows", None)
         if defaults is not None:
             identities = [tuple(row) for row in defaults]

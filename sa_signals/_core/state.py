@@ -1,4 +1,7 @@
-"""Per-installation and per-session bookkeeping."""
+"""What ``install()`` recorded for a session class, and what one session's transaction holds.
+
+Plain bookkeeping: nothing here runs, sends or listens.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,9 @@ if t.TYPE_CHECKING:
 
     import sqlalchemy as sa
 
-    from ._aio import AsyncSupport
-    from ._runner import Item
-    from .changes import Event
-    from .typing import AsyncSessionFactory
+    from ..typing import AsyncSessionFactory
+    from .aio import AsyncSupport
+    from .records import Record
 
 INSTALLATION_ATTR = "_sa_signals_installation"
 """Class attribute set on an installed session class; subclasses inherit it."""
@@ -33,11 +35,52 @@ TRANSACTIONAL_ATTR = "_sa_signals_transactional"
 """Instance attribute set on a Connection in the transactional test mode: a session's outermost
 commit on it (a SAVEPOINT release) counts as a real COMMIT."""
 
+Item: t.TypeAlias = c.Callable[[], object]
+"""One call to make after a commit: an on_commit callback as registered (when robust), or a
+:class:`~sa_signals._core.work.Work`."""
+
+
+class Observer(t.Protocol):
+    """What watches the on_commit queues of sessions: a test's capture."""
+
+    def watch(self, state: SessionState, session: sa_orm.Session, start: int) -> None:
+        """Watch the queue of ``session`` (whose state is ``state``) from ``start`` on."""
+
+    def ended(
+        self, state: SessionState, session: sa_orm.Session, items: list[Item], outcome: Outcome
+    ) -> list[Item]:
+        """Observe the callbacks ``items`` an outermost transaction left; return those to run
+        or hold as usual (the others are the observer's now)."""
+
+
+Outcome: t.TypeAlias = t.Literal["committed", "held", "rolled back"]
+"""How a session's outermost transaction ended for its callbacks: they run now, wait for a
+caller's Connection to commit, or are dropped."""
+
+
+class Watch:
+    """One observer of one session's queue, and where the part it watches begins."""
+
+    __slots__ = ("observer", "start")
+
+    def __init__(self, observer: Observer, start: int) -> None:
+        self.observer = observer
+        self.start = start
+
 
 class Installation:
     """What ``install()`` recorded for one session class."""
 
-    __slots__ = ("active", "aio", "maker", "robust", "scoped", "session_class", "track_changes")
+    __slots__ = (
+        "active",
+        "aio",
+        "maker",
+        "observers",
+        "robust",
+        "scoped",
+        "session_class",
+        "track_changes",
+    )
 
     def __init__(
         self,
@@ -57,6 +100,8 @@ class Installation:
         """Set for an ``async_sessionmaker`` or ``async_scoped_session`` install."""
         self.active = True
         """False once ``uninstall()`` removed it: a session state made before is stale."""
+        self.observers: list[Observer] = []
+        """Observers of every session whose state is made meanwhile (factory captures)."""
 
     def make_session(self, origin: sa_orm.Session) -> sa_orm.Session:
         """Return a fresh session configured like ``origin``."""
@@ -124,6 +169,11 @@ TRANSACTION_FIELDS_KNOWN = _transaction_fields_known()
 ``SessionTransaction._parent``: an attribute read instead of a method call, on every commit,
 ``on_commit()`` and callback run."""
 
+CONNECTIONS_KNOWN = isinstance(getattr(sa_orm.SessionTransaction, "connections", None), property)
+"""Whether ``SessionTransaction.connections`` (SQLAlchemy 2.1.7) tells which connections the
+outermost transaction used, after it ended; before that, an ``after_begin`` listener records
+them in :attr:`SessionState.connections`."""
+
 
 def installation_for(session: sa_orm.Session) -> Installation | None:
     """Return the installation covering ``session``'s class, or None."""
@@ -139,25 +189,49 @@ def transactional_connection(session: sa_orm.Session) -> sa.Connection | None:
     return None
 
 
+NOBODY: t.Final = object()
+"""``SessionState.session`` of a state the fast path of ``on_commit()`` does not use."""
+
+NO_TRANSACTION: t.Final = object()
+"""``SessionState.current`` when no transaction of the session can match (never None, which
+is what ``Session._transaction`` holds outside a transaction)."""
+
+
+NO_FIELDS: t.Final[dict[str, t.Any]] = {"_transaction": NO_TRANSACTION}
+"""``SessionState.fields`` of a state the fast path of ``on_commit()`` does not use."""
+
+
 class SessionState:
     """What the layer tracks for one session during its outermost transaction.
 
-    Everything is cleared when the outermost transaction ends, so nothing outlives it.
+    Everything but the watches is cleared when the outermost transaction ends, so nothing
+    outlives it.
     """
 
     __slots__ = (
         "changes",
         "connections",
-        "cut",
+        "current",
+        "fields",
         "installation",
         "marks",
         "plain",
         "queue",
+        "session",
+        "watches",
     )
 
     def __init__(self, installation: Installation | None) -> None:
         self.installation = installation
         """The installation covering the session when the state was made."""
+        self.session: object = NOBODY
+        """The session, while ``on_commit()``'s fast path may append to :attr:`queue`."""
+        self.current: object = NO_TRANSACTION
+        """The session's innermost transaction (``Session._transaction``) when a callback was
+        last queued by the full path: while it stays innermost, the fast path appends."""
+        self.fields: dict[str, t.Any] = NO_FIELDS
+        """The session's ``__dict__``, where the fast path reads ``_transaction``: a dict
+        lookup costs less than the attribute read on a ``Session``."""
         self.queue: list[Item] = []
         """The on_commit callbacks, in registration order."""
         self.marks: list[tuple[sa_orm.SessionTransaction, int]] = []
@@ -166,17 +240,23 @@ class SessionState:
         self.plain: object = None
         """The callback queued last if it is no coroutine function: not checked again when it is
         registered again (it is held by the queue anyway)."""
-        self.cut = sys.maxsize
-        """The shortest the queue was cut to by a savepoint rollback, for capture_on_commit()."""
-        self.changes: list[Event] = []
+        self.watches: list[Watch] = []
+        """The observers of the queue (test captures), each from its start."""
+        self.changes: list[Record] = []
+        """The writes of the transaction, in the order they were made."""
         self.connections: list[sa.Connection] = []
+        """The outermost transaction's connections, where SQLAlchemy does not keep them."""
 
 
 def state_of(session: sa_orm.Session) -> SessionState:
     """Return ``session``'s state, creating it on first use."""
     state: SessionState | None = session.__dict__.get(STATE_ATTR)
     if state is None:
-        state = session.__dict__[STATE_ATTR] = SessionState(installation_for(session))
+        installation = installation_for(session)
+        state = session.__dict__[STATE_ATTR] = SessionState(installation)
+        if installation is not None and installation.observers:
+            for observer in installation.observers:
+                observer.watch(state, session, 0)
     return state
 
 

@@ -12,8 +12,8 @@ import typing as t
 
 import sqlalchemy.ext.asyncio as sa_asyncio
 
-from ._aio import async_support
-from ._state import TRANSACTIONAL_ATTR
+from ._core.install import async_support
+from ._core.state import TRANSACTIONAL_ATTR
 from .exceptions import NotInstalledError
 from .exceptions import ScopeError
 
