@@ -20,9 +20,7 @@ import time
 import typing as t
 import uuid
 
-import psycopg
 import pytest
-import redis
 
 from sa_signals import fanout
 from sa_signals import signals
@@ -77,6 +75,8 @@ def transport(transport_kind: str) -> c.Iterator[Transport]:
     name = new_name()
     yield make_transport(transport_kind, name)
     if transport_kind == "redis-stream":
+        import redis
+
         client = redis.Redis.from_url(redis_url())
         client.delete(name)
         client.close()
@@ -220,6 +220,8 @@ def listening(transport: Transport, **options: t.Any) -> c.Iterator[fanout.Liste
 def kill_connections(transport: t.Any, role: str) -> int:
     """Kill the server side of ``transport``'s connections of ``role``; return how many."""
     if hasattr(transport, "client_name"):
+        import redis
+
         client = redis.Redis.from_url(transport.url)
         try:
             name = transport.client_name(role)
@@ -229,6 +231,8 @@ def kill_connections(transport: t.Any, role: str) -> int:
             return len(ids)
         finally:
             client.close()
+    import psycopg
+
     name = f"sa_signals fan-out {role} {transport.channel}"[:63]
     url = postgresql_url().replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(url, autocommit=True) as connection:

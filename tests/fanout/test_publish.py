@@ -148,10 +148,6 @@ class TestWhatIsPublished:
         assert all(change.fields == {"value"} for change in heard.changes[:-1])
 
     @pytest.mark.backends("sqlite")
-    @pytest.mark.xfail(
-        reason="the core does not send models_committed yet for a commit of an on_commit"
-        " callback's distinct session"
-    )
     def test_commits_of_on_commit_callbacks_are_published(
         self, Session: sa_orm.scoped_session[sa_orm.Session], transport: t.Any, heard: Heard
     ) -> None:
