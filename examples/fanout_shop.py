@@ -11,7 +11,8 @@ Run ``python examples/fanout_shop.py [--database URL] [--transport URL] [--worke
 it creates the table, starts the workers on loopback (ports printed) and serves until Ctrl-C.
 ``--transport`` is ``postgresql://...`` (NOTIFY), ``redis://...`` (pub/sub) or
 ``redis+stream://...`` (a Redis stream). Defaults: SQLite in a temporary directory and Redis
-pub/sub on ``redis://127.0.0.1:6379/0``. Then::
+pub/sub on ``REDIS_URL`` (``redis://127.0.0.1:6379/0``). The table is dropped at the start and
+at the end. Then::
 
     curl http://127.0.0.1:PORT/products/1                       # {"price": 3, "cached": false ...}
     curl -X POST 'http://127.0.0.1:OTHER_PORT/products/1?price=4'
@@ -220,7 +221,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", default=None)
-    parser.add_argument("--transport", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--transport", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
     parser.add_argument("--workers", type=int, default=4)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
@@ -233,6 +236,9 @@ def main() -> None:
             pass
         finally:
             shop.stop()
+            engine = sa.create_engine(database)
+            Base.metadata.drop_all(engine)
+            engine.dispose()
 
 
 if __name__ == "__main__":
