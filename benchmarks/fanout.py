@@ -132,7 +132,7 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
     Session = writer()
     transport = make_transport(kind, name, args)
     commits = int(args.seconds * args.rate)
-    with fanout.publish(Session, transport) as publisher:
+    with fanout.publish(Session, transport, write=args.write) as publisher:
         for n in range(200):  # warm-up, on row 0
             update(Session, 0, n)
         publisher.flush()
@@ -182,10 +182,13 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
 class Config:
     """One way of committing: what is connected while the batch runs."""
 
-    def __init__(self, label: str, kind: str | None = None, receiver: bool = False) -> None:
+    def __init__(
+        self, label: str, kind: str | None = None, receiver: bool = False, write: bool = True
+    ) -> None:
         self.label = label
         self.kind = kind
         self.receiver = receiver
+        self.write = write
         self.publisher: fanout.Publisher | None = None
 
     def enter(self, Session: t.Any, args: argparse.Namespace) -> None:
@@ -194,7 +197,7 @@ class Config:
         if self.kind is not None:
             name = f"sa-signals-bench-{uuid.uuid4().hex[:8]}"
             transport = make_transport(self.kind, name, args)
-            self.publisher = fanout.publish(Session, transport)
+            self.publisher = fanout.publish(Session, transport, write=self.write)
             for n in range(20):  # connects the sender
                 update(Session, 0, n)
             self.publisher.flush()
@@ -220,6 +223,11 @@ def configs(kinds: list[str]) -> list[Config]:
         Config("nothing published"),
         Config("a models_committed receiver"),
         *(Config(f"publishing to {kind}", kind) for kind in kinds),
+        *(
+            Config(f"{kind}, write=False", kind, write=False)
+            for kind in kinds
+            if kind.startswith("redis")
+        ),
     ]
 
 
@@ -343,6 +351,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listeners", type=int, default=4, help="listener processes (4)")
     parser.add_argument("--rounds", type=int, default=15, help="of the overhead benchmark (15)")
     parser.add_argument("--instructions", action="store_true", help="count them with callgrind")
+    parser.add_argument(
+        "--no-write",
+        dest="write",
+        action="store_false",
+        help="latency: send every message from the publisher's thread (publish(write=False))",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the harness")
     parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--listen", nargs=2, help=argparse.SUPPRESS)

@@ -1,14 +1,13 @@
 """``publish()``: send what each transaction committed to the other processes, after the COMMIT.
 
-A receiver of ``signals.models_committed`` hands each change set on. When the transport's
-sender is a :class:`~sa_signals.fanout.transport.Writer` (the Redis transports) with an open
-connection and nothing is queued before it, the committing thread encodes the message and writes
-it without waiting for the answer: no thread hand-off, whose wake-ups cost a busy process more
-than the write. Otherwise (connecting, PostgreSQL, a failure, another thread writing) the change
-set goes to an in-memory queue that a thread of the publisher sends; that thread also reads the
-writes' answers, sends heartbeats, and retries a failed transport. A commit never waits for the
-network, and a transport that is down costs it nothing: the failure is logged, counted, and
-announced to the listeners by the next message that gets through.
+A receiver of ``signals.models_committed`` appends each change set to an in-memory queue that a
+thread of the publisher encodes and sends; that thread also sends heartbeats and retries a
+failed transport. With ``publish(write=True)`` and a sender that is a
+:class:`~sa_signals.fanout.transport.Writer` (the Redis transports) with an open connection,
+the committing thread encodes the message and writes it itself when nothing is queued before
+it, without waiting for the answer, which the publisher's thread reads later. A commit never
+waits for the network, and a transport that is down costs it nothing: the failure is logged,
+counted, and announced to the listeners by the next message that gets through.
 """
 
 from __future__ import annotations
@@ -102,6 +101,7 @@ class Publisher:
         max_bytes: int,
         max_pending: int,
         heartbeat: float,
+        write: bool = False,
     ) -> None:
         self._session_class = session_class
         self._transport = transport
@@ -109,6 +109,7 @@ class Publisher:
         self._max_bytes = max_bytes
         self._max_pending = max_pending
         self._heartbeat = heartbeat
+        self._write_enabled = write
         self._stopped = False
         self._reset()
         signals.models_committed.connect(self._committed, weak=False)
@@ -420,7 +421,8 @@ class Publisher:
         self._heartbeats += len(messages) - len(batch)
         self._degraded += degraded
         self._last_sent = time.monotonic()
-        self._writer = self._sender if isinstance(self._sender, Writer) else None
+        if self._write_enabled and isinstance(self._sender, Writer):
+            self._writer = self._sender
         return True
 
     def _lose(self, count: int) -> None:
@@ -461,6 +463,7 @@ def publish(
     max_bytes: int = 65536,
     max_pending: int = 10000,
     heartbeat: float = 10.0,
+    write: bool = False,
 ) -> Publisher:
     """Send one message per transaction of ``target``'s sessions that committed changes.
 
@@ -474,9 +477,11 @@ def publish(
 
     Commits made by commit-time work (an ``on_commit`` callback's distinct session) are
     published too, as every commit that sends ``models_committed``. A commit never waits for the
-    network: the message is written from the committing thread without waiting for an answer
-    when the transport's sender is a :class:`~sa_signals.fanout.transport.Writer` with an open
-    connection, and sent by the publisher's thread otherwise.
+    network: the publisher's thread sends the messages. With ``write=True`` and a transport
+    whose sender is a :class:`~sa_signals.fanout.transport.Writer` (the Redis transports), the
+    committing thread writes each message itself when the connection is open and nothing is
+    queued, without waiting for the answer: no hand-off, a lower median latency, but the
+    committing thread pays the write (see ``docs/fanout.md``).
     """
     session_class = _session_class_of(target)
     limit = min(max_bytes, transport.max_bytes)
@@ -499,6 +504,7 @@ def publish(
         max_bytes=limit,
         max_pending=max_pending,
         heartbeat=heartbeat,
+        write=write,
     )
 
 

@@ -276,21 +276,24 @@ class TestTransportDown:
             assert publisher.counters.dropped >= 1
 
     @pytest.mark.transports("postgresql", "redis-pubsub", "redis-stream")
+    @pytest.mark.parametrize("write", [False, True], ids=["thread", "write"])
     def test_lost_messages_are_announced_by_the_next_one(
         self,
         Session: sa_orm.scoped_session[sa_orm.Session],
         transport_kind: str,
+        write: bool,
         heard: Heard,
         caplog: pytest.LogCaptureFixture,
         request: pytest.FixtureRequest,
     ) -> None:
-        """A send that failed becomes a gap at the listeners, announced by the next message."""
+        """A send that failed, or a write never answered, becomes a gap at the listeners,
+        announced by the next message (NOTIFY has no writer: write=True sends from the thread)."""
         if transport_kind == "postgresql":
             transport = make_transport(transport_kind, new_name())
         else:  # Redis stalls writes on a private server; the listener keeps reading
             server: RedisServer = request.getfixturevalue("redis_server")
             transport = make_transport(transport_kind, new_name(), url=server.url, timeout=0.5)
-        with publishing(Session, transport) as publisher, listening(transport):
+        with publishing(Session, transport, write=write) as publisher, listening(transport):
             with Session.begin():
                 Session.add(Item(id=1, name="a"))
             assert heard.wait_for(lambda: heard.identities() == [(1,)])
@@ -325,7 +328,7 @@ class TestTransportDown:
     ) -> None:
         """A message written from the committing thread on a connection Redis closed is
         counted as lost when its answer never comes, and announced."""
-        with publishing(Session, transport) as publisher, listening(transport):
+        with publishing(Session, transport, write=True) as publisher, listening(transport):
             with Session.begin():
                 Session.add(Item(id=1, name="a"))  # sent by the thread: the connection opens
             assert publisher.flush()
