@@ -183,7 +183,7 @@ class Config:
     """One way of committing: what is connected while the batch runs."""
 
     def __init__(
-        self, label: str, kind: str | None = None, receiver: bool = False, write: bool = True
+        self, label: str, kind: str | None = None, receiver: bool = False, write: bool = False
     ) -> None:
         self.label = label
         self.kind = kind
@@ -224,7 +224,7 @@ def configs(kinds: list[str]) -> list[Config]:
         Config("a models_committed receiver"),
         *(Config(f"publishing to {kind}", kind) for kind in kinds),
         *(
-            Config(f"{kind}, write=False", kind, write=False)
+            Config(f"{kind}, write=True", kind, write=True)
             for kind in kinds
             if kind.startswith("redis")
         ),
