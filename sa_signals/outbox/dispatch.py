@@ -1,0 +1,221 @@
+"""Running one row: lock it, call its handler, then delete it (or retry it, or bury it).
+
+Everything happens in one transaction of the session the handler writes through
+(``sa_signals.current_session()``): the row's lock (an ``UPDATE`` of the row) is taken first and
+the row is deleted last, so a handler whose effects are database writes takes effect exactly once,
+and a second runner of the same row (its lease expired) waits on the lock, then finds the row gone.
+A handler that raises has its writes rolled back; the failure is then recorded on the row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import logging
+import typing as t
+import uuid
+
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.util.concurrency as sa_concurrency
+
+import sa_signals
+
+from . import handlers
+from .retry import Backoff
+from .sql import statements
+from .sql import utcnow
+from .table import DEAD
+from .table import KEEP_DONE
+from .table import PENDING
+
+if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+    import sqlalchemy.ext.asyncio as sa_asyncio
+    import sqlalchemy.orm as sa_orm
+
+    from .sql import Row
+
+logger = logging.getLogger("sa_signals.outbox")
+
+_ERROR_LIMIT = 4000
+
+
+class Outcome(enum.Enum):
+    """What running a row came to."""
+
+    DONE = "done"
+    RETRY = "retry"
+    DEAD = "dead"
+    SKIPPED = "skipped"
+    """Another runner has the row, or it is gone: nothing ran."""
+
+
+def new_token() -> str:
+    """Return a new lease token (the ``locked_by`` of the rows one claim leases)."""
+    return str(uuid.uuid4())
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything running one row needs, whoever runs it."""
+
+    table: sa.Table
+    row: Row
+    token: str
+    fast: bool
+    """The committing process runs a row it just wrote: lease it by id, no claim before."""
+
+    def in_session(self, session: sa_orm.Session) -> Outcome:
+        """Run the row in ``session``'s transaction (which the caller commits)."""
+        table = self.table
+        connection = session.connection(bind_arguments={"clause": table})
+        stm = statements(table, connection.dialect.name)
+        row = self.row
+        now = utcnow()
+        params = {"row_id": row.id, "token": self.token, "now": now, "lease_end": now}
+        if connection.execute(stm.take if self.fast else stm.hold, params).rowcount != 1:
+            return Outcome.SKIPPED
+        try:
+            handler = handlers.get(row.handler)
+            if row.attempts > handler.max_attempts:
+                msg = (
+                    f"the runner of this row stopped {row.attempts - 1} times before it"
+                    " finished (killed, or out of memory?)"
+                )
+                raise _Abandoned(msg)
+            args, kwargs = json.loads(row.payload)
+            result = handler.func(*args, **kwargs)
+            if handler.is_coroutine:
+                _await(result, handler)
+        except Exception as exc:
+            session.rollback()
+            return self._failed(session, exc)
+        keep = table.info.get(KEEP_DONE)
+        connection = session.connection(bind_arguments={"clause": table})
+        connection.execute(stm.delete if keep is None else stm.mark_done, params)
+        return Outcome.DONE
+
+    def _failed(self, session: sa_orm.Session, exc: Exception) -> Outcome:
+        row = self.row
+        handler: handlers.Handler[..., t.Any] | None
+        try:
+            handler = handlers.get(row.handler)
+        except LookupError:
+            handler = None
+        max_attempts = handler.max_attempts if handler else handlers.DEFAULT_MAX_ATTEMPTS
+        attempts = row.attempts
+        dead = attempts >= max_attempts or isinstance(exc, _Abandoned)
+        delay = 0.0 if dead else (handler.delay(attempts) if handler else _default_delay(attempts))
+        connection = session.connection(bind_arguments={"clause": self.table})
+        stm = statements(self.table, connection.dialect.name)
+        result = connection.execute(
+            stm.fail_unleased if self.fast else stm.fail_leased,
+            {
+                "row_id": row.id,
+                "guard": self.token,
+                "new_state": DEAD if dead else PENDING,
+                "run_at": utcnow() + datetime.timedelta(seconds=delay),
+                "attempts": attempts,
+                "error": f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT],
+            },
+        )
+        if result.rowcount != 1:
+            logger.warning(
+                "outbox row %s (%s) failed, and another runner has it now", row.id, row.handler
+            )
+            return Outcome.SKIPPED
+        if dead:
+            logger.error(
+                "outbox row %s (%s) is dead after %s attempts",
+                row.id,
+                row.handler,
+                attempts,
+                exc_info=exc,
+            )
+            return Outcome.DEAD
+        logger.warning(
+            "outbox row %s (%s) failed (attempt %s of %s), retrying in %.1f s",
+            row.id,
+            row.handler,
+            attempts,
+            max_attempts,
+            delay,
+            exc_info=exc,
+        )
+        return Outcome.RETRY
+
+    def __repr__(self) -> str:
+        return f"<outbox row {self.row.id} ({self.row.handler})>"
+
+
+class _Abandoned(Exception):
+    """The row's earlier runners all stopped before recording an outcome."""
+
+
+def _default_delay(attempts: int) -> float:
+    return Backoff().delay(attempts)
+
+
+def _await(result: t.Any, handler: handlers.Handler[..., t.Any]) -> None:
+    try:
+        sa_concurrency.await_only(result)
+    except sa_exc.MissingGreenlet:
+        result.close()
+        msg = (
+            f"the handler {handler.name} is a coroutine function, which a synchronous session"
+            " cannot await: run its rows with an async session factory (or make it a plain"
+            " function)."
+        )
+        raise TypeError(msg) from None
+
+
+def run_after_commit(
+    session: sa_orm.Session, table: sa.Table, row: Row, *, is_async: bool
+) -> None:
+    """Run ``row`` right after ``session``'s transaction commits, as an on_commit callback."""
+    run = Run(table, row, new_token(), fast=True)
+    sa_signals.on_commit(AsyncCallback(run) if is_async else Callback(run), session)
+
+
+class Callback:
+    """The on_commit callback of a :class:`Run`: runs it in its distinct session."""
+
+    __slots__ = ("outcome", "run")
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.outcome = Outcome.SKIPPED
+
+    def __call__(self) -> None:
+        self.outcome = self.run.in_session(sa_signals.current_session())
+
+    def __repr__(self) -> str:
+        return repr(self.run)
+
+
+class AsyncCallback(Callback):
+    """The async on_commit callback of a :class:`Run` (an ``async __call__`` is awaited)."""
+
+    __slots__ = ()
+
+    async def __call__(self) -> None:  # type: ignore[override]
+        session = sa_signals.current_async_session().sync_session
+        self.outcome = await sa_concurrency.greenlet_spawn(self.run.in_session, session)
+
+
+def run_claimed(factory: sa_orm.sessionmaker[t.Any], run: Run) -> Outcome:
+    """Run a claimed row in a distinct session of ``factory``'s installation."""
+    callback = Callback(run)
+    with factory() as session:
+        sa_signals.on_commit(callback, session, robust=False)
+    return callback.outcome
+
+
+async def run_claimed_async(factory: sa_asyncio.async_sessionmaker[t.Any], run: Run) -> Outcome:
+    """Run a claimed row in a distinct ``AsyncSession`` of ``factory``'s installation."""
+    callback = AsyncCallback(run)
+    async with factory() as session:
+        await sa_signals.on_commit_async(callback, session, robust=False)
+    return callback.outcome

@@ -1,0 +1,223 @@
+"""``enqueue()``: write a row of durable work in the session's transaction."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import typing as t
+import weakref
+
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as sa_orm
+import sqlalchemy.util.concurrency as sa_concurrency
+
+from . import handlers
+from .dispatch import run_after_commit
+from .notify import notify_after_commit
+from .sql import MYSQL_DUPLICATE_KEY
+from .sql import Row
+from .sql import statements
+from .sql import utcnow
+from .table import current_table
+from .table import PENDING
+
+if t.TYPE_CHECKING:
+    import collections.abc as c
+
+    import sqlalchemy as sa
+    import sqlalchemy.ext.asyncio as sa_asyncio
+
+    from .handlers import Handler
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_ZERO = datetime.timedelta()
+_DEDUP_TRIES = 5
+
+HandlerRef: t.TypeAlias = "Handler[..., t.Any] | str"
+"""A registered handler, or the name it is registered under."""
+
+Delay: t.TypeAlias = "float | datetime.timedelta | None"
+"""Seconds (or a ``timedelta``) to wait before the row is due."""
+
+
+@t.overload
+def enqueue(
+    session: sa_orm.Session | sa_orm.scoped_session[t.Any],
+    handler: HandlerRef,
+    /,
+    *args: t.Any,
+    dedup_key: str | None = None,
+    delay: Delay = None,
+    **kwargs: t.Any,
+) -> int: ...
+
+
+@t.overload
+def enqueue(
+    session: sa_asyncio.AsyncSession | sa_asyncio.async_scoped_session[t.Any],
+    handler: HandlerRef,
+    /,
+    *args: t.Any,
+    dedup_key: str | None = None,
+    delay: Delay = None,
+    **kwargs: t.Any,
+) -> c.Awaitable[int]: ...
+
+
+def enqueue(
+    session: t.Any,
+    handler: HandlerRef,
+    /,
+    *args: t.Any,
+    dedup_key: str | None = None,
+    delay: Delay = None,
+    **kwargs: t.Any,
+) -> int | c.Awaitable[int]:
+    """Write a row that runs ``handler(*args, **kwargs)`` once the transaction commits.
+
+    The row is written in ``session``'s transaction (beginning one if none is open), so it
+    exists exactly when the transaction commits: a rollback of the transaction, or of the
+    savepoint it was written in, takes it away. Return the row's id; with an ``AsyncSession``
+    or ``async_scoped_session``, return an awaitable of it (``await enqueue(...)``).
+
+    Right after the COMMIT the committing process runs the row itself in a distinct session
+    (unless the handler says ``inline=False``, or ``delay`` is given); whatever that does not
+    finish, a worker runs. ``args`` and ``kwargs`` must be JSON-serialisable (checked here).
+    While a row with the same ``dedup_key`` waits for its first run, the id of that row is
+    returned and nothing is written.
+    """
+    found = handler if isinstance(handler, handlers.Handler) else handlers.get(handler)
+    payload = _payload(found, args, kwargs)
+    wait = _delay(delay)
+    if isinstance(session, sa_orm.Session):
+        return _write(session, found, payload, dedup_key, wait, False)
+    if isinstance(session, sa_orm.scoped_session):
+        return _write(session(), found, payload, dedup_key, wait, False)
+    sync_session = _sync_session_of(session)
+    return sa_concurrency.greenlet_spawn(
+        _write, sync_session, found, payload, dedup_key, wait, True
+    )
+
+
+def _write(
+    session: sa_orm.Session,
+    handler: Handler[..., t.Any],
+    payload: str,
+    dedup_key: str | None,
+    wait: datetime.timedelta,
+    is_async: bool,
+) -> int:
+    table = current_table()
+    connection = session.connection(bind_arguments={"clause": table})
+    stm = statements(table, connection.dialect.name)
+    now = utcnow()
+    params = {
+        "handler": handler.name,
+        "payload": payload,
+        "state": PENDING,
+        "attempts": 0,
+        "run_at": now + wait if wait else now,
+        "created_at": now,
+        "dedup_key": dedup_key,
+    }
+    if dedup_key is None:
+        row_id: int = connection.execute(stm.insert, params).scalar_one()
+    else:
+        new_id = _insert_once(connection, stm, params, dedup_key)
+        if new_id < 0:
+            return -new_id
+        row_id = new_id
+    if wait:
+        return row_id
+    if handler.inline and (is_async or not handler.is_coroutine):
+        run_after_commit(session, table, Row(row_id, handler.name, payload, 1), is_async=is_async)
+    elif connection.dialect.name == "postgresql":
+        _notify_once(session)
+    return row_id
+
+
+def _insert_once(
+    connection: sa.Connection, stm: t.Any, params: dict[str, object], dedup_key: str
+) -> int:
+    """Insert unless a waiting row has ``dedup_key``: the new id, or minus the waiting row's."""
+    for _ in range(_DEDUP_TRIES):
+        if stm.mysql:
+            try:
+                return int(connection.execute(stm.insert, params).scalar_one())
+            except sa_exc.IntegrityError as exc:
+                # MariaDB rolls back only the failed statement; the transaction goes on.
+                if _errno(exc) != MYSQL_DUPLICATE_KEY:
+                    raise
+        else:
+            new_id = connection.execute(stm.insert_dedup, params).scalar()
+            if new_id is not None:
+                return int(new_id)
+        existing = connection.execute(stm.find_dedup, {"dedup_key": dedup_key}).scalar()
+        if existing is not None:
+            return -int(existing)
+        # The waiting row was taken by a runner between the two statements: insert again.
+    msg = f"enqueue() could not settle dedup_key {dedup_key!r}: rows with it keep changing."
+    raise RuntimeError(msg)
+
+
+def _errno(exc: sa_exc.DBAPIError) -> object:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args else None
+
+
+_notified: weakref.WeakKeyDictionary[sa_orm.SessionTransaction, bool] = weakref.WeakKeyDictionary()
+
+
+def _notify_once(session: sa_orm.Session) -> None:
+    transaction = session.get_transaction()
+    if transaction is None or transaction in _notified:
+        return
+    _notified[transaction] = True
+    notify_after_commit(session)
+
+
+def _payload(
+    handler: Handler[..., t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+) -> str:
+    try:
+        return _encode([args, kwargs])
+    except (TypeError, ValueError):
+        pass
+    named: list[tuple[str, object]] = [(f"argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        try:
+            _encode(value)
+        except (TypeError, ValueError) as exc:
+            msg = (
+                f"enqueue() got {label} of {handler.name} that is not JSON-serialisable"
+                f" ({exc}): pass ids and plain values, and load objects inside the handler."
+            )
+            raise TypeError(msg) from None
+    msg = f"enqueue() got arguments for {handler.name} that JSON cannot encode together"
+    raise TypeError(msg)  # pragma: no cover
+
+
+def _delay(delay: Delay) -> datetime.timedelta:
+    if delay is None:
+        return _ZERO
+    wait = delay if isinstance(delay, datetime.timedelta) else datetime.timedelta(seconds=delay)
+    if wait < _ZERO:
+        msg = f"enqueue() needs a delay of 0 or more, got {delay!r}"
+        raise ValueError(msg)
+    return wait
+
+
+def _sync_session_of(target: object) -> sa_orm.Session:
+    import sqlalchemy.ext.asyncio as sa_asyncio
+
+    if isinstance(target, sa_asyncio.AsyncSession):
+        return target.sync_session
+    if isinstance(target, sa_asyncio.async_scoped_session):
+        current: sa_asyncio.AsyncSession = target()
+        return current.sync_session
+    msg = (
+        "enqueue() needs a Session or a scoped_session (or an AsyncSession or an"
+        f" async_scoped_session), got {target!r}"
+    )
+    raise TypeError(msg)

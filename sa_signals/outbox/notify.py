@@ -1,0 +1,109 @@
+"""Waking workers on PostgreSQL: NOTIFY after the COMMIT, LISTEN in the worker.
+
+The NOTIFY is sent by an on_commit callback in its own short transaction, never inside the
+business transaction: PostgreSQL serialises the commits of every transaction that sent a NOTIFY
+on one cluster-wide lock, so a NOTIFY inside it would serialise the producers' commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import typing as t
+
+import sqlalchemy as sa
+
+import sa_signals
+
+from .table import current_table
+
+if t.TYPE_CHECKING:
+    import collections.abc as c
+
+    import sqlalchemy.orm as sa_orm
+
+logger = logging.getLogger("sa_signals.outbox")
+
+_NOTIFY = sa.text("SELECT pg_notify(:channel, '')")
+
+
+def channel_of(table: sa.Table) -> str:
+    """Return the NOTIFY channel of ``table``: its name."""
+    return table.name
+
+
+def notify_after_commit(session: sa_orm.Session) -> None:
+    """Send a NOTIFY on the outbox's channel once ``session``'s transaction has committed."""
+    sa_signals.on_commit(_Notify(channel_of(current_table())), session)
+
+
+class _Notify:
+    """The on_commit callback sending one NOTIFY from its distinct session."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+    def __call__(self) -> None:
+        sa_signals.current_session().execute(_NOTIFY, {"channel": self.channel})
+
+    def __repr__(self) -> str:
+        return f"<outbox NOTIFY {self.channel}>"
+
+
+class Listener:
+    """A thread that LISTENs on a channel and calls ``wake`` for each notification.
+
+    Uses its own connection of ``engine`` (psycopg 3 or psycopg2). A lost connection is logged
+    and opened again after ``retry`` seconds; meanwhile the workers poll.
+    """
+
+    def __init__(
+        self, engine: sa.Engine, channel: str, wake: c.Callable[[], None], *, retry: float = 1.0
+    ) -> None:
+        self.engine = engine
+        self.channel = channel
+        self.wake = wake
+        self.retry = retry
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-listener", daemon=True)
+
+    def start(self) -> None:
+        """Start listening in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and wait for the thread (at most one ``retry`` interval)."""
+        self._stop.set()
+        self._thread.join(timeout=self.retry + 5.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception:
+                logger.exception("the outbox listener lost its connection; polling meanwhile")
+                self._stop.wait(self.retry)
+
+    def _listen(self) -> None:
+        raw = self.engine.raw_connection()
+        try:
+            driver: t.Any = raw.driver_connection
+            if not hasattr(driver, "notifies"):
+                logger.warning(
+                    "the outbox listener needs psycopg 3 (driver %s): workers only poll",
+                    type(driver).__module__,
+                )
+                self._stop.wait()
+                return
+            driver.autocommit = True
+            quoted = self.engine.dialect.identifier_preparer.quote(self.channel)
+            driver.execute(f"LISTEN {quoted}")
+            self.wake()  # anything committed before LISTEN took effect is claimed now
+            while not self._stop.is_set():
+                for _ in driver.notifies(timeout=self.retry, stop_after=1):
+                    self.wake()
+        finally:
+            raw.invalidate()
+            raw.close()

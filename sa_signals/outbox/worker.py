@@ -1,0 +1,297 @@
+"""The worker: claims due rows in leased batches and runs them; ``drain()`` for tests and scripts.
+
+Rows the committing process ran are gone before a worker sees them; a worker runs the rest: rows
+of a process that died or lost its connection around the COMMIT, failed rows whose retry is due,
+delayed rows, rows of ``inline=False`` handlers, rows whose lease ran out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_asyncio
+import sqlalchemy.orm as sa_orm
+
+from .dispatch import new_token
+from .dispatch import Outcome
+from .dispatch import Run
+from .dispatch import run_claimed
+from .dispatch import run_claimed_async
+from .notify import channel_of
+from .notify import Listener
+from .sql import Row
+from .sql import statements
+from .sql import utcnow
+from .table import current_table
+from .table import DONE
+from .table import KEEP_DONE
+
+if t.TYPE_CHECKING:
+    import collections.abc as c
+
+    from ..typing import AsyncSessionFactory
+    from ..typing import SessionFactory
+
+logger = logging.getLogger("sa_signals.outbox")
+
+DEFAULT_LEASE = 300.0
+"""Seconds a claimed row stays with its worker before another may claim it."""
+
+DEFAULT_BATCH = 20
+"""Rows one claim takes."""
+
+DEFAULT_POLL = 5.0
+"""Seconds between polls when nothing woke the worker."""
+
+_MIN_WAIT = 0.05
+
+
+def _maker(factory: t.Any) -> t.Any:
+    # A scoped registry's current session may be in the caller's transaction: use fresh ones.
+    if isinstance(factory, (sa_orm.scoped_session, sa_asyncio.async_scoped_session)):
+        return factory.session_factory
+    return factory
+
+
+class Claimer:
+    """Claims and runs batches of one table for one factory; shared by workers and ``drain()``."""
+
+    def __init__(
+        self,
+        factory: SessionFactory,
+        table: sa.Table | None = None,
+        *,
+        batch: int = DEFAULT_BATCH,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        self.factory: sa_orm.sessionmaker[t.Any] = _maker(factory)
+        self.table = table if table is not None else current_table()
+        self.batch = batch
+        self.lease = datetime.timedelta(seconds=lease)
+
+    def claim(self, token: str, now: datetime.datetime | None = None) -> list[Row]:
+        """Lease up to one batch of rows due at ``now`` (default: now) to ``token``."""
+        now = now or utcnow()
+        with self.factory() as session, session.begin():
+            connection = session.connection(bind_arguments={"clause": self.table})
+            stm = statements(self.table, connection.dialect.name)
+            return stm.claim(
+                connection, now=now, lease_end=utcnow() + self.lease, token=token, limit=self.batch
+            )
+
+    def run(self, rows: list[Row], token: str, stop: threading.Event | None = None) -> int:
+        """Run ``rows`` one by one; on ``stop``, release the rest. Return how many ran."""
+        ran = 0
+        for index, row in enumerate(rows):
+            if stop is not None and stop.is_set():
+                self.release(rows[index:], token)
+                break
+            try:
+                outcome = run_claimed(self.factory, Run(self.table, row, token, fast=False))
+            except Exception:
+                # The run's COMMIT failed: the lease lapses and the row runs again.
+                logger.exception("outbox row %s (%s) could not be committed", row.id, row.handler)
+                continue
+            ran += outcome is not Outcome.SKIPPED
+        return ran
+
+    def release(self, rows: c.Sequence[Row], token: str) -> None:
+        """Give back claimed rows that did not run, due at once, uncounted."""
+        if not rows:
+            return
+        with self.factory() as session, session.begin():
+            connection = session.connection(bind_arguments={"clause": self.table})
+            stm = statements(self.table, connection.dialect.name)
+            connection.execute(
+                stm.release, {"ids": [row.id for row in rows], "token": token, "now": utcnow()}
+            )
+
+    def next_due(self) -> datetime.datetime | None:
+        """Return when the earliest pending row is due (a leased one: when its lease ends)."""
+        with self.factory() as session:
+            connection = session.connection(bind_arguments={"clause": self.table})
+            found: datetime.datetime | None = connection.scalar(
+                statements(self.table, connection.dialect.name).next_due
+            )
+            return found
+
+    def purge_done(self) -> int:
+        """Delete done rows older than the table's retention period; return how many."""
+        keep: datetime.timedelta | None = self.table.info.get(KEEP_DONE)
+        if keep is None:
+            return 0
+        c_ = self.table.c
+        old = sa.select(c_.id).where(c_.state == DONE, c_.done_at < utcnow() - keep).limit(1000)
+        total = 0
+        while True:
+            with self.factory() as session, session.begin():
+                connection = session.connection(bind_arguments={"clause": self.table})
+                ids = list(connection.scalars(old))
+                if ids:
+                    connection.execute(self.table.delete().where(c_.id.in_(ids)))
+            total += len(ids)
+            if len(ids) < 1000:
+                return total
+
+
+@t.overload
+def drain(factory: SessionFactory, *, table: sa.Table | None = None) -> int: ...
+
+
+@t.overload
+def drain(factory: AsyncSessionFactory, *, table: sa.Table | None = None) -> c.Awaitable[int]: ...
+
+
+def drain(
+    factory: SessionFactory | AsyncSessionFactory, *, table: sa.Table | None = None
+) -> int | c.Awaitable[int]:
+    """Run every row due now, in this thread; return how many ran (awaitable for async ones).
+
+    For tests and scripts: rows that fail are rescheduled as usual and not run again here.
+    """
+    if isinstance(factory, (sa_asyncio.async_sessionmaker, sa_asyncio.async_scoped_session)):
+        return _drain_async(factory, table)
+    claimer = Claimer(factory, table, batch=100)
+    now = utcnow()
+    total = 0
+    while True:
+        token = new_token()
+        rows = claimer.claim(token, now)
+        if not rows:
+            return total
+        total += claimer.run(rows, token)
+
+
+async def _drain_async(factory: AsyncSessionFactory, table: sa.Table | None) -> int:
+    maker: sa_asyncio.async_sessionmaker[t.Any] = _maker(factory)
+    table = table if table is not None else current_table()
+    now = utcnow()
+    total = 0
+    while True:
+        token = new_token()
+        async with maker() as session, session.begin():
+            rows = await session.run_sync(_claim_in, table, token, now)
+        if not rows:
+            return total
+        for row in rows:
+            outcome = await run_claimed_async(maker, Run(table, row, token, fast=False))
+            total += outcome is not Outcome.SKIPPED
+
+
+def _claim_in(
+    session: sa_orm.Session, table: sa.Table, token: str, now: datetime.datetime
+) -> list[Row]:
+    connection = session.connection(bind_arguments={"clause": table})
+    return statements(table, connection.dialect.name).claim(
+        connection,
+        now=now,
+        lease_end=utcnow() + datetime.timedelta(seconds=DEFAULT_LEASE),
+        token=token,
+        limit=100,
+    )
+
+
+class Worker:
+    """Runs due rows with ``concurrency`` threads until :meth:`stop`.
+
+    Each thread claims a batch, runs it, and claims again; with nothing due it waits until the
+    next row is due, a NOTIFY arrives (PostgreSQL), or ``poll`` seconds passed. :meth:`stop`
+    lets each thread finish its current row and release the rest of its batch.
+    """
+
+    def __init__(
+        self,
+        factory: SessionFactory,
+        *,
+        table: sa.Table | None = None,
+        concurrency: int = 1,
+        batch: int = DEFAULT_BATCH,
+        lease: float = DEFAULT_LEASE,
+        poll: float = DEFAULT_POLL,
+        listen: bool = True,
+        purge_every: float = 60.0,
+    ) -> None:
+        if concurrency < 1:
+            msg = f"a worker needs a concurrency of 1 or more, got {concurrency}"
+            raise ValueError(msg)
+        self.claimer = Claimer(factory, table, batch=batch, lease=lease)
+        self.concurrency = concurrency
+        self.poll = poll
+        self.listen = listen
+        self.purge_every = purge_every
+        self.ran = 0
+        """Rows run so far (a handler that raised counts)."""
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        """Make waiting threads claim at once (a NOTIFY arrived)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the threads to finish their current row and return; safe from a signal handler."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Run until :meth:`stop` is called; return once every thread has finished."""
+        listener = self._listener()
+        threads = [
+            threading.Thread(target=self._loop, args=(i,), name=f"outbox-worker-{i}")
+            for i in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # short joins keep the main thread's signal handlers live
+        finally:
+            self.stop()
+            if listener is not None:
+                listener.stop()
+        logger.info("outbox worker stopped after %s rows", self.ran)
+
+    def _listener(self) -> Listener | None:
+        if not self.listen:
+            return None
+        bind = self.claimer.factory.kw.get("bind")
+        if not isinstance(bind, sa.Engine) or bind.dialect.name != "postgresql":
+            return None
+        listener = Listener(bind, channel_of(self.claimer.table), self.wake)
+        listener.start()
+        return listener
+
+    def _loop(self, index: int) -> None:
+        claimer = self.claimer
+        next_purge = time.monotonic() + self.purge_every
+        while not self._stop.is_set():
+            try:
+                token = new_token()
+                rows = claimer.claim(token)
+                if rows:
+                    ran = claimer.run(rows, token, self._stop)
+                    with self._lock:
+                        self.ran += ran
+                    continue
+                if index == 0 and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self.purge_every
+                    claimer.purge_done()
+                self._wait(claimer.next_due())
+            except Exception:
+                logger.exception("the outbox worker failed to claim; trying again")
+                self._stop.wait(min(self.poll, 1.0))
+
+    def _wait(self, due: datetime.datetime | None) -> None:
+        timeout = self.poll
+        if due is not None:
+            # A due row that the claim skipped is locked by its runner: look again shortly.
+            timeout = min(timeout, max((due - utcnow()).total_seconds(), _MIN_WAIT))
+        self._wake.wait(timeout)
+        self._wake.clear()
