@@ -89,6 +89,9 @@ def _build(metadata: sa.MetaData, name: str) -> sa.Table:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.UniqueConstraint("dedup_key", name=f"uq_{name}_dedup_key"),
         sa.Index(f"ix_{name}_state_run_at", "state", "run_at"),
+        # Ids are never reused (SQLite would reuse the largest after a delete): a late runner
+        # of a deleted row must not find a new row under its id.
+        sqlite_autoincrement=True,
     )
 
 
