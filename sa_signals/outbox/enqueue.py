@@ -81,7 +81,7 @@ def enqueue(
     or ``async_scoped_session``, return an awaitable of it (``await enqueue(...)``).
 
     Right after the COMMIT the committing process runs the row itself in a distinct session
-    (unless the handler says ``inline=False``, or ``delay`` is given); whatever that does not
+    (unless the handler says ``inline=False``, or a ``delay`` is given, even 0); whatever it does not
     finish, a worker runs. ``args`` and ``kwargs`` must be JSON-serialisable (checked here).
     While a row with the same ``dedup_key`` waits for its first run, the id of that row is
     returned and nothing is written.
@@ -104,7 +104,7 @@ def _write(
     handler: Handler[..., t.Any],
     payload: str,
     dedup_key: str | None,
-    wait: datetime.timedelta,
+    wait: datetime.timedelta | None,
     is_async: bool,
 ) -> int:
     table = current_table()
@@ -116,7 +116,7 @@ def _write(
         "payload": payload,
         "state": PENDING,
         "attempts": 0,
-        "run_at": now + wait if wait else now,
+        "run_at": now if wait is None else now + wait,
         "created_at": now,
         "dedup_key": dedup_key,
     }
@@ -127,7 +127,7 @@ def _write(
         if new_id < 0:
             return -new_id
         row_id = new_id
-    if wait:
+    if wait is not None:
         return row_id
     if handler.inline and (is_async or not handler.is_coroutine):
         run_after_commit(session, table, Row(row_id, handler.name, payload, 1), is_async=is_async)
@@ -198,9 +198,9 @@ def _payload(
     raise TypeError(msg)  # pragma: no cover
 
 
-def _delay(delay: Delay) -> datetime.timedelta:
+def _delay(delay: Delay) -> datetime.timedelta | None:
     if delay is None:
-        return _ZERO
+        return None
     wait = delay if isinstance(delay, datetime.timedelta) else datetime.timedelta(seconds=delay)
     if wait < _ZERO:
         msg = f"enqueue() needs a delay of 0 or more, got {delay!r}"

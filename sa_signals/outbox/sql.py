@@ -151,7 +151,8 @@ class Statements:
             connection.execute(self._mysql_lease, {**params, "ids": [r.id for r in found]})
             return [Row(r.id, r.handler, r.payload, r.attempts + 1) for r in found]
         statement = self._claim_postgresql if self.dialect == "postgresql" else self._claim_plain
-        return [Row(*r) for r in connection.execute(statement, params)]
+        # RETURNING gives the rows in no particular order: run them in the order written.
+        return sorted(Row(*r) for r in connection.execute(statement, params))
 
     @functools.cached_property
     def _mysql_pick(self) -> sa.Select[t.Any]:

@@ -10,7 +10,6 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
-
 from sa_signals.outbox import table as outbox_table
 from tests.outbox import app
 
@@ -52,7 +51,9 @@ class Outbox:
     def effects(self) -> list[str]:
         """Tags written by handlers, in order."""
         with self.engine.connect() as connection:
-            return list(connection.scalars(sa.select(app.effects.c.tag).order_by(app.effects.c.id)))
+            return list(
+                connection.scalars(sa.select(app.effects.c.tag).order_by(app.effects.c.id))
+            )
 
     def rows(self) -> list[t.Any]:
         """The outbox rows, by id."""

@@ -145,4 +145,3 @@ class TestDedup:
         thread.join(10)
         assert ids == [first_id]
         assert len(ob.rows()) == 1
-
