@@ -47,9 +47,8 @@ def stats(connection: sa.Connection, table: sa.Table) -> Stats:
     """Count the rows of ``table`` by state."""
     c_ = table.c
     now = utcnow()
-    counts: dict[str, int] = dict(
-        connection.execute(sa.select(c_.state, sa.func.count()).group_by(c_.state)).tuples().all()
-    )
+    by_state = sa.select(c_.state, sa.func.count()).group_by(c_.state)
+    counts: dict[str, int] = {state: n for state, n in connection.execute(by_state)}
     due = connection.scalar(
         sa.select(sa.func.count()).where(c_.state == PENDING, c_.run_at <= now)
     )
