@@ -80,9 +80,9 @@ def enqueue(
     savepoint it was written in, takes it away. Return the row's id; with an ``AsyncSession``
     or ``async_scoped_session``, return an awaitable of it (``await enqueue(...)``).
 
-    Right after the COMMIT the committing process runs the row itself in a distinct session
-    (unless the handler says ``inline=False``, or a ``delay`` is given, even 0); whatever it does not
-    finish, a worker runs. ``args`` and ``kwargs`` must be JSON-serialisable (checked here).
+    Right after the COMMIT the committing process runs the row itself in a distinct session,
+    unless the handler says ``inline=False`` or a ``delay`` is given (even 0); whatever it does
+    not finish, a worker runs. ``args`` and ``kwargs`` must be JSON-serialisable (checked here).
     While a row with the same ``dedup_key`` waits for its first run, the id of that row is
     returned and nothing is written.
     """
