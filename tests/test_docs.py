@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RUNNABLE = ["README.md", "docs/index.md", "docs/integrations.md"]
+RUNNABLE = ["README.md", "docs/index.md", "docs/integrations.md", "docs/outbox.md"]
 """Pages whose ``python`` blocks are complete programs, run one page at a time in order."""
 
 

@@ -117,5 +117,5 @@ class TestDurableSend:
 
     def test_async_sessions_are_told_the_awaitable_form(self, ob, AsyncScoped):
         """durable=True with an AsyncSession names the awaitable outbox call."""
-        with pytest.raises(TypeError, match="await sa_signals.outbox.enqueue"):
+        with pytest.raises(TypeError, match=r"await sa_signals\.outbox\.enqueue"):
             enqueue_on_commit(celery.Celery("x").signature("s"), session=AsyncScoped, durable=True)
