@@ -1,10 +1,11 @@
-"""Running one row: lock it, call its handler, then delete it (or retry it, or bury it).
+"""Running one row: finish it, call its handler, commit both (or retry the row, or bury it).
 
 Everything happens in one transaction of the session the handler writes through
-(``sa_signals.current_session()``): the row's lock (an ``UPDATE`` of the row) is taken first and
-the row is deleted last, so a handler whose effects are database writes takes effect exactly once,
-and a second runner of the same row (its lease expired) waits on the lock, then finds the row gone.
-A handler that raises has its writes rolled back; the failure is then recorded on the row.
+(``sa_signals.current_session()``): the row is deleted (or marked done) first, which locks it,
+then the handler runs, and one COMMIT settles both. A handler whose effects are database writes
+takes effect exactly once, and a second runner of the same row (its lease expired) waits on the
+lock, then finds the row gone. A handler that raises has its writes and the row's deletion
+rolled back; the failure is then recorded on the row.
 """
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ class Run:
         connection = session.connection(bind_arguments={"clause": table})
         stm = statements(table, connection.dialect.name)
         row = self.row
-        now = utcnow()
-        params = {"row_id": row.id, "token": self.token, "now": now, "lease_end": now}
-        if connection.execute(stm.take if self.fast else stm.hold, params).rowcount != 1:
+        params = {"row_id": row.id, "token": self.token, "now": utcnow()}
+        finish: sa.Executable
+        if table.info.get(KEEP_DONE) is None:
+            finish = stm.finish_fresh if self.fast else stm.finish_held
+        else:
+            finish = stm.keep_fresh if self.fast else stm.keep_held
+        if connection.execute(finish, params).rowcount != 1:
             return Outcome.SKIPPED
         try:
             handler = handlers.get(row.handler)
@@ -92,9 +97,6 @@ class Run:
         except Exception as exc:
             session.rollback()
             return self._failed(session, exc)
-        keep = table.info.get(KEEP_DONE)
-        connection = session.connection(bind_arguments={"clause": table})
-        connection.execute(stm.delete if keep is None else stm.mark_done, params)
         return Outcome.DONE
 
     def _failed(self, session: sa_orm.Session, exc: Exception) -> Outcome:

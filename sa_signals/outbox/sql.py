@@ -67,29 +67,25 @@ class Statements:
         # A locking read sees the latest committed row under REPEATABLE READ (MariaDB's default).
         self.find_dedup = find.with_for_update(read=True) if self.mysql else find
         due = sa.and_(pending, c_.run_at <= sa.bindparam("now"))
-        self.take = (
-            table.update()
-            .where(c_.id == sa.bindparam("row_id"), due)
-            .values(
-                attempts=c_.attempts + 1,
-                run_at=sa.bindparam("lease_end"),
-                locked_by=sa.bindparam("token"),
-                dedup_key=None,
-            )
+        # A run finishes its row first, in its own transaction: the DELETE (or the UPDATE to
+        # done) takes the row's lock, the handler runs, and the COMMIT settles both; a handler
+        # that raises rolls the row back with its own writes. One statement, not lock + finish.
+        fresh = sa.and_(c_.id == sa.bindparam("row_id"), due)
+        held = sa.and_(
+            c_.id == sa.bindparam("row_id"), c_.locked_by == sa.bindparam("token"), pending
         )
-        """Lease one row by id if it is due: the fast path, inside the run's transaction."""
-        self.hold = (
-            table.update()
-            .where(c_.id == sa.bindparam("row_id"), c_.locked_by == sa.bindparam("token"), pending)
-            .values(run_at=sa.bindparam("lease_end"))
-        )
-        """Lock a claimed row for the run's transaction, if its lease is still ours."""
-        self.delete = table.delete().where(c_.id == sa.bindparam("row_id"))
-        self.mark_done = (
-            table.update()
-            .where(c_.id == sa.bindparam("row_id"))
-            .values(state=DONE, done_at=sa.bindparam("now"), locked_by=None)
-        )
+        done: dict[str, t.Any] = {
+            "state": DONE,
+            "done_at": sa.bindparam("now"),
+            "locked_by": None,
+            "dedup_key": None,
+        }
+        self.finish_fresh = table.delete().where(fresh)
+        """Finish a due row by id: the fast path, which claimed nothing before."""
+        self.finish_held = table.delete().where(held)
+        """Finish a row claimed by ``token``, if its lease is still ours."""
+        self.keep_fresh = table.update().where(fresh).values(done)
+        self.keep_held = table.update().where(held).values(done)
         self.fail = (
             table.update()
             .where(c_.id == sa.bindparam("row_id"), pending)
