@@ -204,7 +204,8 @@ def start_worker(url: str, stamps: str, *args: str) -> subprocess.Popen[bytes]:
         *args,
     ]
     env = {**os.environ, "OUTBOX_BENCH_STAMPS": stamps}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    log = open(os.environ.get("OUTBOX_BENCH_WORKER_LOG", os.devnull), "a")  # noqa: SIM115
+    return subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
 
 
 def start_procrastinate(url: str, stamps: str, concurrency: int = 1) -> subprocess.Popen[bytes]:
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
                 if "throughput" in parts:
-                    rows = 200 if quick else 5000
+                    rows = int(os.environ.get("OUTBOX_BENCH_ROWS", 200 if quick else 5000))
                     print("| db | system | workers | rows/s |")
                     systems = ["outbox"] + (["procrastinate"] if db_app else [])
                     for workers in (1, 4, 8):

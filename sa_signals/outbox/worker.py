@@ -78,7 +78,7 @@ class Claimer:
         """Lease up to one batch of rows due at ``now`` (default: now) to ``token``."""
         now = now or utcnow()
         with self.factory() as session, session.begin():
-            connection = session.connection(bind_arguments={"clause": self.table})
+            connection = _claim_connection(session, self.table)
             stm = statements(self.table, connection.dialect.name)
             return stm.claim(
                 connection, now=now, lease_end=utcnow() + self.lease, token=token, limit=self.batch
@@ -183,10 +183,24 @@ async def _drain_async(factory: AsyncSessionFactory, table: sa.Table | None) -> 
             total += outcome is not Outcome.SKIPPED
 
 
+def _claim_connection(session: sa_orm.Session, table: sa.Table) -> sa.Connection:
+    """Return the connection of a claim's transaction, READ COMMITTED on MariaDB and MySQL.
+
+    Under InnoDB's default REPEATABLE READ, the claim's range scan takes gap locks that make
+    concurrent claims and runs deadlock; READ COMMITTED takes none.
+    """
+    bind = session.get_bind(clause=table)
+    options = {"isolation_level": "READ COMMITTED"} if bind.dialect.name in _MYSQL else None
+    return session.connection(bind_arguments={"clause": table}, execution_options=options)
+
+
+_MYSQL = ("mysql", "mariadb")
+
+
 def _claim_in(
     session: sa_orm.Session, table: sa.Table, token: str, now: datetime.datetime
 ) -> list[Row]:
-    connection = session.connection(bind_arguments={"clause": table})
+    connection = _claim_connection(session, table)
     return statements(table, connection.dialect.name).claim(
         connection,
         now=now,
