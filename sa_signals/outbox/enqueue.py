@@ -28,6 +28,7 @@ if t.TYPE_CHECKING:
     import sqlalchemy.ext.asyncio as sa_asyncio
 
     from .handlers import Handler
+    from .sql import Statements
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _ZERO = datetime.timedelta()
@@ -121,7 +122,7 @@ def _write(
         "dedup_key": dedup_key,
     }
     if dedup_key is None:
-        row_id: int = connection.execute(stm.insert, params).scalar_one()
+        row_id = _insert(connection, stm, params)
     else:
         new_id = _insert_once(connection, stm, params, dedup_key)
         if new_id < 0:
@@ -136,14 +137,19 @@ def _write(
     return row_id
 
 
+def _insert(connection: sa.Connection, stm: Statements, params: dict[str, object]) -> int:
+    result = connection.execute(stm.insert, params)
+    return int(result.scalar_one() if stm.returning else result.lastrowid)
+
+
 def _insert_once(
-    connection: sa.Connection, stm: t.Any, params: dict[str, object], dedup_key: str
+    connection: sa.Connection, stm: Statements, params: dict[str, object], dedup_key: str
 ) -> int:
     """Insert unless a waiting row has ``dedup_key``: the new id, or minus the waiting row's."""
     for _ in range(_DEDUP_TRIES):
         if stm.mysql:
             try:
-                return int(connection.execute(stm.insert, params).scalar_one())
+                return _insert(connection, stm, params)
             except sa_exc.IntegrityError as exc:
                 # MariaDB rolls back only the failed statement; the transaction goes on.
                 if _errno(exc) != MYSQL_DUPLICATE_KEY:

@@ -48,7 +48,9 @@ class Statements:
         self.mysql = dialect in ("mysql", "mariadb")
         c_ = table.c
         pending = c_.state == PENDING
-        self.insert = table.insert().returning(c_.id)
+        # The new id: RETURNING on PostgreSQL, the cursor's lastrowid elsewhere (cheaper).
+        self.returning = dialect == "postgresql"
+        self.insert = table.insert().returning(c_.id) if self.returning else table.insert()
         """Params: handler, payload, state, attempts, run_at, created_at, dedup_key."""
         self.insert_dedup: sa.Executable = self.insert
         if dialect == "postgresql":
