@@ -17,13 +17,13 @@ import sqlalchemy.orm as sa_orm
 import sa_signals
 
 from . import admin
+from .claims import DEFAULT_BATCH
+from .claims import DEFAULT_LEASE
 from .exceptions import NoTableError
 from .table import current_table
 from .table import DEFAULT_NAME
 from .table import set_keep_done
 from .table import standalone
-from .worker import DEFAULT_BATCH
-from .worker import DEFAULT_LEASE
 from .worker import DEFAULT_POLL
 from .worker import Worker
 

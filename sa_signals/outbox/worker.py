@@ -15,21 +15,20 @@ import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_asyncio
-import sqlalchemy.orm as sa_orm
 
+from .claims import claim_in
+from .claims import Claimer
+from .claims import DEFAULT_BATCH
+from .claims import DEFAULT_LEASE
+from .claims import maker_of
 from .dispatch import new_token
 from .dispatch import Outcome
 from .dispatch import Run
-from .dispatch import run_claimed
 from .dispatch import run_claimed_async
 from .notify import channel_of
 from .notify import Listener
-from .sql import Row
-from .sql import statements
 from .sql import utcnow
 from .table import current_table
-from .table import DONE
-from .table import KEEP_DONE
 
 if t.TYPE_CHECKING:
     import collections.abc as c
@@ -39,104 +38,13 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("sa_signals.outbox")
 
-DEFAULT_LEASE = 300.0
-"""Seconds a claimed row stays with its worker before another may claim it."""
-
-DEFAULT_BATCH = 20
-"""Rows one claim takes."""
-
 DEFAULT_POLL = 5.0
 """Seconds between polls when nothing woke the worker."""
 
-_MIN_WAIT = 0.05
+MIN_WAIT = 0.05
+"""Seconds a worker waits at least when a due row was locked by its runner."""
 
-
-def _maker(factory: t.Any) -> t.Any:
-    # A scoped registry's current session may be in the caller's transaction: use fresh ones.
-    if isinstance(factory, (sa_orm.scoped_session, sa_asyncio.async_scoped_session)):
-        return factory.session_factory
-    return factory
-
-
-class Claimer:
-    """Claims and runs batches of one table for one factory; shared by workers and ``drain()``."""
-
-    def __init__(
-        self,
-        factory: SessionFactory,
-        table: sa.Table | None = None,
-        *,
-        batch: int = DEFAULT_BATCH,
-        lease: float = DEFAULT_LEASE,
-    ) -> None:
-        self.factory: sa_orm.sessionmaker[t.Any] = _maker(factory)
-        self.table = table if table is not None else current_table()
-        self.batch = batch
-        self.lease = datetime.timedelta(seconds=lease)
-
-    def claim(self, token: str, now: datetime.datetime | None = None) -> list[Row]:
-        """Lease up to one batch of rows due at ``now`` (default: now) to ``token``."""
-        now = now or utcnow()
-        with self.factory() as session, session.begin():
-            connection = _claim_connection(session, self.table)
-            stm = statements(self.table, connection.dialect.name)
-            return stm.claim(
-                connection, now=now, lease_end=utcnow() + self.lease, token=token, limit=self.batch
-            )
-
-    def run(self, rows: list[Row], token: str, stop: threading.Event | None = None) -> int:
-        """Run ``rows`` one by one; on ``stop``, release the rest. Return how many ran."""
-        ran = 0
-        for index, row in enumerate(rows):
-            if stop is not None and stop.is_set():
-                self.release(rows[index:], token)
-                break
-            try:
-                outcome = run_claimed(self.factory, Run(self.table, row, token, fast=False))
-            except Exception:
-                # The run's COMMIT failed: the lease lapses and the row runs again.
-                logger.exception("outbox row %s (%s) could not be committed", row.id, row.handler)
-                continue
-            ran += outcome is not Outcome.SKIPPED
-        return ran
-
-    def release(self, rows: c.Sequence[Row], token: str) -> None:
-        """Give back claimed rows that did not run, due at once, uncounted."""
-        if not rows:
-            return
-        with self.factory() as session, session.begin():
-            connection = session.connection(bind_arguments={"clause": self.table})
-            stm = statements(self.table, connection.dialect.name)
-            connection.execute(
-                stm.release, {"ids": [row.id for row in rows], "token": token, "now": utcnow()}
-            )
-
-    def next_due(self) -> datetime.datetime | None:
-        """Return when the earliest pending row is due (a leased one: when its lease ends)."""
-        with self.factory() as session:
-            connection = session.connection(bind_arguments={"clause": self.table})
-            found: datetime.datetime | None = connection.scalar(
-                statements(self.table, connection.dialect.name).next_due
-            )
-            return found
-
-    def purge_done(self) -> int:
-        """Delete done rows older than the table's retention period; return how many."""
-        keep: datetime.timedelta | None = self.table.info.get(KEEP_DONE)
-        if keep is None:
-            return 0
-        c_ = self.table.c
-        old = sa.select(c_.id).where(c_.state == DONE, c_.done_at < utcnow() - keep).limit(1000)
-        total = 0
-        while True:
-            with self.factory() as session, session.begin():
-                connection = session.connection(bind_arguments={"clause": self.table})
-                ids = list(connection.scalars(old))
-                if ids:
-                    connection.execute(self.table.delete().where(c_.id.in_(ids)))
-            total += len(ids)
-            if len(ids) < 1000:
-                return total
+_DRAIN_BATCH = 100
 
 
 @t.overload
@@ -156,7 +64,7 @@ def drain(
     """
     if isinstance(factory, (sa_asyncio.async_sessionmaker, sa_asyncio.async_scoped_session)):
         return _drain_async(factory, table)
-    claimer = Claimer(factory, table, batch=100)
+    claimer = Claimer(factory, table, batch=_DRAIN_BATCH)
     now = utcnow()
     total = 0
     while True:
@@ -168,46 +76,19 @@ def drain(
 
 
 async def _drain_async(factory: AsyncSessionFactory, table: sa.Table | None) -> int:
-    maker: sa_asyncio.async_sessionmaker[t.Any] = _maker(factory)
+    maker: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
     table = table if table is not None else current_table()
     now = utcnow()
     total = 0
     while True:
         token = new_token()
         async with maker() as session, session.begin():
-            rows = await session.run_sync(_claim_in, table, token, now)
+            rows = await session.run_sync(claim_in, table, token, now=now, limit=_DRAIN_BATCH)
         if not rows:
             return total
         for row in rows:
             outcome = await run_claimed_async(maker, Run(table, row, token, fast=False))
             total += outcome is not Outcome.SKIPPED
-
-
-def _claim_connection(session: sa_orm.Session, table: sa.Table) -> sa.Connection:
-    """Return the connection of a claim's transaction, READ COMMITTED on MariaDB and MySQL.
-
-    Under InnoDB's default REPEATABLE READ, the claim's range scan takes gap locks that make
-    concurrent claims and runs deadlock; READ COMMITTED takes none.
-    """
-    bind = session.get_bind(clause=table)
-    options = {"isolation_level": "READ COMMITTED"} if bind.dialect.name in _MYSQL else None
-    return session.connection(bind_arguments={"clause": table}, execution_options=options)
-
-
-_MYSQL = ("mysql", "mariadb")
-
-
-def _claim_in(
-    session: sa_orm.Session, table: sa.Table, token: str, now: datetime.datetime
-) -> list[Row]:
-    connection = _claim_connection(session, table)
-    return statements(table, connection.dialect.name).claim(
-        connection,
-        now=now,
-        lease_end=utcnow() + datetime.timedelta(seconds=DEFAULT_LEASE),
-        token=token,
-        limit=100,
-    )
 
 
 class Worker:
@@ -306,6 +187,6 @@ class Worker:
         timeout = self.poll
         if due is not None:
             # A due row that the claim skipped is locked by its runner: look again shortly.
-            timeout = min(timeout, max((due - utcnow()).total_seconds(), _MIN_WAIT))
+            timeout = min(timeout, max((due - utcnow()).total_seconds(), MIN_WAIT))
         self._wake.wait(timeout)
         self._wake.clear()

@@ -9,12 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from sa_signals import outbox
+from sa_signals.outbox.claims import Claimer
 from sa_signals.outbox.dispatch import new_token
 from sa_signals.outbox.dispatch import Outcome
 from sa_signals.outbox.dispatch import Run
 from sa_signals.outbox.dispatch import run_claimed
 from sa_signals.outbox.table import set_keep_done
-from sa_signals.outbox.worker import Claimer
 from tests.outbox import app
 
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from sa_signals import outbox
+from sa_signals.outbox.claims import Claimer
 from sa_signals.outbox.dispatch import new_token
-from sa_signals.outbox.worker import Claimer
 from tests.outbox import app
 from tests.outbox.helpers import start_worker
 from tests.outbox.helpers import wait_for
