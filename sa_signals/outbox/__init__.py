@@ -8,6 +8,7 @@ runs whatever that did not finish.
 from __future__ import annotations
 
 from .admin import Stats
+from .async_worker import AsyncWorker
 from .enqueue import enqueue
 from .exceptions import HandlerNameError
 from .exceptions import NoTableError
@@ -21,6 +22,7 @@ from .worker import drain
 from .worker import Worker
 
 __all__ = [
+    "AsyncWorker",
     "Backoff",
     "Handler",
     "HandlerNameError",

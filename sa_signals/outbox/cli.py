@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import importlib
 import logging
@@ -12,11 +13,13 @@ import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
+import sqlalchemy.ext.asyncio as sa_asyncio
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
 
 from . import admin
+from .async_worker import AsyncWorker
 from .claims import DEFAULT_BATCH
 from .claims import DEFAULT_LEASE
 from .exceptions import NoTableError
@@ -39,13 +42,25 @@ def make_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
     SQLite lets one writer in at a time; taking the write lock at BEGIN makes a claim wait for
     it instead of failing when its read would have to become a write.
     """
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    if sa.make_url(url).get_backend_name() != "sqlite":
         return sa.create_engine(
             url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+    return _begin_immediate(sa.create_engine(url, connect_args={"timeout": 30}))
 
+
+def make_async_engine(url: str, *, pool_size: int = 5) -> sa_asyncio.AsyncEngine:
+    """Return an async engine for the worker, as :func:`make_engine` does."""
+    if sa.make_url(url).get_backend_name() != "sqlite":
+        return sa_asyncio.create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+    engine = sa_asyncio.create_async_engine(url, connect_args={"timeout": 30})
+    _begin_immediate(engine.sync_engine)
+    return engine
+
+
+def _begin_immediate(engine: sa.Engine) -> sa.Engine:
     @sa_event.listens_for(engine, "connect")
     def _connect(dbapi_connection: t.Any, record: object) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN (below) itself
@@ -70,14 +85,38 @@ def _import(modules: c.Sequence[str]) -> None:
         importlib.import_module(module)
 
 
+def _is_async(url: str) -> bool:
+    return bool(sa.make_url(url).get_dialect().is_async)
+
+
+def _stop_on_signals(stop: c.Callable[[], None]) -> None:
+    def _stop(signum: int, frame: object) -> None:
+        logger.info("outbox worker: %s, finishing the rows at hand", signal.Signals(signum).name)
+        stop()
+        # A second signal stops at once (the claimed rows come back when their lease ends).
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+
 def _worker(args: argparse.Namespace) -> int:
     _import(args.imports)
-    engine = make_engine(args.url, pool_size=args.concurrency + 2)
-    factory = sa_orm.sessionmaker(engine)
-    sa_signals.install(factory)
     table = _table(args.table)
     if args.keep_done is not None:
         set_keep_done(table, args.keep_done)
+    logger.info(
+        "outbox worker on %s (%s), concurrency %s",
+        sa.make_url(args.url).render_as_string(hide_password=True),
+        table.name,
+        args.concurrency,
+    )
+    if _is_async(args.url):
+        asyncio.run(_async_worker(args, table))
+        return 0
+    engine = make_engine(args.url, pool_size=args.concurrency + 2)
+    factory = sa_orm.sessionmaker(engine)
+    sa_signals.install(factory)
     worker = Worker(
         factory,
         table=table,
@@ -86,26 +125,37 @@ def _worker(args: argparse.Namespace) -> int:
         lease=args.lease,
         poll=args.poll,
     )
-
-    def _stop(signum: int, frame: object) -> None:
-        logger.info("outbox worker: %s, finishing the rows at hand", signal.Signals(signum).name)
-        worker.stop()
-        # A second signal stops at once (the claimed rows come back when their lease ends).
-        signal.signal(signum, signal.SIG_DFL)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    logger.info(
-        "outbox worker on %s (%s), concurrency %s",
-        engine.url.render_as_string(hide_password=True),
-        table.name,
-        args.concurrency,
-    )
+    _stop_on_signals(worker.stop)
     try:
         worker.run()
     finally:
         engine.dispose()
     return 0
+
+
+async def _async_worker(args: argparse.Namespace, table: sa.Table) -> None:
+    engine = make_async_engine(args.url, pool_size=args.concurrency + 2)
+    factory = sa_asyncio.async_sessionmaker(engine)
+    sa_signals.install(factory)
+    worker = AsyncWorker(
+        factory,
+        table=table,
+        concurrency=args.concurrency,
+        batch=args.batch,
+        lease=args.lease,
+        poll=args.poll,
+    )
+    loop = asyncio.get_running_loop()
+
+    def stop_soon() -> None:
+        # A signal handler interrupts whatever the loop runs: stop the worker from the loop.
+        loop.call_soon_threadsafe(worker.stop)
+
+    _stop_on_signals(stop_soon)
+    try:
+        await worker.run()
+    finally:
+        await engine.dispose()
 
 
 def _with_connection(args: argparse.Namespace, action: c.Callable[..., t.Any]) -> t.Any:
@@ -153,7 +203,11 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--table", default=DEFAULT_NAME, help="the outbox table's name")
         return sub
 
-    work = command("worker", "Run due rows until SIGTERM or SIGINT.")
+    work = command(
+        "worker",
+        "Run due rows until SIGTERM or SIGINT (with asyncio tasks if the URL names an async"
+        " driver, which coroutine handlers need).",
+    )
     work.add_argument(
         "--import",
         dest="imports",
@@ -162,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="a module registering handlers (repeat for several)",
     )
-    work.add_argument("--concurrency", type=int, default=1, help="threads running rows")
+    work.add_argument("--concurrency", type=int, default=1, help="threads (or tasks) running rows")
     work.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per claim")
     work.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="seconds a claim holds")
     work.add_argument("--poll", type=float, default=DEFAULT_POLL, help="seconds between polls")

@@ -7,6 +7,8 @@ on one cluster-wide lock, so a NOTIFY inside it would serialise the producers' c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import typing as t
@@ -20,6 +22,7 @@ from .table import current_table
 if t.TYPE_CHECKING:
     import collections.abc as c
 
+    import sqlalchemy.ext.asyncio as sa_asyncio
     import sqlalchemy.orm as sa_orm
 
 logger = logging.getLogger("sa_signals.outbox")
@@ -109,3 +112,73 @@ class Listener:
         finally:
             raw.invalidate()
             raw.close()
+
+
+class AsyncListener:
+    """LISTENs on a channel from the event loop and calls ``wake`` for each notification.
+
+    Uses its own connection of the async ``engine``: asyncpg (``add_listener``) or psycopg's
+    async connection (``notifies()``). A lost connection is logged and opened again after
+    ``retry`` seconds; meanwhile the workers poll.
+    """
+
+    def __init__(
+        self,
+        engine: sa_asyncio.AsyncEngine,
+        channel: str,
+        wake: c.Callable[[], None],
+        *,
+        retry: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.channel = channel
+        self.wake = wake
+        self.retry = retry
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start listening in a task of the running loop."""
+        self._task = asyncio.create_task(self._run(), name="outbox-listener")
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("the outbox listener lost its connection; polling meanwhile")
+                await asyncio.sleep(self.retry)
+
+    async def _listen(self) -> None:
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver: t.Any = raw.driver_connection
+            quoted = self.engine.dialect.identifier_preparer.quote(self.channel)
+            try:
+                if hasattr(driver, "add_listener"):  # asyncpg
+                    await driver.add_listener(self.channel, lambda *_: self.wake())
+                    self.wake()
+                    await asyncio.Event().wait()  # until cancelled
+                elif hasattr(driver, "notifies"):  # psycopg 3
+                    await driver.set_autocommit(True)
+                    await driver.execute(f"LISTEN {quoted}")
+                    self.wake()
+                    async for _ in driver.notifies():
+                        self.wake()
+                else:
+                    logger.warning(
+                        "the outbox listener needs asyncpg or psycopg (driver %s): workers only"
+                        " poll",
+                        type(driver).__module__,
+                    )
+                    await asyncio.Event().wait()
+            finally:
+                raw.invalidate()
