@@ -4,9 +4,9 @@ Usage: ``python -m benchmarks.outbox [--quick] [--db sqlite|postgresql|mariadb .
 [--postgresql URL] [--mariadb URL] [--part enqueue|latency|throughput|instructions ...]``;
 see ``benchmarks/README.md`` (section "Outbox").
 
-- enqueue: what one ``enqueue()`` (and one ``on_commit()``, one procrastinate ``defer()``)
-  adds to a producer's transaction that inserts a row: the call itself, and the whole
-  transaction against the bare one.
+- enqueue: what one ``enqueue()`` (and one ``on_commit()``, one procrastinate ``defer()``, one
+  more ``INSERT`` of the producer's own as the yardstick) adds to a producer's transaction that
+  inserts a row: the call itself, and the whole transaction against the bare one.
 - latency: from the call of ``commit()`` to the start of the handler: on the fast path, for a
   plain on_commit callback, through a separate outbox worker woken by NOTIFY, and through a
   procrastinate worker (PostgreSQL).
@@ -129,7 +129,7 @@ class Bench:
 
 def enqueue_costs(bench: Bench, rounds: int, batch: int, app: t.Any) -> dict[str, list[float]]:
     """Per-call and per-transaction times of each system, ``rounds`` interleaved rounds."""
-    systems = ["bare", "on_commit", "enqueue"] + (["procrastinate"] if app else [])
+    systems = ["bare", "insert", "on_commit", "enqueue"] + (["procrastinate"] if app else [])
     times: dict[str, list[float]] = {f"{s}:{k}": [] for s in systems for k in ("call", "tx")}
     factory = bench.factory
     clock = time.perf_counter
@@ -141,6 +141,8 @@ def enqueue_costs(bench: Bench, rounds: int, batch: int, app: t.Any) -> dict[str
             before = clock()
             if system == "on_commit":
                 sa_signals.on_commit(_noop, session)
+            elif system == "insert":  # a second row of the producer's own: the yardstick
+                session.execute(orders.insert(), {"note": "y"})
             elif system == "enqueue":
                 outbox.enqueue(session, noop_later)
             elif system == "procrastinate":
@@ -172,7 +174,7 @@ def _clear_procrastinate(app: t.Any) -> None:
 def report_enqueue(db: str, times: dict[str, list[float]]) -> list[str]:
     lines = []
     bare = statistics.median(times["bare:tx"])
-    for key in ("on_commit", "enqueue", "procrastinate"):
+    for key in ("insert", "on_commit", "enqueue", "procrastinate"):
         if f"{key}:call" not in times:
             continue
         call = times[f"{key}:call"]
