@@ -145,3 +145,22 @@ class TestDedup:
         thread.join(10)
         assert ids == [first_id]
         assert len(ob.rows()) == 1
+
+
+class TestTargets:
+    def test_async_scoped_session_gives_an_awaitable(self, ob, AsyncScoped, arunner):
+        """With an async_scoped_session, enqueue() returns an awaitable of the row's id."""
+
+        async def scenario() -> int:
+            pending = outbox.enqueue(AsyncScoped, app.arecord, "scoped")
+            row_id = await pending
+            await AsyncScoped.commit()
+            return row_id
+
+        assert isinstance(arunner.run(scenario()), int)
+        assert ob.effects() == ["scoped"]
+
+    def test_something_else_is_refused(self, ob):
+        """A target that is not a session raises TypeError naming what is accepted."""
+        with pytest.raises(TypeError, match="needs a Session or a scoped_session"):
+            outbox.enqueue(object(), app.record, "x")  # type: ignore[call-overload]
