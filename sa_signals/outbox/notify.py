@@ -39,19 +39,24 @@ def channel_of(table: sa.Table) -> str:
 
 def notify_after_commit(session: sa_orm.Session) -> None:
     """Send a NOTIFY on the outbox's channel once ``session``'s transaction has committed."""
-    sa_signals.on_commit(_Notify(channel_of(current_table())), session)
+    table = current_table()
+    sa_signals.on_commit(_Notify(table, channel_of(table)), session)
 
 
 class _Notify:
-    """The on_commit callback sending one NOTIFY from its distinct session."""
+    """The on_commit callback sending one NOTIFY on a connection of its own."""
 
-    __slots__ = ("channel",)
+    __slots__ = ("channel", "table")
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, table: sa.Table, channel: str) -> None:
+        self.table = table
         self.channel = channel
 
     def __call__(self) -> None:
-        sa_signals.current_session().execute(_NOTIFY, {"channel": self.channel})
+        bind = sa_signals.current_session().get_bind(clause=self.table)
+        engine = bind if isinstance(bind, sa.Engine) else bind.engine
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(_NOTIFY, {"channel": self.channel})
 
     def __repr__(self) -> str:
         return f"<outbox NOTIFY {self.channel}>"
