@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime
+import importlib
+import os
+import signal
+import threading
 
 import pytest
 import sqlalchemy as sa
 
 from sa_signals import outbox
 from sa_signals.outbox import cli
+from tests.conftest import async_url
 from tests.outbox import app
+from tests.outbox.helpers import wait_for
 
 
 def url_of(engine: sa.Engine) -> str:
@@ -78,6 +84,12 @@ class TestCommands:
         finally:
             other.drop(engine)
 
+    def test_without_a_declared_table_uses_the_named_one(self, ob, engine, monkeypatch, capsys):
+        """When no imported module declared a table, --table's name is used as is."""
+        monkeypatch.setattr(importlib.import_module("sa_signals.outbox.table"), "_current", [])
+        cli.main(["stats", "--url", url_of(engine)])
+        assert capsys.readouterr().out.splitlines()[0] == "pending 0"
+
     def test_needs_a_command(self, capsys):
         """Without a command the parser exits with its usage."""
         with pytest.raises(SystemExit):
@@ -95,3 +107,48 @@ class TestMakeEngine:
             connection.execute(sa.text("SELECT 1"))
         engine.dispose()
         assert seen[0] == "BEGIN IMMEDIATE"
+
+
+@pytest.fixture
+def restore_signals():
+    """Put back the SIGTERM and SIGINT handlers that the worker command replaces."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+class TestWorkerCommand:
+    @pytest.mark.parametrize("driver", ["sync", "async"])
+    def test_runs_rows_until_sigterm(self, ob, engine, backend, factory, restore_signals, driver):
+        """worker runs due rows, a sync or an async worker by the URL, and returns on SIGTERM."""
+        url = url_of(engine)
+        if driver == "async":
+            url = async_url(backend, engine).render_as_string(hide_password=False)
+        with factory.begin() as session:
+            outbox.enqueue(session, app.record_later, "in-process")
+            outbox.enqueue(session, app.arecord if driver == "async" else app.record, "d", delay=0)
+
+        def stop_when_done() -> None:
+            wait_for(lambda: len(ob.effects()) == 2, "the worker command")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        stopper = threading.Thread(target=stop_when_done)
+        stopper.start()
+        status = cli.main(
+            [
+                "worker",
+                "--url",
+                url,
+                "--import",
+                "tests.outbox.app",
+                "--poll",
+                "0.05",
+                "--keep-done",
+                "60",
+            ]
+        )
+        stopper.join()
+        assert status == 0
+        assert sorted(ob.effects()) == ["d", "in-process"]
+        assert ob.states() == ["done", "done"]
