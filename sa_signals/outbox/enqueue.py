@@ -32,6 +32,13 @@ if t.TYPE_CHECKING:
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _ZERO = datetime.timedelta()
+
+FAST_PATH_GRACE = datetime.timedelta(seconds=2)
+"""How long workers leave a row to the process that committed it (its ``run_at``).
+
+The committer runs its row within milliseconds of the COMMIT; a worker that claimed the row
+first would only run it elsewhere, later. If the committer dies, a worker runs the row once
+this grace has passed."""
 _DEDUP_TRIES = 5
 
 HandlerRef: t.TypeAlias = "Handler[..., t.Any] | str"
@@ -112,12 +119,13 @@ def _write(
     connection = session.connection(bind_arguments={"clause": table})
     stm = statements(table, connection.dialect.name)
     now = utcnow()
+    fast = wait is None and handler.inline and (is_async or not handler.is_coroutine)
     params = {
         "handler": handler.name,
         "payload": payload,
         "state": PENDING,
         "attempts": 0,
-        "run_at": now if wait is None else now + wait,
+        "run_at": now + FAST_PATH_GRACE if fast else now + (wait or _ZERO),
         "created_at": now,
         "dedup_key": dedup_key,
     }
@@ -128,11 +136,9 @@ def _write(
         if new_id < 0:
             return -new_id
         row_id = new_id
-    if wait is not None:
-        return row_id
-    if handler.inline and (is_async or not handler.is_coroutine):
+    if fast:
         run_after_commit(session, table, Row(row_id, handler.name, payload, 1), is_async=is_async)
-    elif connection.dialect.name == "postgresql":
+    elif wait is None and connection.dialect.name == "postgresql":
         _notify_once(session)
     return row_id
 

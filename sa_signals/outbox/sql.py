@@ -72,7 +72,8 @@ class Statements:
         # A run finishes its row first, in its own transaction: the DELETE (or the UPDATE to
         # done) takes the row's lock, the handler runs, and the COMMIT settles both; a handler
         # that raises rolls the row back with its own writes. One statement, not lock + finish.
-        fresh = sa.and_(c_.id == sa.bindparam("row_id"), due)
+        # The committer's own row, unless a worker leased it (its grace ran out first).
+        fresh = sa.and_(c_.id == sa.bindparam("row_id"), pending, c_.locked_by.is_(None))
         held = sa.and_(
             c_.id == sa.bindparam("row_id"), c_.locked_by == sa.bindparam("token"), pending
         )
@@ -83,7 +84,7 @@ class Statements:
             "dedup_key": None,
         }
         self.finish_fresh = table.delete().where(fresh)
-        """Finish a due row by id: the fast path, which claimed nothing before."""
+        """Finish a row by id: the fast path, which claimed nothing before."""
         self.finish_held = table.delete().where(held)
         """Finish a row claimed by ``token``, if its lease is still ours."""
         self.keep_fresh = table.update().where(fresh).values(done)
