@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 
@@ -120,51 +119,7 @@ class TestWorkerProcess:
         assert "outbox worker stopped after 1 rows" in output
 
 
-class TestAsyncWorker:
-    def test_runs_coroutine_handlers_and_stops(self, ob, AsyncScoped, arunner):
-        """The async worker runs coroutine handlers' rows, then returns on stop()."""
-
-        async def scenario() -> int:
-            worker = outbox.AsyncWorker(AsyncScoped, concurrency=2, poll=0.05)
-            running = asyncio.create_task(worker.run())
-            async with AsyncScoped.session_factory.begin() as session:
-                await outbox.enqueue(session, app.arecord, "a", delay=0)
-                await outbox.enqueue(session, app.record_later, "b")
-            while len(ob.effects()) < 2:
-                await asyncio.sleep(0.02)
-            worker.stop()
-            await running
-            return worker.ran
-
-        assert arunner.run(scenario()) == 2
-        assert sorted(ob.effects()) == ["a", "b"]
-        assert ob.rows() == []
-
-    @pytest.mark.backends("postgresql")
-    def test_notify_wakes_the_async_worker(self, ob, AsyncScoped, arunner, factory):
-        """An async worker that would poll once an hour is woken by the NOTIFY (asyncpg)."""
-
-        async def scenario() -> None:
-            worker = outbox.AsyncWorker(AsyncScoped, poll=3600)
-            running = asyncio.create_task(worker.run())
-            await asyncio.sleep(0.5)  # listening, and idle
-            with factory.begin() as session:
-                outbox.enqueue(session, app.record_later, "woken")
-            for _ in range(1500):
-                if ob.effects():
-                    break
-                await asyncio.sleep(0.02)
-            worker.stop()
-            await running
-
-        arunner.run(scenario())
-        assert ob.effects() == ["woken"]
-
-    def test_rejects_a_concurrency_below_one(self, ob, AsyncScoped):
-        """An async worker needs at least one task."""
-        with pytest.raises(ValueError, match="concurrency of 1 or more"):
-            outbox.AsyncWorker(AsyncScoped, concurrency=0)
-
+class TestAsyncWorkerProcess:
     def test_cli_runs_an_async_worker_for_an_async_url(self, ob, engine, backend, factory):
         """With an async driver's URL the CLI worker runs coroutine handlers; SIGTERM stops it."""
         url = async_url(backend, engine).render_as_string(hide_password=False)
