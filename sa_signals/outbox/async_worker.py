@@ -27,10 +27,10 @@ from .dispatch import Run
 from .dispatch import run_claimed_async
 from .notify import AsyncListener
 from .notify import channel_of
-from .sql import utcnow
 from .table import current_table
+from .worker import check_concurrency
 from .worker import DEFAULT_POLL
-from .worker import MIN_WAIT
+from .worker import wait_seconds
 
 if t.TYPE_CHECKING:
     import sqlalchemy.ext.asyncio as sa_asyncio
@@ -58,12 +58,9 @@ class AsyncWorker:
         poll: float = DEFAULT_POLL,
         listen: bool = True,
     ) -> None:
-        if concurrency < 1:
-            msg = f"a worker needs a concurrency of 1 or more, got {concurrency}"
-            raise ValueError(msg)
         self.factory: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
         self.table = table if table is not None else current_table()
-        self.concurrency = concurrency
+        self.concurrency = check_concurrency(concurrency)
         self.batch = batch
         self.lease = datetime.timedelta(seconds=lease)
         self.poll = poll
@@ -131,10 +128,6 @@ class AsyncWorker:
             self.ran += outcome is not Outcome.SKIPPED
 
     async def _wait(self, due: datetime.datetime | None) -> None:
-        timeout = self.poll
-        if due is not None:
-            # A due row that the claim skipped is locked by its runner: look again shortly.
-            timeout = min(timeout, max((due - utcnow()).total_seconds(), MIN_WAIT))
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.wait_for(self._wake.wait(), wait_seconds(due, self.poll))
         self._wake.clear()

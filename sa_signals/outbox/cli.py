@@ -100,6 +100,17 @@ def _stop_on_signals(stop: c.Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, _stop)
 
 
+def _options(args: argparse.Namespace, table: sa.Table) -> dict[str, t.Any]:
+    """The worker's options from the command line."""
+    return {
+        "table": table,
+        "concurrency": args.concurrency,
+        "batch": args.batch,
+        "lease": args.lease,
+        "poll": args.poll,
+    }
+
+
 def _worker(args: argparse.Namespace) -> int:
     _import(args.imports)
     table = _table(args.table)
@@ -117,14 +128,7 @@ def _worker(args: argparse.Namespace) -> int:
     engine = make_engine(args.url, pool_size=args.concurrency + 2)
     factory = sa_orm.sessionmaker(engine)
     sa_signals.install(factory)
-    worker = Worker(
-        factory,
-        table=table,
-        concurrency=args.concurrency,
-        batch=args.batch,
-        lease=args.lease,
-        poll=args.poll,
-    )
+    worker = Worker(factory, **_options(args, table))
     _stop_on_signals(worker.stop)
     try:
         worker.run()
@@ -137,14 +141,7 @@ async def _async_worker(args: argparse.Namespace, table: sa.Table) -> None:
     engine = make_async_engine(args.url, pool_size=args.concurrency + 2)
     factory = sa_asyncio.async_sessionmaker(engine)
     sa_signals.install(factory)
-    worker = AsyncWorker(
-        factory,
-        table=table,
-        concurrency=args.concurrency,
-        batch=args.batch,
-        lease=args.lease,
-        poll=args.poll,
-    )
+    worker = AsyncWorker(factory, **_options(args, table))
     loop = asyncio.get_running_loop()
 
     def stop_soon() -> None:

@@ -47,6 +47,22 @@ MIN_WAIT = 0.05
 _DRAIN_BATCH = 100
 
 
+def wait_seconds(due: datetime.datetime | None, poll: float) -> float:
+    """Return how long an idle worker waits: until ``due``, at most ``poll`` seconds."""
+    if due is None:
+        return poll
+    # A due row that the claim skipped is locked by its runner: look again shortly.
+    return min(poll, max((due - utcnow()).total_seconds(), MIN_WAIT))
+
+
+def check_concurrency(concurrency: int) -> int:
+    """Return ``concurrency`` if a worker can run with it."""
+    if concurrency < 1:
+        msg = f"a worker needs a concurrency of 1 or more, got {concurrency}"
+        raise ValueError(msg)
+    return concurrency
+
+
 @t.overload
 def drain(factory: SessionFactory, *, table: sa.Table | None = None) -> int: ...
 
@@ -111,11 +127,8 @@ class Worker:
         listen: bool = True,
         purge_every: float = 60.0,
     ) -> None:
-        if concurrency < 1:
-            msg = f"a worker needs a concurrency of 1 or more, got {concurrency}"
-            raise ValueError(msg)
         self.claimer = Claimer(factory, table, batch=batch, lease=lease)
-        self.concurrency = concurrency
+        self.concurrency = check_concurrency(concurrency)
         self.poll = poll
         self.listen = listen
         self.purge_every = purge_every
@@ -184,9 +197,5 @@ class Worker:
                 self._stop.wait(min(self.poll, 1.0))
 
     def _wait(self, due: datetime.datetime | None) -> None:
-        timeout = self.poll
-        if due is not None:
-            # A due row that the claim skipped is locked by its runner: look again shortly.
-            timeout = min(timeout, max((due - utcnow()).total_seconds(), MIN_WAIT))
-        self._wake.wait(timeout)
+        self._wake.wait(wait_seconds(due, self.poll))
         self._wake.clear()
