@@ -1,8 +1,11 @@
 """Waking workers on PostgreSQL: NOTIFY after the COMMIT, LISTEN in the worker.
 
-The NOTIFY is sent by an on_commit callback in its own short transaction, never inside the
-business transaction: PostgreSQL serialises the commits of every transaction that sent a NOTIFY
-on one cluster-wide lock, so a NOTIFY inside it would serialise the producers' commits.
+The NOTIFY is sent after the COMMIT, never inside the business transaction: PostgreSQL
+serialises the commits of every transaction that sent a NOTIFY on one cluster-wide lock, so a
+NOTIFY inside it would serialise the producers' commits. For a synchronous engine the on_commit
+callback only sets an event: a thread of the process sends the NOTIFY on a connection of its own,
+so the producer's ``commit()`` does not wait for it, and the notifications of commits that come
+while one is being sent are sent as one.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import typing as t
 
@@ -28,7 +32,7 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("sa_signals.outbox")
 
 # NOTIFY gives its transaction an id, so its COMMIT would wait for a WAL flush; the wake-up is a
-# hint (workers also poll), so that transaction commits asynchronously, in one round trip.
+# hint (workers also poll), so it commits asynchronously.
 _NOTIFY = sa.text("SELECT set_config('synchronous_commit', 'off', true), pg_notify(:channel, '')")
 
 
@@ -40,26 +44,104 @@ def channel_of(table: sa.Table) -> str:
 def notify_after_commit(session: sa_orm.Session) -> None:
     """Send a NOTIFY on the outbox's channel once ``session``'s transaction has committed."""
     table = current_table()
-    sa_signals.on_commit(_Notify(table, channel_of(table)), session)
+    bind = session.get_bind(clause=table)
+    engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    channel = channel_of(table)
+    if engine.dialect.is_async:
+        sa_signals.on_commit(_Notify(engine, channel), session)
+    else:
+        sa_signals.on_commit(_notifier(engine, channel).notify, session)
 
 
 class _Notify:
-    """The on_commit callback sending one NOTIFY on a connection of its own."""
+    """The on_commit callback of an async engine: one NOTIFY on a connection of its own."""
 
-    __slots__ = ("channel", "table")
+    __slots__ = ("channel", "engine")
 
-    def __init__(self, table: sa.Table, channel: str) -> None:
-        self.table = table
+    def __init__(self, engine: sa.Engine, channel: str) -> None:
+        self.engine = engine
         self.channel = channel
 
     def __call__(self) -> None:
-        bind = sa_signals.current_session().get_bind(clause=self.table)
-        engine = bind if isinstance(bind, sa.Engine) else bind.engine
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(_NOTIFY, {"channel": self.channel})
 
     def __repr__(self) -> str:
         return f"<outbox NOTIFY {self.channel}>"
+
+
+class Notifier:
+    """Sends the NOTIFYs of one engine and channel from a thread, on a connection of its own.
+
+    :meth:`notify` only sets an event; the thread (started on first use, and again in a forked
+    child) sends one NOTIFY for all the events set since its last one. The connection is made
+    by the dialect, outside the engine's pool, and made again after an error (logged).
+    """
+
+    def __init__(self, engine: sa.Engine, channel: str) -> None:
+        self.engine = engine
+        self.channel = channel
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._pid = -1
+
+    def notify(self) -> None:
+        """Have a NOTIFY sent soon."""
+        if self._pid != os.getpid():
+            self._start()
+        self._event.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._event = threading.Event()
+            thread = threading.Thread(target=self._run, name="outbox-notifier", daemon=True)
+            thread.start()
+            self._pid = os.getpid()
+
+    def _run(self) -> None:
+        connection: t.Any = None
+        quoted = self.engine.dialect.identifier_preparer.quote(self.channel)
+        event = self._event
+        while True:
+            event.wait()
+            event.clear()
+            try:
+                if connection is None:
+                    connection = self._connect()
+                cursor = connection.cursor()
+                cursor.execute(f"NOTIFY {quoted}")
+                cursor.close()
+            except Exception:
+                logger.exception("the outbox could not send a NOTIFY; workers will poll")
+                with contextlib.suppress(Exception):
+                    connection.close()
+                connection = None
+
+    def _connect(self) -> t.Any:
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self.engine.url)
+        connection = dialect.connect(*args, **kwargs)
+        connection.autocommit = True
+        cursor = connection.cursor()
+        # The NOTIFY is a hint (workers also poll): no need to wait for its WAL flush.
+        cursor.execute("SET synchronous_commit TO off")
+        cursor.close()
+        return connection
+
+
+_notifiers: dict[tuple[int, str], Notifier] = {}
+_notifiers_lock = threading.Lock()
+
+
+def _notifier(engine: sa.Engine, channel: str) -> Notifier:
+    key = (id(engine), channel)
+    found = _notifiers.get(key)
+    if found is None or found.engine is not engine:
+        with _notifiers_lock:
+            found = _notifiers[key] = Notifier(engine, channel)
+    return found
 
 
 class Listener:

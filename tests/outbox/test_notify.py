@@ -9,7 +9,9 @@ import sqlalchemy as sa
 
 from sa_signals import outbox
 from sa_signals.outbox.notify import Listener
+from sa_signals.outbox.notify import Notifier
 from tests.outbox import app
+from tests.outbox.helpers import wait_for
 
 pytestmark = pytest.mark.backends("postgresql")
 
@@ -25,7 +27,7 @@ def listen(engine: sa.Engine) -> tuple[Listener, threading.Event]:
 
 class TestNotify:
     def test_sent_after_commit_not_inside_the_transaction(self, ob, engine, factory):
-        """One NOTIFY per transaction, sent after its COMMIT, never inside it."""
+        """The NOTIFY is sent after the COMMIT, never inside the business transaction."""
         listener, woken = listen(engine)
         events: list[tuple[str, str]] = []
 
@@ -47,8 +49,9 @@ class TestNotify:
             sa.event.remove(engine, "commit", commit)
             listener.stop()
         kinds = [kind for kind, _ in events]
-        # The business transaction: two INSERTs, then its COMMIT; then the NOTIFY, autocommitted.
-        assert kinds == ["statement", "statement", "commit", "pg_notify"]
+        # The engine ran the business transaction only: two INSERTs, then its COMMIT. The NOTIFY
+        # came from the notifier's own connection, after it.
+        assert kinds == ["statement", "statement", "commit"]
 
     def test_nothing_is_sent_for_a_rollback(self, ob, engine, factory):
         """A rolled-back transaction sends no NOTIFY."""
@@ -58,6 +61,20 @@ class TestNotify:
                 outbox.enqueue(session, app.record_later, "n")
                 session.rollback()
             assert not woken.wait(0.3)
+        finally:
+            listener.stop()
+
+    def test_async_engines_notify_after_commit_too(self, ob, engine, AsyncScoped, arunner):
+        """A row left to workers by an AsyncSession's transaction sends a NOTIFY too."""
+        listener, woken = listen(engine)
+
+        async def scenario() -> None:
+            async with AsyncScoped.session_factory.begin() as session:
+                await outbox.enqueue(session, app.record_later, "async")
+
+        try:
+            arunner.run(scenario())
+            assert woken.wait(10)
         finally:
             listener.stop()
 
@@ -71,3 +88,15 @@ class TestNotify:
             assert not woken.wait(0.3)
         finally:
             listener.stop()
+
+
+class TestNotifier:
+    def test_a_failed_notify_is_logged_and_retried_on_the_next(self, caplog):
+        """An unreachable server is logged; the notifier tries again at the next notify()."""
+        unreachable = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+        notifier = Notifier(unreachable, "sa_signals_outbox")
+        for attempt in (1, 2):
+            notifier.notify()
+            wait_for(
+                lambda n=attempt: caplog.text.count("could not send a NOTIFY") == n, "the log"
+            )
