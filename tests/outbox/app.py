@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 
 import sqlalchemy as sa
 
@@ -30,6 +32,9 @@ accounts = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("tag", sa.String(100), nullable=False),
 )
+
+started = threading.Event()
+"""Set when :func:`slow` begins (in this process)."""
 
 failures: dict[str, int] = {}
 """Tag -> runs of :func:`flaky` still to fail (in this process)."""
@@ -70,9 +75,8 @@ def always_fails(tag: str) -> None:
 
 @outbox.handler
 def slow(tag: str, seconds: float) -> None:
-    """Sleep ``seconds`` (a worker killed meanwhile), then write ``tag``."""
-    import time
-
+    """Sleep ``seconds`` (a worker stopped meanwhile), then write ``tag``."""
+    started.set()
     time.sleep(seconds)
     _record(tag)
 

@@ -46,14 +46,16 @@ def queue():
         declared(connection.channel()).delete()
 
 
-def received(queue: str) -> list[kombu.Message]:
-    """Messages waiting on ``queue``, taken off it."""
+def received(queue: str, expected: int) -> list[kombu.Message]:
+    """The ``expected`` messages published to ``queue`` (and any more), taken off it."""
     messages = []
     with kombu.Connection(BROKER_URL) as connection:
         simple = connection.SimpleQueue(queue, no_ack=True)
         try:
+            for _ in range(expected):
+                messages.append(simple.get(timeout=10))
             while True:
-                messages.append(simple.get(timeout=1))
+                messages.append(simple.get(timeout=0.2))
         except simple.Empty:
             pass
         finally:
@@ -74,7 +76,7 @@ class TestDurableSend:
                 durable=True,
                 note="n",
             )
-        (message,) = received(queue)
+        (message,) = received(queue, 1)
         assert message.headers["task"] == "shop.ship"
         assert message.headers["id"] == handle.task_id
         assert message.decode()[0] == [2, 1]
@@ -93,12 +95,12 @@ class TestDurableSend:
             )
         (row,) = ob.rows()
         assert (row.handler, row.attempts) == (relay.name, 1)
-        assert received(queue) == []
+        assert received(queue, 0) == []
         make_app(BROKER_URL).set_current()
         with factory.begin() as session:
             session.execute(ob.table.update().values(run_at=row.created_at))
         assert outbox.drain(factory) == 1
-        (message,) = received(queue)
+        (message,) = received(queue, 1)
         assert message.headers["task"] == "shop.bill"
 
     def test_rolled_back_transaction_sends_nothing(self, ob, factory, queue):
@@ -112,7 +114,7 @@ class TestDurableSend:
                 durable=True,
             )
             session.rollback()
-        assert received(queue) == []
+        assert received(queue, 0) == []
         assert ob.rows() == []
 
     def test_async_sessions_are_told_the_awaitable_form(self, ob, AsyncScoped):

@@ -1,6 +1,6 @@
 """Killed producers and workers lose nothing and run nothing twice (benchmarks/outbox_crash.py).
 
-A scaled-down run of the crash test: CI kills 6 producers and 2 workers per backend; the
+A scaled-down run of the crash test: CI kills 4 producers and a worker per backend; the
 figures of the full run (120 kills per backend) are in benchmarks/README.md.
 """
 
@@ -23,9 +23,9 @@ def test_every_committed_effect_exists_once_after_kills(engine):
             "--url",
             engine.url.render_as_string(hide_password=False),
             "--kills",
-            "6",
+            "4",
             "--worker-kills",
-            "2",
+            "1",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -36,4 +36,4 @@ def test_every_committed_effect_exists_once_after_kills(engine):
     assert result.returncode == 0, result.stderr
     figures = ast.literal_eval(result.stdout.strip().splitlines()[-1])
     assert figures["committed"] == figures["effects"] > 0
-    assert sum(figures["producer_kills"].values()) == 6
+    assert sum(figures["producer_kills"].values()) == 4

@@ -45,8 +45,9 @@ class TestWorker:
                 outbox.enqueue(session, app.slow, str(n), 0.3, delay=0)
         worker = outbox.Worker(factory, batch=4, poll=0.05)
         thread = threading.Thread(target=worker.run)
+        app.started.clear()
         thread.start()
-        wait_for(lambda: any(row.locked_by for row in ob.rows()), "a claim")
+        assert app.started.wait(30)  # the first row of the batch is running
         worker.stop()
         thread.join()
         assert ob.effects() == ["0"]
@@ -104,6 +105,7 @@ class TestDrain:
         assert outbox.drain(factory) == 0
 
 
+@pytest.mark.backends("sqlite")  # what a process adds; each backend runs in-process (test_cli)
 class TestWorkerProcess:
     def test_sigterm_stops_the_worker_cleanly(self, ob, engine, factory):
         """The CLI worker runs rows, and exits 0 on SIGTERM."""
@@ -119,6 +121,7 @@ class TestWorkerProcess:
         assert "outbox worker stopped after 1 rows" in output
 
 
+@pytest.mark.backends("sqlite")  # likewise
 class TestAsyncWorkerProcess:
     def test_cli_runs_an_async_worker_for_an_async_url(self, ob, engine, backend, factory):
         """With an async driver's URL the CLI worker runs coroutine handlers; SIGTERM stops it."""
