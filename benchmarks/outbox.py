@@ -7,8 +7,9 @@ see ``benchmarks/README.md`` (section "Outbox").
 - enqueue: what one ``enqueue()`` (and one ``on_commit()``, one procrastinate ``defer()``, one
   more ``INSERT`` of the producer's own as the yardstick) adds to a producer's transaction that
   inserts a row: the call itself, and the whole transaction against the bare one.
-- latency: from the call of ``commit()`` to the start of the handler: on the fast path, for a
-  plain on_commit callback, through a separate outbox worker woken by NOTIFY, and through a
+- latency: from the COMMIT (SQLAlchemy's ``after_commit``; for procrastinate, the return of
+  ``defer()``, which commits) to the start of the handler: on the fast path, for a plain
+  on_commit callback, through a separate outbox worker woken by NOTIFY, and through a
   procrastinate worker (PostgreSQL).
 - throughput: rows per second drained by 1, 4 and 8 worker processes (and as many
   procrastinate workers on PostgreSQL).
@@ -23,7 +24,6 @@ import argparse
 import os
 import pathlib
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +35,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from benchmarks.outbox_workers import stop
+from benchmarks.outbox_workers import wait_for
+from benchmarks.outbox_workers import worker_command
 from benchmarks.systems import sqlite_engine
 from sa_signals import outbox
 
@@ -57,6 +60,15 @@ URLS = {
 
 STAMPS: dict[int, float] = {}
 """Sequence number -> ``perf_counter()`` when an in-process handler or callback started."""
+
+COMMITTED: dict[str, t.Any] = {"armed": False, "wall": 0.0, "perf": 0.0}
+"""When the producer's last COMMIT returned (``after_commit``), wall-clock and perf counter."""
+
+
+def _committed(session: sa_orm.Session) -> None:
+    # Armed for the producer's own commit only: the fast path's run commits too.
+    if COMMITTED["armed"]:
+        COMMITTED.update(armed=False, wall=time.time(), perf=time.perf_counter())
 
 
 @outbox.handler("bench.noop_later", inline=False)
@@ -106,6 +118,8 @@ class Bench:
         self.engine = sqlite_engine(url, wal=True) if db == "sqlite" else sa.create_engine(url)
         self.factory = sa_orm.sessionmaker(self.engine)
         sa_signals.install(self.factory)
+        # Before the installation's own listener: the time the COMMIT returned.
+        sa.event.listen(self.factory, "after_commit", _committed, insert=True)
         metadata.drop_all(self.engine)
         metadata.create_all(self.engine)
 
@@ -192,19 +206,7 @@ def report_enqueue(db: str, times: dict[str, list[float]]) -> list[str]:
 
 def start_worker(url: str, stamps: str, *args: str) -> subprocess.Popen[bytes]:
     """An outbox worker process with this module's handlers."""
-    command = [
-        sys.executable,
-        "-m",
-        "sa_signals.outbox",
-        "worker",
-        "--url",
-        url,
-        "--table",
-        table.name,
-        "--import",
-        "benchmarks.outbox",
-        *args,
-    ]
+    command = worker_command(url, table.name, "benchmarks.outbox", *args)
     env = {**os.environ, "OUTBOX_BENCH_STAMPS": stamps}
     log = open(os.environ.get("OUTBOX_BENCH_WORKER_LOG", os.devnull), "a")  # noqa: SIM115
     return subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
@@ -225,17 +227,6 @@ def start_procrastinate(url: str, stamps: str, concurrency: int = 1) -> subproce
     return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
 
 
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def read_stamps(path: str) -> dict[int, float]:
     found: dict[int, float] = {}
     if os.path.exists(path):
@@ -243,14 +234,6 @@ def read_stamps(path: str) -> dict[int, float]:
             seq, when = line.split()
             found[int(seq)] = float(when)
     return found
-
-
-def wait_for(condition: t.Callable[[], bool], seconds: float = 120.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the benchmark's workers did not finish in time")
-        time.sleep(0.01)
 
 
 def latencies(bench: Bench, count: int, app: t.Any) -> dict[str, list[float]]:
@@ -277,8 +260,8 @@ def latencies(bench: Bench, count: int, app: t.Any) -> dict[str, list[float]]:
                     for _ in range(20):
                         seq += 1
                         if path == "procrastinate":
+                            app.tasks["bench.stamp"].defer(seq=seq)  # commits, then returns
                             sent[seq] = (path, time.time())
-                            app.tasks["bench.stamp"].defer(seq=seq)
                         else:
                             with factory() as session:
                                 session.execute(orders.insert(), {"note": "x"})
@@ -292,9 +275,10 @@ def latencies(bench: Bench, count: int, app: t.Any) -> dict[str, list[float]]:
                                     )
                                 else:
                                     outbox.enqueue(session, stamp_later, seq)
-                                wall, perf = time.time(), time.perf_counter()
-                                sent[seq] = (path, wall if path.startswith("worker") else perf)
+                                COMMITTED["armed"] = True
                                 session.commit()
+                                start = COMMITTED["wall" if path.startswith("worker") else "perf"]
+                                sent[seq] = (path, start)
                         if path in ("procrastinate", "worker (NOTIFY)"):
                             # The worker is idle when the next one is sent: wake-up latency,
                             # not queueing.
@@ -443,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
             exists = connection.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()
         if not exists or exists[0] is None:
             app.schema_manager.apply_schema()
+        _clear_procrastinate(app)  # jobs an interrupted run left would stamp this run's numbers
     with tempfile.TemporaryDirectory() as tmp:
         for db in dbs:
             bench = Bench(db, urls[db].format(tmp=tmp))

@@ -31,6 +31,8 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from benchmarks.outbox_workers import stop
+from benchmarks.outbox_workers import worker_command
 from sa_signals import outbox
 from sa_signals.outbox.cli import make_engine
 
@@ -173,16 +175,9 @@ def pending(url: str) -> int:
 def drain_with_killed_workers(url: str, workers: int, kills: int) -> int:
     """Run workers whose handler dies with probability 0.3 until nothing is pending."""
     env = {**os.environ, "OUTBOX_CRASH_HANDLER_KILL": "0.3", "PYTHONWARNINGS": "ignore"}
-    command = [
-        sys.executable,
-        "-m",
-        "sa_signals.outbox",
-        "worker",
-        "--url",
+    command = worker_command(
         url,
-        "--table",
         table.name,
-        "--import",
         "benchmarks.outbox_crash",
         "--lease",
         "1",
@@ -190,7 +185,7 @@ def drain_with_killed_workers(url: str, workers: int, kills: int) -> int:
         "0.1",
         "--batch",
         "5",
-    ]
+    )
     running = [
         subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) for _ in range(workers)
     ]
@@ -204,10 +199,7 @@ def drain_with_killed_workers(url: str, workers: int, kills: int) -> int:
                 if killed >= kills:
                     env["OUTBOX_CRASH_HANDLER_KILL"] = "0"
                 running[n] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    for process in running:
-        process.send_signal(signal.SIGTERM)
-    for process in running:
-        process.wait(timeout=60)
+    stop(running)
     return killed
 
 

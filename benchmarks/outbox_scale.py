@@ -15,9 +15,7 @@ import argparse
 import collections
 import os
 import pathlib
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,6 +23,8 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from benchmarks.outbox_workers import stop
+from benchmarks.outbox_workers import worker_command
 from sa_signals import outbox
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,20 +54,13 @@ def run(url: str, rows: int, workers: int) -> dict[str, object]:
     factory = sa_orm.sessionmaker(engine)
     sa_signals.install(factory)
     with tempfile.TemporaryDirectory() as runs:
-        command = [
-            sys.executable,
-            "-m",
-            "sa_signals.outbox",
-            "worker",
-            "--url",
+        command = worker_command(
             url,
-            "--table",
             table.name,
-            "--import",
             "benchmarks.outbox_scale",
             "--batch",
             "50",
-        ]
+        )
         env = {**os.environ, "OUTBOX_SCALE_RUNS": runs}
         processes = [
             subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
@@ -87,10 +80,7 @@ def run(url: str, rows: int, workers: int) -> dict[str, object]:
                 break
             time.sleep(0.1)
         drained = time.perf_counter() - start
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(timeout=60)
+        stop(processes)
         runs_by_tag: collections.Counter[int] = collections.Counter()
         per_worker = []
         for path in pathlib.Path(runs).iterdir():

@@ -39,6 +39,7 @@ DEFAULT_BATCH = 20
 """Rows one claim takes."""
 
 _PURGE_BATCH = 1000
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _MYSQL = ("mysql", "mariadb")
 
 
@@ -66,11 +67,16 @@ def claim_in(
     """Lease up to ``limit`` rows due at ``now`` (default: now) to ``token``.
 
     On MariaDB and MySQL the claim's transaction is READ COMMITTED: under InnoDB's default
-    REPEATABLE READ its range scan takes gap locks that make concurrent claims deadlock.
+    REPEATABLE READ its range scan takes gap locks that make concurrent claims deadlock. On
+    PostgreSQL it commits asynchronously.
     """
     bind = session.get_bind(clause=table)
     options = {"isolation_level": "READ COMMITTED"} if bind.dialect.name in _MYSQL else None
     connection = session.connection(bind_arguments={"clause": table}, execution_options=options)
+    if connection.dialect.name == "postgresql":
+        # A lease lost with the server only lets the row be claimed again: its COMMIT need not
+        # wait for the WAL flush.
+        connection.execute(_ASYNC_COMMIT)
     return statements(table, connection.dialect.name).claim(
         connection, now=now or utcnow(), lease_end=utcnow() + lease, token=token, limit=limit
     )

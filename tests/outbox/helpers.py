@@ -6,8 +6,9 @@ import collections.abc as c
 import os
 import pathlib
 import subprocess
-import sys
 import time
+
+from benchmarks.outbox_workers import worker_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PATIENCE = 30.0
@@ -26,17 +27,7 @@ def wait_for(condition: c.Callable[[], bool], what: str) -> None:
 def start_worker(url: str, *args: str) -> subprocess.Popen[str]:
     """Start ``python -m sa_signals.outbox worker`` on ``url`` with the test handlers."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sa_signals.outbox",
-            "worker",
-            "--url",
-            url,
-            "--import",
-            "tests.outbox.app",
-            *args,
-        ],
+        worker_command(url, "sa_signals_outbox", "tests.outbox.app", *args),
         cwd=ROOT,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         stdout=subprocess.PIPE,
