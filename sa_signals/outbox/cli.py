@@ -133,6 +133,7 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         worker.run()
     finally:
+        sa_signals.uninstall(factory)
         engine.dispose()
     return 0
 
@@ -152,6 +153,7 @@ async def _async_worker(args: argparse.Namespace, table: sa.Table) -> None:
     try:
         await worker.run()
     finally:
+        sa_signals.uninstall(factory)
         await engine.dispose()
 
 
