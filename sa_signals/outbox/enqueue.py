@@ -13,6 +13,7 @@ import sqlalchemy.util.concurrency as sa_concurrency
 
 from . import handlers
 from .dispatch import run_after_commit
+from .exceptions import OutboxError
 from .notify import notify_after_commit
 from .sql import MYSQL_DUPLICATE_KEY
 from .sql import Row
@@ -132,10 +133,9 @@ def _write(
     if dedup_key is None:
         row_id = _insert(connection, stm, params)
     else:
-        new_id = _insert_once(connection, stm, params, dedup_key)
-        if new_id < 0:
-            return -new_id
-        row_id = new_id
+        row_id, written = _insert_unless_waiting(connection, stm, params, dedup_key)
+        if not written:
+            return row_id
     if fast:
         run_after_commit(session, table, Row(row_id, handler.name, payload, 1), is_async=is_async)
     elif wait is None and connection.dialect.name == "postgresql":
@@ -148,14 +148,18 @@ def _insert(connection: sa.Connection, stm: Statements, params: dict[str, object
     return int(result.scalar_one() if stm.returning else result.lastrowid)
 
 
-def _insert_once(
+def _insert_unless_waiting(
     connection: sa.Connection, stm: Statements, params: dict[str, object], dedup_key: str
-) -> int:
-    """Insert unless a waiting row has ``dedup_key``: the new id, or minus the waiting row's."""
+) -> tuple[int, bool]:
+    """Insert unless a waiting row has ``dedup_key``: return the id, and whether it is new.
+
+    The unique constraint on ``dedup_key`` decides between concurrent transactions: the later
+    INSERT waits for the earlier transaction, then conflicts if it committed.
+    """
     for _ in range(_DEDUP_TRIES):
         if stm.mysql:
             try:
-                return _insert(connection, stm, params)
+                return _insert(connection, stm, params), True
             except sa_exc.IntegrityError as exc:
                 # MariaDB rolls back only the failed statement; the transaction goes on.
                 if _errno(exc) != MYSQL_DUPLICATE_KEY:
@@ -163,13 +167,16 @@ def _insert_once(
         else:
             new_id = connection.execute(stm.insert_dedup, params).scalar()
             if new_id is not None:
-                return int(new_id)
+                return int(new_id), True
         existing = connection.execute(stm.find_dedup, {"dedup_key": dedup_key}).scalar()
         if existing is not None:
-            return -int(existing)
-        # The waiting row was taken by a runner between the two statements: insert again.
-    msg = f"enqueue() could not settle dedup_key {dedup_key!r}: rows with it keep changing."
-    raise RuntimeError(msg)
+            return int(existing), False
+        # A runner took the waiting row between the two statements: the key is free again.
+    msg = (
+        f"enqueue() could not settle dedup_key {dedup_key!r}: the rows holding it were taken"
+        f" by runners {_DEDUP_TRIES} times in a row; call enqueue() again."
+    )
+    raise OutboxError(msg)
 
 
 def _errno(exc: sa_exc.DBAPIError) -> object:
