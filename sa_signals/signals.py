@@ -89,3 +89,8 @@ executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
 bulk_delete = Signal("bulk_delete")
 """Sent when an ORM bulk DELETE (``session.execute(delete(Model)...)``, ``Query.delete()``) has
 executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
+
+outbox_failed = Signal("outbox_failed")
+"""Sent when an outbox handler raised, once its writes were rolled back and the failure recorded
+on the row (see ``docs/outbox.md``). Sender: the handler's name. Keywords: ``row_id``,
+``exception``, ``attempts`` (runs so far), ``dead`` (True if the row will not run again)."""

@@ -22,6 +22,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.util.concurrency as sa_concurrency
 
 import sa_signals
+from sa_signals import signals
 
 from . import handlers
 from .retry import Backoff
@@ -66,7 +67,7 @@ class Run:
     row: Row
     token: str
     fast: bool
-    """The committing process runs a row it just wrote: lease it by id, no claim before."""
+    """The committing process runs a row it just wrote: take it by id, claimed by no one."""
 
     def in_session(self, session: sa_orm.Session) -> Outcome:
         """Run the row in ``session``'s transaction (which the caller commits)."""
@@ -128,6 +129,7 @@ class Run:
                 "outbox row %s (%s) failed, and another runner has it now", row.id, row.handler
             )
             return Outcome.SKIPPED
+        _report(row, exc, dead)
         if dead:
             logger.error(
                 "outbox row %s (%s) is dead after %s attempts",
@@ -154,6 +156,16 @@ class Run:
 
 class _Abandoned(Exception):
     """The row's earlier runners all stopped before recording an outcome."""
+
+
+def _report(row: Row, exc: Exception, dead: bool) -> None:
+    """Send :data:`~sa_signals.signals.outbox_failed`; a receiver that raises is logged."""
+    try:
+        signals.outbox_failed.send(
+            row.handler, row_id=row.id, exception=exc, attempts=row.attempts, dead=dead
+        )
+    except Exception:
+        logger.exception("a receiver of outbox_failed raised for row %s", row.id)
 
 
 def _default_delay(attempts: int) -> float:

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from sa_signals import outbox
+from sa_signals import signals
 from sa_signals.outbox.claims import Claimer
 from sa_signals.outbox.dispatch import new_token
 from sa_signals.outbox.dispatch import Outcome
@@ -64,6 +65,30 @@ class TestFailure:
         assert "is dead after 2 attempts" in caplog.text
         assert ob.effects() == []
         assert outbox.drain(factory) == 0
+
+    def test_failures_are_sent_on_outbox_failed(self, ob, factory, connect):
+        """Each failure is sent with the row, the exception and whether the row is dead."""
+        calls = connect.record(signals.outbox_failed)
+        with factory.begin() as session:
+            row_id = outbox.enqueue(session, app.always_fails, "s")
+        outbox.drain(factory)
+        assert [(sender, kw["row_id"], kw["attempts"], kw["dead"]) for sender, kw in calls] == [
+            (app.always_fails.name, row_id, 1, False),
+            (app.always_fails.name, row_id, 2, True),
+        ]
+        assert isinstance(calls[0][1]["exception"], ValueError)
+
+    def test_a_failing_receiver_is_logged(self, ob, factory, connect, caplog):
+        """A receiver of outbox_failed that raises is logged; the row's failure stays recorded."""
+
+        def broken(sender, **kwargs):
+            raise LookupError("receiver broke")
+
+        connect(signals.outbox_failed, broken)
+        with factory.begin() as session:
+            outbox.enqueue(session, app.always_fails, "r")
+        assert "a receiver of outbox_failed raised" in caplog.text
+        assert [r.attempts for r in ob.rows()] == [1]
 
     def test_unknown_handler_fails_the_row_and_names_the_fix(self, ob, factory):
         """A row naming no registered handler is retried later, with the fix in its error."""
