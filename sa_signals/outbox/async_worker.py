@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -20,6 +21,8 @@ from .claims import DEFAULT_BATCH
 from .claims import DEFAULT_LEASE
 from .claims import maker_of
 from .claims import next_due_in
+from .claims import PURGE_BATCH
+from .claims import purge_done_in
 from .claims import release_in
 from .dispatch import new_token
 from .dispatch import Outcome
@@ -57,6 +60,7 @@ class AsyncWorker:
         lease: float = DEFAULT_LEASE,
         poll: float = DEFAULT_POLL,
         listen: bool = True,
+        purge_every: float = 60.0,
     ) -> None:
         self.factory: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
         self.table = table if table is not None else current_table()
@@ -65,6 +69,7 @@ class AsyncWorker:
         self.lease = datetime.timedelta(seconds=lease)
         self.poll = poll
         self.listen = listen
+        self.purge_every = purge_every
         self.ran = 0
         """Rows run so far (a handler that raised counts)."""
         self._stop = asyncio.Event()
@@ -87,13 +92,14 @@ class AsyncWorker:
             listener = AsyncListener(bind, channel_of(self.table), self.wake)
             await listener.start()
         try:
-            await asyncio.gather(*(self._loop() for _ in range(self.concurrency)))
+            await asyncio.gather(*(self._loop(i) for i in range(self.concurrency)))
         finally:
             if listener is not None:
                 await listener.stop()
         logger.info("outbox worker stopped after %s rows", self.ran)
 
-    async def _loop(self) -> None:
+    async def _loop(self, index: int) -> None:
+        next_purge = time.monotonic() + self.purge_every
         while not self._stop.is_set():
             try:
                 token = new_token()
@@ -104,12 +110,22 @@ class AsyncWorker:
                 if rows:
                     await self._run(rows, token)
                     continue
+                if index == 0 and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self.purge_every
+                    await self._purge()
                 async with self.factory() as session:
                     due = await session.run_sync(next_due_in, self.table)
                 await self._wait(due)
             except Exception:
                 logger.exception("the outbox worker failed to claim; trying again")
                 await asyncio.sleep(min(self.poll, 1.0))
+
+    async def _purge(self) -> None:
+        while True:
+            async with self.factory() as session, session.begin():
+                deleted = await session.run_sync(purge_done_in, self.table)
+            if deleted < PURGE_BATCH:
+                return
 
     async def _run(self, rows: list[t.Any], token: str) -> None:
         for index, row in enumerate(rows):

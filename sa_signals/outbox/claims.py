@@ -38,7 +38,8 @@ DEFAULT_LEASE = 300.0
 DEFAULT_BATCH = 20
 """Rows one claim takes."""
 
-_PURGE_BATCH = 1000
+PURGE_BATCH = 1000
+"""Done rows one purge statement deletes at most."""
 _ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _MYSQL = ("mysql", "mariadb")
 
@@ -110,7 +111,7 @@ def purge_done_in(session: sa_orm.Session, table: sa.Table) -> int:
     c_ = table.c
     old = sa.select(c_.id).where(c_.state == DONE, c_.done_at < utcnow() - keep)
     connection = _connection(session, table)
-    ids = list(connection.scalars(old.limit(_PURGE_BATCH)))
+    ids = list(connection.scalars(old.limit(PURGE_BATCH)))
     if ids:
         connection.execute(table.delete().where(c_.id.in_(ids)))
     return len(ids)
@@ -173,5 +174,5 @@ class Claimer:
             with self.factory() as session, session.begin():
                 deleted = purge_done_in(session, self.table)
             total += deleted
-            if deleted < _PURGE_BATCH:
+            if deleted < PURGE_BATCH:
                 return total

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from sa_signals import outbox
+from sa_signals.outbox.table import set_keep_done
 from tests.outbox import app
 
 
@@ -49,6 +50,26 @@ class TestAsyncWorker:
 
         arunner.run(scenario())
         assert ob.effects() == ["woken"]
+
+    def test_purges_old_done_rows(self, ob, AsyncScoped, arunner, factory):
+        """With a retention period, the async worker deletes done rows once they are old."""
+        set_keep_done(ob.table, 0)
+        try:
+            with factory.begin() as session:
+                outbox.enqueue(session, app.record, "kept")
+            assert ob.states() == ["done"]
+
+            async def scenario() -> None:
+                worker = outbox.AsyncWorker(AsyncScoped, poll=0.05, purge_every=0)
+                running = asyncio.create_task(worker.run())
+                while ob.rows():
+                    await asyncio.sleep(0.02)
+                worker.stop()
+                await running
+
+            arunner.run(scenario())
+        finally:
+            set_keep_done(ob.table, None)
 
     def test_rejects_a_concurrency_below_one(self, ob, AsyncScoped):
         """An async worker needs at least one task."""

@@ -62,7 +62,7 @@ class TestPurge:
 
     def test_purges_in_batches(self, ob, factory, monkeypatch):
         """Old done rows are deleted batch by batch until none is left."""
-        monkeypatch.setattr("sa_signals.outbox.claims._PURGE_BATCH", 2)
+        monkeypatch.setattr("sa_signals.outbox.claims.PURGE_BATCH", 2)
         set_keep_done(ob.table, 0)
         try:
             with factory.begin() as session:
