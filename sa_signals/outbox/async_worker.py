@@ -138,8 +138,8 @@ class AsyncWorker:
                     self.factory, Run(self.table, row, token, fast=False)
                 )
             except Exception:
-                # The run's COMMIT failed: the lease lapses and the row runs again.
-                logger.exception("outbox row %s (%s) could not be committed", row.id, row.handler)
+                # Not even the failure could be recorded: the row runs again when its lease ends.
+                logger.exception("outbox row %s (%s) could not be settled", row.id, row.handler)
                 continue
             self.ran += outcome is not Outcome.SKIPPED
 

@@ -97,10 +97,11 @@ class Run:
                 _await(result, handler)
         except Exception as exc:
             session.rollback()
-            return self._failed(session, exc)
+            return self.failed(session, exc)
         return Outcome.DONE
 
-    def _failed(self, session: sa_orm.Session, exc: Exception) -> Outcome:
+    def failed(self, session: sa_orm.Session, exc: Exception) -> Outcome:
+        """Record that running the row raised ``exc``: retry it later, or bury it."""
         row = self.row
         handler: handlers.Handler[..., t.Any] | None
         try:
@@ -220,16 +221,30 @@ class AsyncCallback(Callback):
 
 
 def run_claimed(factory: sa_orm.sessionmaker[t.Any], run: Run) -> Outcome:
-    """Run a claimed row in a distinct session of ``factory``'s installation."""
+    """Run a claimed row in a distinct session of ``factory``'s installation.
+
+    If the run's own statements or its COMMIT fail (a lock timeout, a lost connection), its
+    writes are rolled back with the row's deletion, and the failure is recorded as a handler's.
+    """
     callback = Callback(run)
-    with factory() as session:
-        sa_signals.on_commit(callback, session, robust=False)
+    try:
+        with factory() as session:
+            sa_signals.on_commit(callback, session, robust=False)
+    except Exception as exc:
+        with factory() as session, session.begin():
+            return run.failed(session, exc)
     return callback.outcome
 
 
 async def run_claimed_async(factory: sa_asyncio.async_sessionmaker[t.Any], run: Run) -> Outcome:
-    """Run a claimed row in a distinct ``AsyncSession`` of ``factory``'s installation."""
+    """Run a claimed row in a distinct ``AsyncSession`` of ``factory``'s installation, as
+    :func:`run_claimed` does."""
     callback = AsyncCallback(run)
-    async with factory() as session:
-        await sa_signals.on_commit_async(callback, session, robust=False)
+    try:
+        async with factory() as session:
+            await sa_signals.on_commit_async(callback, session, robust=False)
+    except Exception as exc:
+        async with factory() as session, session.begin():
+            outcome: Outcome = await session.run_sync(run.failed, exc)
+            return outcome
     return callback.outcome

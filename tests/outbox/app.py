@@ -81,6 +81,17 @@ def slow(tag: str, seconds: float) -> None:
     _record(tag)
 
 
+@outbox.handler(max_attempts=3)
+def dangling(tag: str) -> None:
+    """Write ``tag``, and a row breaking a deferred foreign key: its COMMIT fails.
+
+    ``outbox_links`` is made by the test that runs it (PostgreSQL)."""
+    _record(tag)
+    sa_signals.current_session().execute(
+        sa.text("INSERT INTO outbox_links (effect_id) VALUES (-1)")
+    )
+
+
 @outbox.handler
 async def arecord(tag: str) -> None:
     """Write ``tag`` through the distinct ``AsyncSession`` (a coroutine handler)."""

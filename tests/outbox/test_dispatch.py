@@ -162,3 +162,27 @@ class TestKeepDone:
         """The retention is stored as a timedelta either way."""
         table = outbox.table(sa.MetaData(), "other_outbox", keep_done=60)
         assert table.info["sa_signals_outbox_keep_done"] == datetime.timedelta(minutes=1)
+
+
+class TestRunFailure:
+    @pytest.mark.backends("postgresql")
+    def test_a_failed_commit_is_recorded_as_a_failure(self, ob, factory, engine):
+        """A run whose COMMIT fails (a deferred constraint) is rolled back and retried."""
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TABLE outbox_links (id serial PRIMARY KEY, effect_id integer"
+                " REFERENCES outbox_effects (id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        try:
+            write_row(ob, app.dangling.name)
+            token = new_token()
+            (row,) = Claimer(factory).claim(token)
+            outcome = run_claimed(factory, Run(ob.table, row, token, fast=False))
+        finally:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("DROP TABLE outbox_links")
+        assert outcome is Outcome.RETRY
+        (after,) = ob.rows()
+        assert (after.state, after.attempts, after.locked_by) == ("pending", 1, None)
+        assert "ForeignKeyViolation" in after.last_error
+        assert ob.effects() == []

@@ -38,6 +38,23 @@ class TestWorker:
         assert ob.rows() == []
         assert worker.ran == 6
 
+    @pytest.mark.backends("postgresql", "mariadb")  # SQLite has one writer: threads wait on it
+    def test_concurrent_threads_never_run_a_row_twice(self, ob, factory):
+        """Four threads claiming small batches of 120 rows run each exactly once."""
+        with factory.begin() as session:
+            for n in range(120):
+                outbox.enqueue(session, app.record_later, str(n))
+        worker = outbox.Worker(factory, concurrency=4, batch=5, poll=0.05)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            wait_for(lambda: not ob.rows(), "an empty outbox")
+        finally:
+            worker.stop()
+            thread.join()
+        assert sorted(ob.effects(), key=int) == [str(n) for n in range(120)]
+        assert worker.ran == 120
+
     def test_stop_releases_the_rest_of_the_batch(self, ob, factory):
         """On stop the running row finishes; the rest of its batch is due again, uncounted."""
         with factory.begin() as session:
