@@ -10,9 +10,12 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from tests.outbox.helpers import ROOT
 
 
+@pytest.mark.slow
 def test_every_committed_effect_exists_once_after_kills(engine):
     """After SIGKILLs around COMMIT and mid-handler, each committed row ran exactly once."""
     result = subprocess.run(
