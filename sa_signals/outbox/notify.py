@@ -82,6 +82,8 @@ class Notifier:
         self.engine = engine
         self.channel = channel
         self._event = threading.Event()
+        self._closing = False
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pid = -1
 
@@ -91,13 +93,25 @@ class Notifier:
             self._start()
         self._event.set()
 
+    def close(self) -> None:
+        """Close the connection and stop the thread (a later :meth:`notify` starts them again)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None or self._pid != os.getpid():
+                return
+            self._closing = True
+            self._event.set()
+            self._pid = -1
+        thread.join(timeout=10)
+
     def _start(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
                 return
             self._event = threading.Event()
-            thread = threading.Thread(target=self._run, name="outbox-notifier", daemon=True)
-            thread.start()
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="outbox-notifier", daemon=True)
+            self._thread.start()
             self._pid = os.getpid()
 
     def _run(self) -> None:
@@ -107,6 +121,10 @@ class Notifier:
         while True:
             event.wait()
             event.clear()
+            if self._closing:
+                if connection is not None:
+                    connection.close()
+                return
             try:
                 if connection is None:
                     connection = self._connect()
@@ -141,7 +159,21 @@ def _notifier(engine: sa.Engine, channel: str) -> Notifier:
     if found is None or found.engine is not engine:
         with _notifiers_lock:
             found = _notifiers[key] = Notifier(engine, channel)
+            if not sa.event.contains(engine, "engine_disposed", _close_for):
+                sa.event.listen(engine, "engine_disposed", _close_for)
     return found
+
+
+def _close_for(engine: sa.Engine) -> None:
+    """Close the notifiers of ``engine`` with its pool (``engine.dispose()``)."""
+    for notifier in [n for n in _notifiers.values() if n.engine is engine]:
+        notifier.close()
+
+
+def close_notifiers() -> None:
+    """Close every notifier's connection and thread; they start again when next needed."""
+    for notifier in list(_notifiers.values()):
+        notifier.close()
 
 
 class Listener:

@@ -11,6 +11,7 @@ import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals.outbox import table as outbox_table
+from sa_signals.outbox.notify import close_notifiers
 from tests.outbox import app
 
 _created: set[str] = set()
@@ -26,6 +27,7 @@ def ob(engine: sa.Engine) -> c.Iterator[Outbox]:
         _created.add(key)
     outbox_table(app.metadata)  # a test may have declared another table: use this one again
     yield Outbox(engine)
+    close_notifiers()  # their connections would count against other tests' servers
     app.failures.clear()
     with engine.begin() as connection:
         for table in app.metadata.sorted_tables:

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from sa_signals import outbox
+from sa_signals.outbox.notify import close_notifiers
 from sa_signals.outbox.notify import Listener
 from sa_signals.outbox.notify import Notifier
 from tests.outbox import app
@@ -100,3 +101,28 @@ class TestNotifier:
             wait_for(
                 lambda n=attempt: caplog.text.count("could not send a NOTIFY") == n, "the log"
             )
+
+    def test_close_ends_the_connection_and_notify_starts_it_again(self, ob, engine, factory):
+        """close() ends the notifier's connection; the next NOTIFY opens a new one."""
+
+        def notifier_connections() -> int:
+            with engine.connect() as connection:
+                return connection.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query LIKE 'NOTIFY%%'"
+                ).scalar_one()
+
+        listener, woken = listen(engine)
+        try:
+            with factory.begin() as session:
+                outbox.enqueue(session, app.record_later, "one")
+            assert woken.wait(10)
+            assert notifier_connections() == 1
+            close_notifiers()
+            wait_for(lambda: notifier_connections() == 0, "the notifier's connection to end")
+            woken.clear()
+            with factory.begin() as session:
+                outbox.enqueue(session, app.record_later, "two")
+            assert woken.wait(10)
+        finally:
+            listener.stop()
