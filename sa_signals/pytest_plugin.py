@@ -228,3 +228,17 @@ def pytest_runtest_call(item: pytest.Item) -> c.Iterator[None]:
         failures.clear()
         raise first
     return result
+
+
+@pytest.fixture
+def sa_signals_outbox_drain(
+    sa_signals_session_factory: SessionFactory,
+) -> c.Callable[[], t.Any]:
+    """Return a function that runs every due outbox row now and returns how many ran.
+
+    It drains ``sa_signals_session_factory`` (an awaitable for an async one): rows committed by
+    the code under test whose run after the commit failed, was delayed or left to workers.
+    """
+    from .outbox import drain  # imported on use: the outbox is optional
+
+    return functools.partial(drain, sa_signals_session_factory)

@@ -100,3 +100,8 @@ remote_gap = Signal("remote_gap")
 """Sent by a fan-out listener when remote changes may have been missed (its first subscription, a
 reconnect, a lost or unreadable message, a publisher's failure or silence): flush every cache
 fed by ``remote_committed``. Sender: the listener. Keywords: ``reason``."""
+
+outbox_failed = Signal("outbox_failed")
+"""Sent when an outbox handler raised, once its writes were rolled back and the failure recorded
+on the row (see ``docs/outbox.md``). Sender: the handler's name. Keywords: ``row_id``,
+``exception``, ``attempts`` (runs so far), ``dead`` (True if the row will not run again)."""
