@@ -228,7 +228,8 @@ class TestNestedSessionScope:
             if flavour.is_async:
                 flavour.aw(asyncio.ensure_future(in_a_task()))
             else:
-                thread = threading.Thread(target=contextvars.copy_context().run, args=[in_a_thread])
+                context = contextvars.copy_context()
+                thread = threading.Thread(target=context.run, args=[in_a_thread])
                 thread.start()
                 thread.join()
         assert len(seen) == 1
