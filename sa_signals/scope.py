@@ -17,6 +17,7 @@ from ._core.state import async_api
 from ._core.state import is_async_factory
 from ._core.state import registry_holding
 from ._log import logger
+from ._not_installed import warn_if_nothing_installed
 
 if t.TYPE_CHECKING:
     import types
@@ -232,6 +233,7 @@ def _unit_of_work(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
         with outer.begin_nested():
             yield outer
         return
+    warn_if_nothing_installed(f"session_scope({factory!r})")
     session = factory()
     try:
         with _opened(factory, session), _commit_or_rollback(session):
@@ -243,6 +245,7 @@ def _unit_of_work(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
 
 @contextlib.contextmanager
 def _distinct(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
+    warn_if_nothing_installed(f"distinct_session({factory!r})")
     if not isinstance(factory, sa_orm.scoped_session):
         session = factory()
         with _opened(factory, session), _commit_or_rollback(session):
@@ -295,6 +298,7 @@ async def _async_unit_of_work(
         async with outer.begin_nested():
             yield outer
         return
+    warn_if_nothing_installed(f"session_scope({factory!r})")
     session = factory()
     try:
         with _opened(factory, session):
@@ -309,6 +313,7 @@ async def _async_unit_of_work(
 async def _async_distinct(
     factory: AsyncSessionFactory,
 ) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
+    warn_if_nothing_installed(f"distinct_session({factory!r})")
     if not _is_async_scoped(factory):
         session = factory()
         with _opened(factory, session):
