@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import shutil
@@ -9,6 +10,8 @@ import shutil
 import pytest
 import sqlalchemy as sa
 
+import sa_signals
+from sa_signals._core import bridge
 from tests.conftest import ASYNC_DRIVERS
 from tests.conftest import URL_VARIABLES
 
@@ -16,6 +19,8 @@ pytest_plugins = ["pytester"]
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing"
 ASYNC_EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing_async"
+FLASK_EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing_flask"
+STARLETTE_EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing_starlette"
 
 MAIL_SERVER = """
 def refuse(message):
@@ -446,3 +451,60 @@ def test_async_fixtures_in_process(pytester: pytest.Pytester) -> None:
             "E * AssertionError: the test failed",
         ]
     )
+
+
+@pytest.fixture(scope="session")
+def example_imports(backend: str) -> None:
+    """Import what the example runs need before pytester's snapshot of ``sys.modules``, which
+    drops what a test imported: an in-process run must not import a driver a second time."""
+    importlib.import_module("fastapi")
+    importlib.import_module("flask")
+    importlib.import_module("httpx")
+    importlib.import_module("pytest_asyncio")
+    for name in ("sqlite", "sqlite+aiosqlite") if backend == "sqlite" else ():
+        sa.make_url(f"{name}://").get_dialect().import_dbapi()
+    if backend != "sqlite":
+        url = sa.make_url(os.environ[URL_VARIABLES[backend]])
+        for driver in (url.drivername, ASYNC_DRIVERS.get(backend, "mysql+aiomysql")):
+            url.set(drivername=driver).get_dialect().import_dbapi()
+
+
+@pytest.mark.parametrize(
+    ("example", "table", "options"),
+    [
+        (FLASK_EXAMPLE, "flask_orders", ["-p", "no:asyncio"]),
+        (STARLETTE_EXAMPLE, "fastapi_orders", []),
+    ],
+    ids=["flask", "starlette"],
+)
+@pytest.mark.usefixtures("example_imports")
+def test_integration_examples(
+    backend: str,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    example: pathlib.Path,
+    table: str,
+    options: list[str],
+) -> None:
+    """The test suites of the Flask and FastAPI examples pass with the documented fixtures, one
+    session per request, and leave no row behind."""
+    for path in [*example.glob("*.py"), example / "pytest.ini"]:
+        shutil.copy(path, pytester.path)
+    url = sa.make_url(database_url(backend, pytester))
+    if example is STARLETTE_EXAMPLE:
+        url = url.set(drivername=ASYNC_DRIVERS.get(backend, "mysql+aiomysql"))
+    monkeypatch.setenv("ORDERS_DATABASE_URL", url.render_as_string(hide_password=False))
+    engine = sa.create_engine(database_url(backend, pytester))
+    installed_before = set(bridge.installed())
+    try:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-W", "error", *options)
+        result.assert_outcomes(passed=4)
+        with engine.connect() as connection:
+            assert connection.scalar(sa.text(f"SELECT count(*) FROM {table}")) == 0
+    finally:
+        # The example installed its extension's session at import: the run is over.
+        for session_class in set(bridge.installed()) - installed_before:
+            sa_signals.uninstall(session_class)
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        engine.dispose()
