@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import pathlib
 import shutil
 
+# The drivers and dialects are imported here, before pytester's snapshots of sys.modules drop
+# what a test imported: an in-process run must not import one a second time.
+import aiomysql  # noqa: F401
+import aiosqlite  # noqa: F401
+import asyncpg  # noqa: F401
+import fastapi  # noqa: F401
+import flask  # noqa: F401
+import httpx  # noqa: F401
+import psycopg  # noqa: F401
+import pymysql  # noqa: F401
 import pytest
+import pytest_asyncio  # noqa: F401
 import sqlalchemy as sa
+import sqlalchemy.dialects.mysql
+import sqlalchemy.dialects.postgresql
 
 import sa_signals
 from sa_signals._core import bridge
@@ -453,22 +465,6 @@ def test_async_fixtures_in_process(pytester: pytest.Pytester) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def example_imports(backend: str) -> None:
-    """Import what the example runs need before pytester's snapshot of ``sys.modules``, which
-    drops what a test imported: an in-process run must not import a driver a second time."""
-    importlib.import_module("fastapi")
-    importlib.import_module("flask")
-    importlib.import_module("httpx")
-    importlib.import_module("pytest_asyncio")
-    for name in ("sqlite", "sqlite+aiosqlite") if backend == "sqlite" else ():
-        sa.make_url(f"{name}://").get_dialect().import_dbapi()
-    if backend != "sqlite":
-        url = sa.make_url(os.environ[URL_VARIABLES[backend]])
-        for driver in (url.drivername, ASYNC_DRIVERS.get(backend, "mysql+aiomysql")):
-            url.set(drivername=driver).get_dialect().import_dbapi()
-
-
 @pytest.mark.parametrize(
     ("example", "table", "options"),
     [
@@ -477,7 +473,6 @@ def example_imports(backend: str) -> None:
     ],
     ids=["flask", "starlette"],
 )
-@pytest.mark.usefixtures("example_imports")
 def test_integration_examples(
     backend: str,
     pytester: pytest.Pytester,
