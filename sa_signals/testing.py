@@ -68,7 +68,8 @@ def capture_on_commit(
     ``target`` is a session (or ``AsyncSession``): its callbacks registered in the block are
     captured. A ``sessionmaker`` or ``async_sessionmaker`` captures those of every session it
     makes inside the block (in any thread); a ``scoped_session`` or ``async_scoped_session``
-    those of its current session and of every session it makes inside the block.
+    those of its current session (if the block is entered in one of its scopes) and of every
+    session it makes inside the block, such as each request's.
 
     The yielded list is filled as the block runs and when it ends, in order, with every
     callback registered in the block whose transaction committed (the callback ran), waits on
@@ -164,15 +165,14 @@ def _capture_target(
     if isinstance(target, sa_orm.Session):
         session, factory = target, False
     elif isinstance(target, sa_orm.scoped_session):
-        if target.registry.has():
-            session = target.registry()
+        session = _test_mode.current_session(target.registry)
     elif not isinstance(target, sa_orm.sessionmaker):
         api = async_api()
         if api is not None and isinstance(target, api.AsyncSession):
             session, factory = target.sync_session, False
         elif api is not None and isinstance(target, api.async_scoped_session):
-            if target.registry.has():
-                session = target.registry().sync_session
+            current = _test_mode.current_session(target.registry)
+            session = current.sync_session if current is not None else None
         elif api is None or not isinstance(target, api.async_sessionmaker):
             msg = (
                 "capture_on_commit() needs a Session, a scoped_session or a sessionmaker (or"

@@ -252,6 +252,22 @@ class TestInTheTransactionalTestMode:
         assert names(engine) == []
         views.assert_all_removed()
 
+    @pytest.mark.parametrize("commit", [False], indirect=True)
+    def test_capture_lists_the_callbacks_of_every_request(
+        self, views: Views, recorder: Recorder
+    ) -> None:
+        """Capturing on the extension's session outside a request sees each request's session:
+        the callbacks of the one that committed are listed, not those rolled back."""
+        with (
+            testing.transactional(views.session),
+            testing.capture_on_commit(views.session) as callbacks,
+        ):
+            client = views.app.test_client()
+            assert client.post("/items/a").status_code == 201  # never committed
+            assert client.post("/items/b?commit=1").status_code == 201
+        assert len(callbacks) == 1
+        recorder.assert_done(["b"])
+
     @pytest.mark.backends("sqlite", "postgresql")
     def test_commit_failing_on_a_deferred_constraint_is_a_500(self, engine: sa.Engine) -> None:
         """A deferred foreign key broken by a request fails its commit in the test as in
