@@ -928,6 +928,10 @@ class TestDocs:
             "examples/testing_async/conftest.py",
             "examples/testing_async/test_shop.py",
             "examples/testing_async/test_shop_unittest.py",
+            "examples/testing_flask/conftest.py",
+            "examples/testing_flask/test_flask_orders.py",
+            "examples/testing_starlette/conftest.py",
+            "examples/testing_starlette/test_fastapi_orders.py",
         }
         for path, block in blocks:
             assert block in (root / path).read_text(), path
