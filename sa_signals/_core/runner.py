@@ -261,11 +261,12 @@ def _run_batch(state: Run, batch: _Batch) -> Exception | None:
 
 def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
     origin = slot.origin
-    fields_known = _FIELDS_KNOWN
     # Whether the committed session is in a transaction: only the testing helpers run items
     # while it is; an item that opens it is settled (which closes it), so the flag is read
-    # again only then.
+    # again only then. After each item, the committed session's `_transaction` is read from
+    # its __dict__ (a dict lookup costs less than the attribute read on a Session).
     origin_open = _open(origin)
+    fields = origin.__dict__ if _FIELDS_KNOWN else None
     # A thread-local registry's storage is the same dict for the whole batch (one thread).
     values = slot.local.__dict__ if slot.local is not None else None
     first_error: Exception | None = None
@@ -283,7 +284,9 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
             else:
                 if (
                     result is None
-                    and (origin._transaction is None if fields_known else not _open(origin))
+                    and (
+                        fields["_transaction"] is None if fields is not None else not _open(origin)
+                    )
                     and ("value" not in values if values is not None else slot.created() is None)
                 ):
                     # The common case: nothing returned, made or left open: nothing to settle.
