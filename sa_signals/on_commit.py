@@ -177,7 +177,8 @@ def _session_of(target: object) -> sa_orm.Session:
 
 def _the_scoped_session() -> object:
     """Return the one installed ``scoped_session`` or ``async_scoped_session``."""
-    installations = [installation_of(cls) for cls in installed()]
+    # installation_of() is None for a class uninstalled meanwhile.
+    installations = [each for each in map(installation_of, installed()) if each is not None]
     if not installations:
         msg = (
             "on_commit() was given no session and no session factory is installed: call"
@@ -186,8 +187,6 @@ def _the_scoped_session() -> object:
         raise NotInstalledError(msg)
     scoped: list[object] = []
     for installation in installations:
-        if installation is None:  # uninstalled meanwhile
-            continue
         if installation.scoped is not None:
             scoped.append(installation.scoped)
         elif installation.aio is not None and installation.aio.scoped is not None:

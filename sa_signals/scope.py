@@ -217,7 +217,11 @@ def _enclosing(factory: object, registry: t.Any) -> t.Any:
 
 @contextlib.contextmanager
 def _opened(factory: object, session: object) -> c.Iterator[None]:
-    """Record ``session`` as the open unit of work of ``factory`` for the block."""
+    """Record ``session`` as the open unit of work of ``factory`` for the block.
+
+    The block is the unit's body only: its commit, whose on_commit callbacks may open units of
+    their own, comes after it.
+    """
     token = _units.set((*_units.get(), _Unit(factory, session)))
     try:
         yield
@@ -227,8 +231,8 @@ def _opened(factory: object, session: object) -> c.Iterator[None]:
 
 @contextlib.contextmanager
 def _unit_of_work(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
-    scoped = isinstance(factory, sa_orm.scoped_session)
-    outer: sa_orm.Session | None = _enclosing(factory, factory.registry if scoped else None)  # type: ignore[union-attr]
+    registry = factory.registry if isinstance(factory, sa_orm.scoped_session) else None
+    outer: sa_orm.Session | None = _enclosing(factory, registry)
     if outer is not None:
         with outer.begin_nested():
             yield outer
@@ -236,11 +240,11 @@ def _unit_of_work(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
     warn_if_nothing_installed(f"session_scope({factory!r})")
     session = factory()
     try:
-        with _opened(factory, session), _commit_or_rollback(session):
+        with _commit_or_rollback(session), _opened(factory, session):
             yield session
     finally:
-        if scoped:
-            factory.remove()  # type: ignore[union-attr]
+        if isinstance(factory, sa_orm.scoped_session):
+            factory.remove()
 
 
 @contextlib.contextmanager
@@ -248,14 +252,14 @@ def _distinct(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
     warn_if_nothing_installed(f"distinct_session({factory!r})")
     if not isinstance(factory, sa_orm.scoped_session):
         session = factory()
-        with _opened(factory, session), _commit_or_rollback(session):
+        with _commit_or_rollback(session), _opened(factory, session):
             yield session
         return
     session = factory.session_factory()
     with (
         registry_holding(factory.registry, session),
-        _opened(factory, session),
         _commit_or_rollback(session),
+        _opened(factory, session),
     ):
         yield session
 
@@ -301,8 +305,8 @@ async def _async_unit_of_work(
     warn_if_nothing_installed(f"session_scope({factory!r})")
     session = factory()
     try:
-        with _opened(factory, session):
-            async with _async_commit_or_rollback(session):
+        async with _async_commit_or_rollback(session):
+            with _opened(factory, session):
                 yield session
     finally:
         if scoped:
@@ -316,15 +320,16 @@ async def _async_distinct(
     warn_if_nothing_installed(f"distinct_session({factory!r})")
     if not _is_async_scoped(factory):
         session = factory()
-        with _opened(factory, session):
-            async with _async_commit_or_rollback(session):
+        async with _async_commit_or_rollback(session):
+            with _opened(factory, session):
                 yield session
         return
     scoped = t.cast("sa_asyncio.async_scoped_session[t.Any]", factory)
     session = scoped.session_factory()
-    with registry_holding(scoped.registry, session), _opened(factory, session):
+    with registry_holding(scoped.registry, session):
         async with _async_commit_or_rollback(session):
-            yield session
+            with _opened(factory, session):
+                yield session
 
 
 @contextlib.asynccontextmanager

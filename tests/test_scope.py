@@ -288,6 +288,29 @@ class TestNestedSessionScope:
                     inner.add(Audit(message="independent"))
             assert count(engine, Audit) == 1  # committed on its own, the outer still open
 
+    def test_scope_in_a_callback_of_the_outer_commit_is_its_own(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """A scope entered by an on_commit callback, which runs after the outer unit committed,
+        is a unit of its own: it commits, on a session other than the committed one."""
+        seen: list[t.Any] = []
+
+        def audit() -> None:
+            with sa_signals.session_scope(factory) as session:
+                seen.append(session)
+                session.add(Audit(message="after the order"))
+
+        async def aaudit() -> None:
+            async with sa_signals.session_scope(factory) as session:
+                seen.append(session)
+                session.add(Audit(message="after the order"))
+
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            outer.add(Item(name="a"))
+            sa_signals.on_commit(aaudit if flavour.is_async else audit, outer)
+        assert seen[0] is not outer
+        assert names(engine, Audit) == ["after the order"]
+
     @pytest.mark.parametrize("factory", ["sessionmaker"], indirect=True)
     def test_sessionmaker_scope_of_another_task_or_thread_is_its_own(
         self, flavour: Flavour, factory: t.Any
