@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections.abc as c
 import contextlib
 import contextvars
 import functools
 import inspect
+import sys
 import threading
 import typing as t
 
@@ -187,10 +187,11 @@ inherits them: :attr:`_Unit.owner` tells whose they are."""
 
 def _owner() -> tuple[int, object]:
     """Return the thread and the asyncio task the code runs in."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no event loop in this thread
-        task = None
+    # asyncio is only looked up: importing it would slow the runner of every sync program, and
+    # a program that never imported it runs no task.
+    aio = sys.modules.get("asyncio")
+    loop = None if aio is None else aio._get_running_loop()
+    task = None if loop is None else aio.current_task(loop)  # type: ignore[union-attr]
     return threading.get_ident(), task
 
 
