@@ -33,8 +33,9 @@ class CoroutineMisuseError(SaSignalsError, TypeError):
 
 
 class ScopeError(SaSignalsError, RuntimeError):
-    """A scope was misused: ``session_scope()`` met a scoped session already in a transaction,
-    or a ``contrib.scopes.Scope`` was used outside a unit of work or with a key in use."""
+    """A scope was misused: the transactional test mode met a scoped session already in a
+    transaction, or a ``contrib.scopes.Scope`` was used outside a unit of work or with a key in
+    use."""
 
 
 class ChangeLoopError(SaSignalsError, RuntimeError):
@@ -49,4 +50,11 @@ class ExternalTransactionError(SaSignalsError, RuntimeError):
 
     Raised at registration when the session is bound to a Connection whose transaction its
     caller began, and the layer cannot follow that Connection's COMMIT.
+    """
+
+
+class NotInstalledWarning(UserWarning):
+    """A unit of work began while signals have receivers but no session factory is installed.
+
+    Nothing can send those signals: ``sa_signals.install()`` was forgotten, or comes too late.
     """
