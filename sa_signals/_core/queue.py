@@ -88,14 +88,16 @@ def remember(state: SessionState, session: sa_orm.Session) -> None:
 
 
 def forget(state: SessionState) -> None:
-    """End the fast path of ``state``: its transaction ended (it holds no session after)."""
+    """End the fast path of ``state``: its transaction ended. Nothing of it is kept: neither the
+    session nor, if it was the last one used, the state itself."""
+    global last
     state.session = NOBODY
     state.fields = NO_FIELDS
     state.current = NO_TRANSACTION
+    if last is state:
+        last = EMPTY
 
 
 def forget_all() -> None:
     """End every fast path (an installation is going away)."""
-    global last
     forget(last)
-    last = EMPTY
