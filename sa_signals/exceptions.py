@@ -1,4 +1,4 @@
-"""The errors sa_signals raises."""
+"""The errors and warnings sa_signals raises."""
 
 from __future__ import annotations
 
@@ -50,3 +50,20 @@ class ExternalTransactionError(SaSignalsError, RuntimeError):
     Raised at registration when the session is bound to a Connection whose transaction its
     caller began, and the layer cannot follow that Connection's COMMIT.
     """
+
+
+class SenderNameError(SaSignalsError, LookupError):
+    """A string sender names no mapped class, or several.
+
+    Raised at ``connect()`` when the name is ambiguous already, else by the first flush after the
+    connect that finds the name still unresolved.
+    """
+
+
+class SaSignalsWarning(UserWarning):
+    """Base class of every warning issued by sa_signals."""
+
+
+class WeakReceiverWarning(SaSignalsWarning):
+    """A receiver connected weakly (blinker's default) is referenced by nothing else: it will be
+    collected at once and never called. Connect it with ``weak=False``, or keep a reference."""

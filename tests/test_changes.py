@@ -816,7 +816,8 @@ class TestBeforeModelsCommitted:
     def test_failing_receiver_reported_and_commit_goes_on(
         self, session: sa_orm.Session, connect: Connector, committed: Calls
     ) -> None:
-        """A raising receiver is reported; the others run and the transaction commits."""
+        """A raising receiver connected robustly is reported; the others run and the
+        transaction commits."""
         failures = connect.record(signals.receiver_failed)
         seen: list[int] = []
 
@@ -826,7 +827,7 @@ class TestBeforeModelsCommitted:
         def count(sender: object, changes: list[Change], **kw: object) -> None:
             seen.append(len(changes))
 
-        connect(signals.before_models_committed, boom)
+        connect(signals.before_models_committed, boom, robust=True)
         connect(signals.before_models_committed, count)
         session.add(Item(name="a"))
         session.commit()
@@ -834,12 +835,12 @@ class TestBeforeModelsCommitted:
         assert [kw["signal"] for _, kw in failures] == [signals.before_models_committed]
         assert len(changes_of(committed)) == 1
 
-    def test_non_robust_receiver_vetoes_the_commit(
+    def test_raising_receiver_vetoes_the_commit(
         self, engine: sa.Engine, connect: Connector, committed: Calls
     ) -> None:
-        """With install(robust=False) a raising receiver stops the COMMIT."""
+        """By default a raising receiver stops the COMMIT, as an in-transaction signal does."""
         maker = sa_orm.sessionmaker(engine)
-        sa_signals.install(maker, robust=False)
+        sa_signals.install(maker)
 
         def veto(sender: object, **kw: object) -> None:
             raise ValueError("veto")

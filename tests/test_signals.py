@@ -151,14 +151,15 @@ class TestSessionSignals:
         engine: sa.Engine,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A robust receiver that raises is logged and reported; the others run; data commits."""
+        """A receiver connected robustly that raises is logged and reported; the others run;
+        data commits."""
         failures = connect.record(signals.receiver_failed)
         calls: list[str] = []
 
         def broken(sender: object, **kwargs: object) -> None:
             raise RuntimeError("broken receiver")
 
-        connect(signals.before_commit, broken)
+        connect(signals.before_commit, broken, robust=True)
         connect(signals.before_commit, lambda sender, **kw: calls.append("second"))
         session.add(Item(name="a"))
         with caplog.at_level(logging.ERROR, logger="sa_signals"):
@@ -206,8 +207,8 @@ class TestSessionSignals:
         message: str,
     ) -> None:
         """A coroutine receiver hit by a sync session's event, inside the transaction or after
-        the COMMIT, gets a clear, reported error; the other receivers, the commit and the
-        callbacks go on."""
+        the COMMIT, gets a clear, reported error (robustly connected); the other receivers, the
+        commit and the callbacks go on."""
         signal = getattr(signals, name)
         sent = connect.record(signal)
         reported = connect.record(signals.receiver_failed)
@@ -215,7 +216,7 @@ class TestSessionSignals:
         async def receiver(sender: object, **kwargs: object) -> None:  # pragma: no cover
             pass
 
-        connect(signal, receiver)
+        connect(signal, receiver, robust=True)
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
         session.commit()
@@ -327,8 +328,8 @@ class TestModelSignals:
         post = connect.record(signals.post_delete)
         session.delete(item)
         session.commit()
-        assert pre == [(Item, {"instance": item, "session": session})]
-        assert post == [(Item, {"instance": item, "session": session})]
+        assert pre == [(Item, {"instance": item, "session": session, "origin": item})]
+        assert post == [(Item, {"instance": item, "session": session, "origin": item})]
 
     def test_receiver_for_base_gets_subclass_events(
         self, session: sa_orm.Session, connect: Connector
