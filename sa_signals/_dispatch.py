@@ -85,8 +85,10 @@ class Signal(blinker.NamedSignal):
            callable object that nothing else references is collected at once and never called:
            that raises :class:`~sa_signals.exceptions.WeakReceiverWarning`.
         """
-        if weak and _may_die(receiver) and sys.getrefcount(receiver) <= _refs_of_an_argument():
-            _warn_collected(self, receiver)
+        if weak and _may_die(receiver):
+            refs = sys.getrefcount(receiver)  # first, as _Probe.connect() counts
+            if _held_by_the_call_only(receiver, refs, sys._getframe(1)):
+                _warn_collected(self, receiver)
         operations = self._check_options(robust, on)
         receiver_id = _make_id(receiver)
         with self._lock:
@@ -342,7 +344,11 @@ class ModelSignal(Signal):
         """Disconnect ``receiver`` as :meth:`Signal.disconnect` does; a string ``sender``
         disconnects it from the class of that name, and from the name if still pending."""
         if not isinstance(sender, str):
-            return super().disconnect(receiver, sender)
+            with self._lock:
+                removed = super().disconnect(receiver, sender)
+                for name in list(self._names):
+                    self._forget_if_unused(name)
+            return removed
         with self._lock:
             removed = False
             placeholder = self._names.get(sender)
@@ -368,6 +374,8 @@ class ModelSignal(Signal):
         """
         with self._lock:
             for name, placeholder in list(self._names.items()):
+                if self._forget_if_unused(name):
+                    continue  # its receivers were disconnected, or collected
                 found = _classes_named(name)
                 if len(found) != 1:
                     if strict:
@@ -384,12 +392,15 @@ class ModelSignal(Signal):
             if not self._names:
                 _waiting.discard(self)
 
-    def _forget_if_unused(self, name: str) -> None:
+    def _forget_if_unused(self, name: str) -> bool:
+        """Forget the pending ``name`` if no receiver waits on it any more; return whether."""
         placeholder = self._names[name]
-        if not self._by_sender.get(_make_id(placeholder)):
-            del self._names[name]
-            if not self._names:
-                _waiting.discard(self)
+        if self._by_sender.get(_make_id(placeholder)):
+            return False
+        del self._names[name]
+        if not self._names:
+            _waiting.discard(self)
+        return True
 
 
 class _Name:
@@ -474,32 +485,48 @@ def _may_die(receiver: object) -> bool:
     return True
 
 
-_ARGUMENT_REFS: int | None = None
+def _held_by_the_call_only(receiver: object, refs: int, caller: types.FrameType) -> bool:
+    """Whether ``receiver``, seen by :meth:`Signal.connect` with ``refs`` references, is held by
+    nothing but that call from ``caller``: no variable of the caller names it, and it has no
+    more references than the call itself makes (measured by :func:`_refs_of_the_call`)."""
+    as_argument, as_decorated = _refs_of_the_call()
+    # A decorated function starts on the line of its first decorator, the line being run.
+    code = getattr(receiver, "__code__", None)
+    decorated = code is not None and code.co_firstlineno == caller.f_lineno
+    if refs > (as_decorated if decorated else as_argument):
+        return False
+    return not any(value is receiver for value in caller.f_locals.values())
 
 
-def _refs_of_an_argument() -> int:
-    """Return the reference count ``connect()`` sees for an object passed to it and referenced
-    by nothing else, measured once; 0 where a local variable's reference does not show (an
-    interpreter that borrows references), so that no receiver is taken for a dying one."""
-    global _ARGUMENT_REFS  # measured once; a race measures the same figure twice
-    if _ARGUMENT_REFS is None:
+_CALL_REFS: tuple[int, int] | None = None
+
+
+def _refs_of_the_call() -> tuple[int, int]:
+    """Return the references :meth:`Signal.connect` sees for an object passed to it, and for a
+    function it decorates, that nothing else references; measured once, as they depend on the
+    interpreter."""
+    global _CALL_REFS  # measured once; a race measures the same figures twice
+    if _CALL_REFS is None:
         probe = _Probe()
         probe.connect(lambda sender: None)
-        held = lambda sender: None  # noqa: E731 - the probe needs a local variable
-        probe.connect(held)
-        temporary, local = probe.counts
-        _ARGUMENT_REFS = temporary if local > temporary else 0
-    return _ARGUMENT_REFS
+
+        @probe.connect
+        def decorated(sender: object) -> None: ...
+
+        _CALL_REFS = (probe.counts[0], probe.counts[1])
+    return _CALL_REFS
 
 
 class _Probe:
-    """Measures what :meth:`Signal.connect` sees, through a method of the same shape."""
+    """Counts what :meth:`Signal.connect` counts, through a method of the same shape."""
 
     def __init__(self) -> None:
         self.counts: list[int] = []
 
-    def connect(self, receiver: object, sender: object = None, weak: bool = True) -> None:
-        self.counts.append(sys.getrefcount(receiver))
+    def connect(self, receiver: F, sender: object = None, weak: bool = True) -> F:
+        refs = sys.getrefcount(receiver)
+        self.counts.append(refs)
+        return receiver
 
 
 def _warn_collected(signal: Signal, receiver: object) -> None:
