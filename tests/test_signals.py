@@ -9,6 +9,7 @@ import types
 import typing as t
 import warnings
 
+import blinker
 import packaging.version
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from sa_signals._core.state import STATE_ATTR
 from tests.conftest import count
 from tests.models import Animal
 from tests.models import Audit
+from tests.models import Author
 from tests.models import Base
 from tests.models import Book
 from tests.models import Cat
@@ -1053,26 +1055,6 @@ class TestStringSenders:
             second.dispose()
         assert not signals.post_save.receivers
 
-    def test_pending_name_resolved_once_the_class_is_mapped(
-        self, Session: Scoped, connect: Connector
-    ) -> None:
-        """A name connected before its class is mapped receives the class's events after."""
-        calls = connect.record(signals.post_init, "Mapped_Late")
-        assert _dispatch.names_pending()
-        registry = sa_orm.registry()
-        try:
-
-            class Mapped_Late:
-                pass
-
-            table = sa.Table("late", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
-            registry.map_imperatively(Mapped_Late, table)
-            instance = Mapped_Late()
-        finally:
-            registry.dispose()
-        assert calls == [(Mapped_Late, {"instance": instance, "session": None})]
-        assert not _dispatch.names_pending()
-
 
 class TestInitSignals:
     def test_construction_sends_pre_init_then_post_init(
@@ -1172,21 +1154,6 @@ class TestInitSignals:
 
 
 class TestDeleteOrigin:
-    def test_cascaded_deletes_come_from_the_deleted_object(
-        self, flavour: Flavour, any_session: t.Any, connect: Connector
-    ) -> None:
-        """Rows a delete cascaded to have the object whose delete() was called as origin."""
-        book = Book(title="Rayuela", pages=[Page(text="1"), Page(text="2")])
-        any_session.add(book)
-        flavour.aw(any_session.commit())
-        pre = connect.record(signals.pre_delete)
-        post = connect.record(signals.post_delete)
-        flavour.aw(any_session.delete(book))
-        flavour.aw(any_session.commit())
-        expected = [(Page, book), (Page, book), (Book, book)]
-        assert [(sender, kwargs["origin"]) for sender, kwargs in pre] == expected
-        assert [(sender, kwargs["origin"]) for sender, kwargs in post] == expected
-
     def test_first_delete_is_the_origin(self, session: sa_orm.Session, connect: Connector) -> None:
         """An object deleted itself before its parent's delete cascaded to it is its own
         origin."""
@@ -1215,3 +1182,312 @@ class TestDeleteOrigin:
         book.pages.remove(page)
         session.commit()
         assert [(sender, kwargs["origin"]) for sender, kwargs in post] == [(Page, page)]
+
+
+# Django's tests/signals/tests.py, test by test where the feature applies: the model signals of
+# Django's ORM, translated to a session's flush (sender the mapped class, keyword arguments).
+
+
+class TestDjangoSignalTests:
+    def test_model_pre_init_and_post_init(self, Session: Scoped, connect: Connector) -> None:
+        """Constructing an object sends pre_init with its arguments, then post_init with it."""
+        data: list[object] = []
+        connect(signals.pre_init, lambda sender, *, kwargs, **kw: data.append(dict(kwargs)))
+        connect(signals.post_init, lambda sender, *, instance, **kw: data.append(instance))
+        item = Item(name="John")
+        assert data == [{"name": "John"}, item]
+
+    def test_save_signals(self, session: sa_orm.Session, connect: Connector) -> None:
+        """pre_save and post_save for an insert, an update, a primary key change (an UPDATE
+        in SQLAlchemy, where Django inserts), and an object loaded with a deferred column."""
+        data: list[tuple[object, ...]] = []
+        connect(
+            signals.pre_save, lambda sender, *, instance, **kw: data.append((instance, sender))
+        )
+        connect(
+            signals.post_save,
+            lambda sender, *, instance, created, **kw: data.append((instance, sender, created)),
+        )
+        item = Item(name="John")
+        session.add(item)
+        session.flush()
+        assert data == [(item, Item), (item, Item, True)]
+        data.clear()
+        item.name = "Tom"
+        session.flush()
+        assert data == [(item, Item), (item, Item, False)]
+        data.clear()
+        item.id = 99998
+        session.flush()
+        assert data == [(item, Item), (item, Item, False)]
+        session.commit()
+        data.clear()
+        session.expunge_all()
+        deferred = session.scalars(sa.select(Item).options(sa_orm.defer(Item.name))).one()
+        deferred.value = 5
+        session.flush()
+        assert data == [(deferred, Item), (deferred, Item, False)]
+
+    def test_delete_signals(self, session: sa_orm.Session, connect: Connector) -> None:
+        """pre_delete and post_delete carry the instance, its class and the origin; any
+        callable receives them, and the row still has its id in both."""
+        data: list[tuple[object, ...]] = []
+
+        class PostDeleteHandler:
+            def __call__(self, sender: type, *, instance: Item, origin: object, **kw: object):
+                data.append((instance, sender, instance.id is None, origin))
+
+        handler = PostDeleteHandler()
+        connect(
+            signals.pre_delete,
+            lambda sender, *, instance, origin, **kw: data.append(
+                (instance, sender, instance.id is None, origin)
+            ),
+        )
+        connect(signals.post_delete, handler)
+        first, second = Item(name="John"), Item(name="James", id=99999)
+        session.add_all([first, second])
+        session.flush()
+        session.delete(first)
+        session.flush()
+        assert data == [(first, Item, False, first), (first, Item, False, first)]
+        data.clear()
+        second.id = 99998
+        session.flush()
+        session.delete(second)
+        session.flush()
+        assert data == [(second, Item, False, second), (second, Item, False, second)]
+
+    def test_delete_signals_origin_model(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector
+    ) -> None:
+        """An object's delete is its own origin; the rows its delete cascaded to have it as
+        origin too (SQLAlchemy deletes table by table: the pages, then the book)."""
+        data: list[tuple[str, object, object]] = []
+        item = Item(name="John")
+        book = Book(title="Rayuela", pages=[Page(text="Page 1"), Page(text="Page 2")])
+        any_session.add_all([item, book])
+        flavour.aw(any_session.commit())
+        connect(
+            signals.pre_delete,
+            lambda sender, *, origin, **kw: data.append(("pre", sender, origin)),
+        )
+        connect(
+            signals.post_delete,
+            lambda sender, *, origin, **kw: data.append(("post", sender, origin)),
+        )
+        flavour.aw(any_session.delete(item))
+        flavour.aw(any_session.commit())
+        assert data == [("pre", Item, item), ("post", Item, item)]
+        data.clear()
+        flavour.aw(any_session.delete(book))
+        flavour.aw(any_session.commit())
+        assert data == [
+            ("pre", Page, book),
+            ("pre", Page, book),
+            ("post", Page, book),
+            ("post", Page, book),
+            ("pre", Book, book),
+            ("post", Book, book),
+        ]
+
+    def test_delete_signals_origin_queryset(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A bulk DELETE (Django's queryset delete) loads no rows: it sends no pre_delete or
+        post_delete, and bulk_delete with the statement it started from."""
+        session.add_all([Item(name="John"), Item(name="James")])
+        session.commit()
+        deletes = connect.record(signals.pre_delete) + connect.record(signals.post_delete)
+        bulk = connect.record(signals.bulk_delete)
+        statement = sa.delete(Item)
+        session.execute(statement)
+        session.commit()
+        assert deletes == []
+        assert [(sender, kwargs["statement"], kwargs["rowcount"]) for sender, kwargs in bulk] == [
+            (Item, statement, 2)
+        ]
+
+    def test_decorators(self, session: sa_orm.Session) -> None:
+        """connect_via() connects strongly, to any sender or to one class."""
+        data: list[object] = []
+
+        @signals.pre_save.connect_via(blinker.ANY)
+        def decorated_handler(sender: type, *, instance: object, **kw: object) -> None:
+            data.append(instance)
+
+        @signals.pre_save.connect_via(Item)
+        def decorated_handler_with_sender_arg(sender: type, *, instance: object, **kw: object):
+            data.append(instance)
+
+        try:
+            item = Item(name="Volkswagen")
+            session.add(item)
+            session.flush()
+            assert data == [item, item]
+        finally:
+            signals.pre_save.disconnect(decorated_handler)
+            signals.pre_save.disconnect(decorated_handler_with_sender_arg, sender=Item)
+
+    def test_save_and_delete_signals_with_m2m(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Changing a relationship saves the rows whose columns change, and no other."""
+        data: list[str] = []
+        connect(
+            signals.post_save,
+            lambda sender, *, created, **kw: data.append(
+                f"{sender.__name__} {'created' if created else 'updated'}"
+            ),
+        )
+        author, book = Author(name="Neal Stephenson"), Book(title="Snow Crash")
+        session.add_all([author, book])
+        session.flush()
+        assert data == ["Author created", "Book created"]
+        data.clear()
+        author.books.append(book)
+        session.flush()
+        author.books.remove(book)
+        session.flush()
+        assert data == ["Book updated", "Book updated"]
+
+    def test_lazy_model_signal(self, Session: Scoped) -> None:
+        """A receiver connected by name is held as weakly as any other, unless weak=False."""
+        calls: list[object] = []
+
+        def callback(sender: type, **kwargs: object) -> None:
+            calls.append(sender)
+
+        signals.pre_init.connect(callback, sender="models.Item")
+        assert signals.pre_init.disconnect(callback, sender="Item")
+        signals.pre_init.connect(callback, sender="NotMappedYet", weak=False)
+        assert signals.pre_init.disconnect(callback, sender="NotMappedYet")
+        signals.pre_init.connect(callback, sender="Item")
+        del callback
+        Item(name="a")
+        assert calls == []
+        assert not signals.pre_init.receivers
+
+    def test_disconnect_model(self, Session: Scoped, connect: Connector) -> None:
+        """disconnect() says whether the receiver was connected, as Django's does."""
+        calls = connect.record(signals.post_init, Item)
+        receiver = connect._connected[-1][1]
+        assert signals.post_init.disconnect(receiver, sender=Item) is True
+        assert signals.post_init.disconnect(receiver, sender=Item) is False
+        Item(name="a")
+        assert calls == []
+
+
+class TestDjangoLazyModelRefTests:
+    def test_invalid_sender_model_name(self) -> None:
+        """A string sender that cannot be a class name is refused at connect."""
+        with pytest.raises(ValueError, match="a string sender names a mapped class"):
+            signals.post_init.connect(fail, sender="in valid", weak=False)
+
+    def test_already_loaded_model(self, Session: Scoped, connect: Connector) -> None:
+        """A name whose class is mapped connects to it at once."""
+        received = connect.record(signals.post_init, "models.Book")
+        assert not _dispatch.names_pending()
+        book = Book(title="a")
+        assert received == [(Book, {"instance": book, "session": None})]
+
+    def test_not_loaded_model(self, Session: Scoped, connect: Connector) -> None:
+        """A name connected before its class is mapped receives its events once it is."""
+        received = connect.record(signals.post_init, "Created")
+        assert _dispatch.names_pending()
+        registry = sa_orm.registry()
+        try:
+
+            class Created:
+                pass
+
+            table = sa.Table(
+                "created", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+            )
+            registry.map_imperatively(Created, table)
+            instance = Created()
+        finally:
+            registry.dispose()
+        assert received == [(Created, {"instance": instance, "session": None})]
+        assert not _dispatch.names_pending()
+
+    def test_disconnect_registered_model(self, Session: Scoped) -> None:
+        """Disconnecting by name finds the mapped class: True once, then False."""
+        received: list[object] = []
+
+        def receiver(sender: type, **kwargs: object) -> None:
+            received.append(kwargs)
+
+        signals.post_init.connect(receiver, sender="Item", weak=False)
+        assert signals.post_init.disconnect(receiver, sender="Item") is True
+        assert signals.post_init.disconnect(receiver, sender="Item") is False
+        Item(name="a")
+        assert received == []
+
+    def test_disconnect_unregistered_model(self, Session: Scoped) -> None:
+        """Disconnecting a name not mapped yet forgets it: the class mapped later sends
+        nothing, and no flush checks the name any more."""
+        received: list[object] = []
+
+        def receiver(sender: type, **kwargs: object) -> None:
+            received.append(kwargs)
+
+        signals.post_init.connect(receiver, sender="Unregistered", weak=False)
+        assert signals.post_init.disconnect(receiver, sender="Unregistered") is True
+        assert signals.post_init.disconnect(receiver, sender="Unregistered") is False
+        assert not _dispatch.names_pending()
+        registry = sa_orm.registry()
+        try:
+
+            class Unregistered:
+                pass
+
+            table = sa.Table("late", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+            registry.map_imperatively(Unregistered, table)
+            Unregistered()
+        finally:
+            registry.dispose()
+        assert received == []
+
+    def test_register_model_class_senders_immediately(self, connect: Connector) -> None:
+        """A class sender is connected as itself: no name is left to resolve."""
+        connect.record(signals.post_init, Book)
+        assert not _dispatch.names_pending()
+
+
+class TestDjangoAsyncReceiversTests:
+    @pytest.mark.flavours("async")
+    def test_asend(self, flavour: Flavour, any_session: t.Any, connect: Connector) -> None:
+        """A flush of an AsyncSession calls plain and coroutine receivers, awaiting the latter,
+        in connection order."""
+        calls: list[str] = []
+
+        async def async_handler(sender: type, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            calls.append("async")
+
+        connect(signals.post_save, lambda sender, **kw: calls.append("sync"))
+        connect(signals.post_save, async_handler)
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.flush())
+        assert calls == ["sync", "async"]
+        flavour.aw(any_session.rollback())
+
+    def test_send_robust(self, flavour: Flavour, any_session: t.Any, connect: Connector) -> None:
+        """A receiver connected robustly that raises is reported; the others still run, in
+        connection order, and the row is saved."""
+        calls: list[str] = []
+
+        async def failing_async_handler(sender: type, **kwargs: object) -> None:
+            raise LookupError("receiver failed")
+
+        reported = connect.record(signals.receiver_failed)
+        failing = failing_async_handler if flavour.is_async else fail
+        connect(signals.post_save, failing, robust=True)
+        connect(signals.post_save, lambda sender, **kw: calls.append("sync"))
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.commit())
+        assert calls == ["sync"]
+        assert [(kwargs["receiver"], str(kwargs["exception"])) for _, kwargs in reported] == [
+            (failing, "receiver failed")
+        ]
