@@ -1217,7 +1217,7 @@ class TestDjangoSignalTests:
         session.flush()
         assert data == [(item, Item), (item, Item, False)]
         data.clear()
-        item.id = 99998
+        item.id = -1  # a negative key moves no server's auto-increment counter
         session.flush()
         assert data == [(item, Item), (item, Item, False)]
         session.commit()
@@ -1245,14 +1245,14 @@ class TestDjangoSignalTests:
             ),
         )
         connect(signals.post_delete, handler)
-        first, second = Item(name="John"), Item(name="James", id=99999)
+        first, second = Item(name="John"), Item(name="James")
         session.add_all([first, second])
         session.flush()
         session.delete(first)
         session.flush()
         assert data == [(first, Item, False, first), (first, Item, False, first)]
         data.clear()
-        second.id = 99998
+        second.id = -2
         session.flush()
         session.delete(second)
         session.flush()
