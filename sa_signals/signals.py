@@ -100,8 +100,9 @@ models_rolled_back = Signal("models_rolled_back", changes=True)
 flushed (those of savepoints released into it included); not when it had flushed nothing, and
 not for the distinct sessions the layer runs commit-time work in. Sent inside ``rollback()``
 (the savepoint's, for a savepoint), after SQLAlchemy's rollback. Sender: the ``Session``.
-Keywords: ``changes``, a list of :class:`~sa_signals.Change`; ``savepoint``, True for a savepoint
-rollback (the outer transaction goes on)."""
+Keywords: ``changes``, a list of :class:`~sa_signals.Change`; ``savepoint``, True for the rows of
+a savepoint (``rollback()`` of the outer transaction rolls back the savepoints still open
+first, innermost first, each sent on its own)."""
 
 rolled_back = ModelSignal("rolled_back", changes=True)
 """Sent after ``models_rolled_back``, once per :class:`~sa_signals.Change`, under the same rules.
