@@ -1173,6 +1173,24 @@ class TestRolledBack:
         session.rollback()
         assert operations_of(rolled_back) == [(False, ["insert"])]
 
+    def test_failed_flush_sends_the_rows_it_was_writing(
+        self, session: sa_orm.Session, rolled_back: Calls
+    ) -> None:
+        """A flush that fails on an UPDATE: the rollback sends the rows written before, and the
+        row of the failing UPDATE, whose object was touched."""
+        first, second = add_item(session, "a"), add_item(session, "b")
+        first.value = 5
+        session.flush()
+        second.name = "a"  # the unique name of the first row
+        with pytest.raises(sa_exc.IntegrityError):
+            session.flush()
+        session.rollback()
+        [(_, kwargs)] = rolled_back
+        assert sorted((c.identity, c.operation) for c in kwargs["changes"]) == [
+            ((first.id,), "update"),
+            ((second.id,), "update"),
+        ]
+
     def test_failing_receiver_isolated_unless_strict(
         self, session: sa_orm.Session, connect: Connector, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -10,7 +10,14 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RUNNABLE = ["README.md", "docs/index.md", "docs/integrations.md"]
+RUNNABLE = [
+    "README.md",
+    "docs/index.md",
+    "docs/integrations.md",
+    "docs/signals.md",
+    "docs/changes.md",
+    "docs/on_commit.md",
+]
 """Pages whose ``python`` blocks are complete programs, run one page at a time in order."""
 
 

@@ -78,14 +78,15 @@ def end_outermost(
     if not committed:
         if watched and callbacks:
             observe(state, session, callbacks, "rolled back")  # type: ignore[arg-type]
-        if is_layer_session(session):
+        sends_records = bool(records) and rollbacks.wanted()
+        if not (has_receivers or sends_records) or is_layer_session(session):
             return None
         if has_receivers:
             try:
                 send(signals.after_rollback, public, public, installation.robust, aio)
             except Exception as exc:  # a strict receiver raised
                 return exc
-        if records and rollbacks.wanted():
+        if sends_records:
             return rollbacks.send_rolled_back(records, session, installation, savepoint=False)
         return None
     # SessionTransaction.connections is new in SQLAlchemy 2.1.7.
