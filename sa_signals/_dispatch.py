@@ -32,7 +32,16 @@ still run; strict under ``install(robust=False)``), ``"failure"`` (a failure sig
 logged)."""
 
 F = t.TypeVar("F", bound=c.Callable[..., t.Any])
-T = t.TypeVar("T")
+
+
+class _HasOperation(t.Protocol):
+    """A :class:`~sa_signals.Change`, as far as ``on=`` filters it."""
+
+    @property
+    def operation(self) -> str: ...
+
+
+D = t.TypeVar("D", bound=_HasOperation)
 
 _ANY_ID = blinker.base.ANY_ID
 
@@ -83,7 +92,7 @@ class Signal(blinker.NamedSignal):
 
         .. warning:: Connected weakly (the default), a lambda, nested function, ``partial`` or
            callable object that nothing else references is collected at once and never called:
-           that raises :class:`~sa_signals.exceptions.WeakReceiverWarning`.
+           connecting one warns with :class:`~sa_signals.exceptions.WeakReceiverWarning`.
         """
         if weak and _may_die(receiver):
             refs = sys.getrefcount(receiver)  # first, as _Probe.connect() counts
@@ -229,13 +238,13 @@ class Signal(blinker.NamedSignal):
         operations = self._on.get(_make_id(receiver))
         return operations is None or operation in operations
 
-    def changes_for(self, receiver: object, changes: c.Sequence[T]) -> list[T]:
+    def changes_for(self, receiver: object, changes: c.Sequence[D]) -> list[D]:
         """Return a list of its own for ``receiver``: the ``changes`` of the operations it was
         connected ``on``."""
         operations = self._on.get(_make_id(receiver)) if self._on else None
         if operations is None:
             return list(changes)
-        return [change for change in changes if change.operation in operations]  # type: ignore[attr-defined]
+        return [change for change in changes if change.operation in operations]
 
     def receivers_in_order(self, sender: t.Any) -> list[tuple[Receiver, bool]]:
         """Return ``(receiver, is_coroutine_function)`` for ``sender`` in connection order.
@@ -308,15 +317,8 @@ class ModelSignal(Signal):
     :class:`~sa_signals.exceptions.SenderNameError` there).
     """
 
-    def __init__(
-        self,
-        name: str,
-        doc: str | None = None,
-        *,
-        family: Family = "isolated",
-        changes: bool = False,
-    ) -> None:
-        super().__init__(name, doc, family=family, changes=changes)
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
         self._names: dict[str, _Name] = {}
         """The names not resolved yet, each with the placeholder its receivers are connected to."""
 

@@ -40,13 +40,14 @@ after_rollback = Signal("after_rollback")
 Never for a savepoint rollback. Sender: the ``Session``."""
 
 on_commit_failed = Signal("on_commit_failed", family="failure")
-"""Sent when an ``on_commit`` callback raised, or left a transaction open on the committed session.
-Sender: the ``Session`` that committed. Keywords: ``callback``, ``exception``."""
+"""Sent when an ``on_commit`` callback raised, or left a transaction open on the committed session,
+unless its exception was raised out of ``commit()``. Sender: the ``Session`` that committed.
+Keywords: ``callback``, ``exception``."""
 
 receiver_failed = Signal("receiver_failed", family="failure")
-"""Sent when a receiver of any other sa_signals signal raised. Sender: the ``Session``.
-Keywords: ``signal``, ``receiver``, ``exception``. A receiver of this signal that raises is only
-logged."""
+"""Sent when a receiver of any other sa_signals signal raised, unless its exception was raised.
+Sender: the ``Session`` (None for ``pre_init`` and ``post_init`` on a construction). Keywords:
+``signal``, ``receiver``, ``exception``. A receiver of this signal that raises is only logged."""
 
 pre_init = ModelSignal("pre_init", family="veto")
 """Sent when a mapped object is constructed, before its ``__init__`` runs. Sender: the mapped

@@ -1327,6 +1327,33 @@ def history(connect: Connector) -> list[str]:
     return seen
 
 
+def write(session: sa_orm.Session, history: list[str], operation: str) -> None:
+    """Make one write of ``operation`` in a transaction of its own (the history of what
+    committed before it cleared)."""
+    if operation == "insert":
+        session.add(Item(name="new"))
+        return
+    item = committed_item(session, history)
+    if operation == "update":
+        item.value = 5
+    else:
+        session.delete(item)
+
+
+def committed_item(
+    session: t.Any, history: list[str], name: str = "a", flavour: Flavour | None = None
+) -> Item:
+    """An item committed, and loaded again, before the test's transaction (in ``flavour``);
+    the history of that commit cleared."""
+    aw = flavour.aw if flavour is not None else lambda value: value
+    item = Item(name=name, value=1)
+    session.add(item)
+    aw(session.commit())
+    aw(session.refresh(item))
+    history.clear()
+    return item
+
+
 def veto_updates(sender: type, *, created: bool, **kwargs: object) -> None:
     """A pre_save receiver that refuses updates, as a failed validation does."""
     if not created:
@@ -1338,11 +1365,8 @@ class TestRailsTransactionCallbacks:
         self, flavour: Flavour, any_session: t.Any, history: list[str]
     ) -> None:
         """A committed update is sent on committed, not on rolled_back."""
-        item = Item(name="first")
-        any_session.add(item)
-        flavour.aw(any_session.commit())
-        history.clear()
-        item.value = 1
+        item = committed_item(any_session, history, flavour=flavour)
+        item.value = 2
         flavour.aw(any_session.commit())
         assert history == ["commit_on_update"]
 
@@ -1350,8 +1374,7 @@ class TestRailsTransactionCallbacks:
         self, session: sa_orm.Session, history: list[str], connect: Connector
     ) -> None:
         """A save a pre_save receiver refused wrote nothing: nothing is sent either way."""
-        item = add_item(session)
-        history.clear()
+        item = committed_item(session, history)
         connect(signals.pre_save, veto_updates)
         item.value = 2
         with pytest.raises(ValueError, match="invalid record"):
@@ -1375,22 +1398,17 @@ class TestRailsTransactionCallbacks:
         session.rollback()
         assert history == []
 
+    @pytest.mark.parametrize("end", ["commit", "rollback"])
     @pytest.mark.parametrize("operation", ["insert", "update", "delete"])
-    def test_only_call_after_commit_on_its_action(
-        self, session: sa_orm.Session, history: list[str], operation: str
+    def test_only_call_after_commit_or_rollback_on_its_action(
+        self, session: sa_orm.Session, history: list[str], operation: str, end: str
     ) -> None:
-        """A commit sends the receivers connected on its operation only."""
-        if operation == "insert":
-            session.add(Item(name="new"))
-        else:
-            item = add_item(session)
-            history.clear()
-            if operation == "update":
-                item.value = 5
-            else:
-                session.delete(item)
-        session.commit()
-        assert history == [f"commit_on_{RAILS[operation]}"]
+        """A commit, or a rollback, sends the committed, or rolled_back, receivers connected on
+        its operation only."""
+        write(session, history, operation)
+        session.flush()
+        getattr(session, end)()
+        assert history == [f"{end}_on_{RAILS[operation]}"]
 
     def test_no_after_commit_on_destroy_after_transaction_commits_for_destroyed_new_record(
         self, session: sa_orm.Session, history: list[str]
@@ -1421,40 +1439,18 @@ class TestRailsTransactionCallbacks:
         self, flavour: Flavour, any_session: t.Any, history: list[str]
     ) -> None:
         """A released savepoint sends nothing; the outermost commit does."""
-        item = Item(name="first")
-        any_session.add(item)
-        flavour.aw(any_session.commit())
-        history.clear()
+        item = committed_item(any_session, history, flavour=flavour)
         with flavour.nested(any_session):
-            item.value = 1
+            item.value = 2
         assert history == []
         flavour.aw(any_session.commit())
         assert history == ["commit_on_update"]
-
-    @pytest.mark.parametrize("operation", ["insert", "update", "delete"])
-    def test_only_call_after_rollback_on_its_action(
-        self, session: sa_orm.Session, history: list[str], operation: str
-    ) -> None:
-        """A rollback sends the rolled_back receivers connected on its operation only."""
-        if operation == "insert":
-            session.add(Item(name="new"))
-        else:
-            item = add_item(session)
-            history.clear()
-            if operation == "update":
-                item.value = 5
-            else:
-                session.delete(item)
-        session.flush()
-        session.rollback()
-        assert history == [f"rollback_on_{RAILS[operation]}"]
 
     def test_call_after_rollback_when_commit_fails(
         self, session: sa_orm.Session, history: list[str], connect: Connector
     ) -> None:
         """A commit that fails after its flush sends the flushed update as rolled back."""
-        item = add_item(session)
-        history.clear()
+        item = committed_item(session, history)
         connect(signals.before_models_committed, lambda sender, **kw: 1 / 0)
         item.value = 5
         with pytest.raises(ZeroDivisionError):
@@ -1585,8 +1581,7 @@ class TestRailsTransactionCallbacks:
         self, session: sa_orm.Session, history: list[str]
     ) -> None:
         """An object deleted twice in one transaction is one delete."""
-        item = add_item(session)
-        history.clear()
+        item = committed_item(session, history)
         session.delete(item)
         session.delete(item)
         session.commit()
@@ -1596,8 +1591,7 @@ class TestRailsTransactionCallbacks:
         self, session: sa_orm.Session, history: list[str]
     ) -> None:
         """Updated then deleted, then rolled back: one destroy is rolled back."""
-        item = add_item(session)
-        history.clear()
+        item = committed_item(session, history)
         item.value = 2
         session.flush()
         session.delete(item)
@@ -1622,8 +1616,7 @@ class TestRailsTransactionCallbacks:
         self, session: sa_orm.Session, history: list[str]
     ) -> None:
         """Updated then destroyed in one transaction: one destroy, no update."""
-        item = add_item(session, name="one")
-        history.clear()
+        item = committed_item(session, history, name="one")
         item.name = "two"
         session.flush()
         session.delete(item)

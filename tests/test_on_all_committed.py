@@ -48,14 +48,20 @@ def sessions(flavour: Flavour, AnySession: t.Any) -> c.Iterator[t.Any]:
             session.close()
 
 
+def writing(sessions: t.Any) -> tuple[t.Any, t.Any]:
+    """Two sessions of ``sessions``, each in a transaction that added a row."""
+    first, second = sessions(), sessions()
+    first.add(Item(name="a"))
+    second.add(Audit(message="b"))
+    return first, second
+
+
 class TestOnAllCommitted:
     def test_runs_once_after_every_session_committed(
         self, flavour: Flavour, sessions: t.Any, recorder: Recorder
     ) -> None:
         """The callback waits for the last of the sessions' COMMITs, and runs once."""
-        first, second = sessions(), sessions()
-        first.add(Item(name="a"))
-        second.add(Audit(message="b"))
+        first, second = writing(sessions)
         sa_signals.on_all_committed(recorder.do("all"), first, second)
         flavour.aw(first.commit())
         recorder.assert_done([])
@@ -69,9 +75,7 @@ class TestOnAllCommitted:
         self, flavour: Flavour, sessions: t.Any, recorder: Recorder
     ) -> None:
         """One session rolling back drops the callback, whatever the others do after."""
-        first, second = sessions(), sessions()
-        first.add(Item(name="a"))
-        second.add(Audit(message="b"))
+        first, second = writing(sessions)
         sa_signals.on_all_committed(recorder.do("all"), first, second)
         flavour.aw(second.rollback())
         flavour.aw(first.commit())
@@ -83,9 +87,7 @@ class TestOnAllCommitted:
         self, flavour: Flavour, sessions: t.Any, recorder: Recorder
     ) -> None:
         """Registered inside a savepoint of one session, it goes when that savepoint does."""
-        first, second = sessions(), sessions()
-        first.add(Item(name="a"))
-        second.add(Audit(message="b"))
+        first, second = writing(sessions)
         with flavour.nested(first) as savepoint:
             sa_signals.on_all_committed(recorder.do("all"), first, second)
             flavour.aw(savepoint.rollback())
