@@ -22,20 +22,31 @@ from .state import installation_for
 if t.TYPE_CHECKING:
     import collections.abc as c
 
-_wrapped: weakref.WeakKeyDictionary[type, sa_orm.ClassManager[t.Any]] = weakref.WeakKeyDictionary()
-"""The classes whose constructor :func:`_init` wrapped, with their class managers."""
+_wrapped: weakref.WeakSet[sa_orm.ClassManager[t.Any]] = weakref.WeakSet()
+"""The class managers whose constructor :func:`_init` wrapped (each held by its class)."""
 
 
 def _init(target: object, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
     # SQLAlchemy passes the constructor's own kwargs dict: a receiver's changes reach it.
-    cls = type(target)
     if signals.pre_init.receivers:
-        send(signals.pre_init, cls, None, True, None, instance=target, args=args, kwargs=kwargs)
+        # This listener may run before the mapper's own, which configures the mappers on a
+        # first construction: a receiver may read the instance's attributes.
+        sa_orm.configure_mappers()
+        send(
+            signals.pre_init,
+            type(target),
+            None,
+            True,
+            None,
+            instance=target,
+            args=args,
+            kwargs=kwargs,
+        )
     if signals.post_init.receivers:
         manager = sa_orm.attributes.instance_state(target).manager
         if type(manager.original_init) is not _PostInit:
             manager.original_init = _PostInit(manager.original_init)  # type: ignore[arg-type]
-            _wrapped[cls] = manager
+            _wrapped.add(manager)
 
 
 class _PostInit:
@@ -90,7 +101,7 @@ LISTENERS: tuple[tuple[str, c.Callable[..., None], tuple[t.Any, ...]], ...] = (
 
 def unwrap() -> None:
     """Give every class wrapped for ``post_init`` its own constructor back."""
-    for manager in list(_wrapped.values()):
+    for manager in list(_wrapped):
         original_init = manager.original_init
         if isinstance(original_init, _PostInit):
             manager.original_init = original_init.original
