@@ -3,7 +3,9 @@
 A read-through cache holds product prices. Changing a price registers an ``on_commit`` callback
 that drops the cached entry: only once the change truly committed, never for a rollback or a
 rolled-back savepoint. A ``post_save`` receiver writes an audit row in the callback's distinct
-session. Run: ``python examples/cache_invalidation.py [DATABASE_URL]``.
+session. Run: ``python examples/cache_invalidation.py [DATABASE_URL]`` (SQLite in a temporary
+directory by default); its tables ``products`` and ``audit`` are dropped and created at the start
+and dropped at the end, so it can run again on the same database.
 """
 
 from __future__ import annotations
@@ -49,7 +51,16 @@ def cached_price(Session: sa_orm.scoped_session[sa_orm.Session], product_id: int
 
 def main(url: str) -> None:
     engine = sa.create_engine(url)
+    Base.metadata.drop_all(engine)  # left by an interrupted run
     Base.metadata.create_all(engine)
+    try:
+        demo(engine)
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+def demo(engine: sa.Engine) -> None:
     Session = sa_orm.scoped_session(sa_orm.sessionmaker(engine))
     sa_signals.install(Session)
 
@@ -65,7 +76,8 @@ def main(url: str) -> None:
 
         sa_signals.on_commit(invalidate, Session)
 
-    signals.post_save.connect(on_product_saved, sender=Product)
+    # A nested function: connected strongly, or blinker would let it be garbage-collected.
+    signals.post_save.connect(on_product_saved, sender=Product, weak=False)
 
     with sa_signals.session_scope(Session) as session:
         session.add(Product(id=1, name="tea", price=3))
@@ -97,7 +109,8 @@ def main(url: str) -> None:
             print(f"audit: {message}")
     assert cached_price(Session, 1) == 4
     Session.remove()
-    engine.dispose()
+    signals.post_save.disconnect(on_product_saved)
+    sa_signals.uninstall(Session)
 
 
 if __name__ == "__main__":

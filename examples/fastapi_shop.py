@@ -4,15 +4,17 @@ Each request gets its own ``AsyncSession`` from ``SaSignals``' middleware, commi
 successful response is sent and removed in every case. A ``post_save`` receiver on ``Product``
 registers two commit-time actions: drop the product's cached price from Redis, and send the
 ``reindex`` task to a Celery worker. A request that fails after changing a price is rolled back,
-so neither happens; a committed change always does both, after the COMMIT. The demo starts a
-worker process on its own queue (RabbitMQ broker, Redis result backend, both local), drives the
-app with Starlette's test client and stops the worker.
+so neither happens; a committed change always does both, after the COMMIT. The model, the cache,
+the Celery app and the demo are those of ``shop_common.py``, shared with ``flask_shop.py``. The
+demo starts a worker process on a queue of its own (RabbitMQ broker, Redis result backend:
+``BROKER_URL`` and ``REDIS_URL``, local ones by default), drives the app with Starlette's test
+client, and stops the worker whatever happens.
 
 Run: ``python examples/fastapi_shop.py [DATABASE_URL]`` (SQLite with aiosqlite in a temporary
-directory by default; a PostgreSQL URL is used with asyncpg). The demo creates its table
-``shop_products`` afresh and drops it at the end. To serve the app instead, run
-``uvicorn --factory fastapi_shop:serve`` (``SHOP_DATABASE_URL`` names the database) and
-``celery -A fastapi_shop worker`` from this directory.
+directory by default; a PostgreSQL URL is used with asyncpg). The demo drops and creates its table
+``shop_products`` and drops it at the end, so it can run again on the same database. To serve the
+app instead, run ``uvicorn --factory fastapi_shop:serve`` (``SHOP_DATABASE_URL`` names the
+database) and ``celery -A shop_common worker`` from this directory.
 """
 
 from __future__ import annotations
@@ -20,18 +22,13 @@ from __future__ import annotations
 import collections.abc as c
 import contextlib
 import os
-import pathlib
-import subprocess
 import sys
 import tempfile
-import uuid
 
-import celery
 import fastapi
-import redis
+import shop_common as shop
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_asyncio
-import sqlalchemy.orm as sa_orm
 import starlette.testclient
 
 import sa_signals
@@ -39,36 +36,6 @@ from sa_signals import signals
 from sa_signals.contrib.celery import enqueue_on_commit
 from sa_signals.contrib.celery import Enqueued
 from sa_signals.contrib.starlette import SaSignals
-
-BROKER_URL = os.environ.get("SHOP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
-REDIS_URL = os.environ.get("SHOP_REDIS_URL", "redis://127.0.0.1:6379/4")
-PREFIX = os.environ.get("SHOP_CACHE_PREFIX", "shop")
-
-tasks = celery.Celery("fastapi_shop", broker=BROKER_URL, backend=REDIS_URL)
-tasks.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
-cache = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-
-
-@tasks.task(name="fastapi_shop.reindex")
-def reindex(product_id: int, price: int) -> str:
-    """Stand-in for a search-index update, done by the worker."""
-    return f"reindexed product {product_id} at {price}"
-
-
-class Base(sa_orm.DeclarativeBase):
-    pass
-
-
-class Product(Base):
-    __tablename__ = "shop_products"
-
-    id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
-    name: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
-    price: sa_orm.Mapped[int]
-
-
-def cache_key(product_id: int) -> str:
-    return f"{PREFIX}:price:{product_id}"
 
 
 def async_url(url: str) -> sa.URL:
@@ -85,36 +52,38 @@ def create_app(url: str) -> fastapi.FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: fastapi.FastAPI) -> c.AsyncIterator[None]:
         async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+            await connection.run_sync(shop.Base.metadata.create_all)
         yield
         await engine.dispose()
 
     app = fastapi.FastAPI(lifespan=lifespan)
-    # Commit before the response is sent: a client that got its 200 reads the new price.
-    db = SaSignals(sa_asyncio.async_sessionmaker(engine), app, before_response=True)
+    # Committed before the response is sent: a client that got its 200 reads the new price.
+    db = SaSignals(sa_asyncio.async_sessionmaker(engine), app)
     sent: dict[int, Enqueued] = {}
 
-    def on_product_saved(sender: type[Product], *, instance: Product, **kw: object) -> None:
+    def on_product_saved(
+        sender: type[shop.Product], *, instance: shop.Product, **kw: object
+    ) -> None:
         product_id = instance.id
-        sa_signals.on_commit(lambda: cache.delete(cache_key(product_id)), db.session)
+        sa_signals.on_commit(lambda: shop.cache.delete(shop.cache_key(product_id)), db.session)
         sent[product_id] = enqueue_on_commit(
-            reindex, product_id, instance.price, session=db.session
+            shop.reindex, product_id, instance.price, session=db.session
         )
 
-    signals.post_save.connect(on_product_saved, sender=Product, weak=False)
+    signals.post_save.connect(on_product_saved, sender=shop.Product, weak=False)
 
     @app.get("/products/{product_id}/price")
     async def get_price(product_id: int) -> dict[str, object]:
-        cached = cache.get(cache_key(product_id))
+        cached = shop.cache.get(shop.cache_key(product_id))
         if cached is not None:
             return {"price": int(cached), "cached": True}
-        price = (await db.session.get_one(Product, product_id)).price
-        cache.set(cache_key(product_id), price)
+        price = (await db.session.get_one(shop.Product, product_id)).price
+        shop.cache.set(shop.cache_key(product_id), price)
         return {"price": price, "cached": False}
 
     @app.put("/products/{product_id}/price")
     async def set_price(product_id: int, value: int) -> dict[str, object]:
-        (await db.session.get_one(Product, product_id)).price = value
+        (await db.session.get_one(shop.Product, product_id)).price = value
         await db.session.flush()
         if value < 0:
             raise fastapi.HTTPException(422, "a price cannot be negative")
@@ -122,7 +91,7 @@ def create_app(url: str) -> fastapi.FastAPI:
 
     @app.post("/products/{name}", status_code=201)
     async def create(name: str, price: int) -> dict[str, object]:
-        product = Product(name=name, price=price)
+        product = shop.Product(name=name, price=price)
         db.session.add(product)
         await db.session.flush()
         sent.pop(product.id, None)
@@ -137,60 +106,20 @@ def serve() -> fastapi.FastAPI:
 
 
 def main(url: str) -> None:
-    queue = f"fastapi_shop_{uuid.uuid4().hex}"
-    tasks.conf.task_default_queue = queue
-    here = pathlib.Path(__file__).resolve().parent
-    worker = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "fastapi_shop", "worker", "--pool=solo"),
-            *(f"--queues={queue}", f"--hostname={queue}@%h", "--loglevel=WARNING"),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-        ],
-        cwd=here,
-        env={**os.environ, "SHOP_CACHE_PREFIX": PREFIX},
-        stdout=subprocess.DEVNULL,
-    )
-    sync_url = sa.make_url(url)
-    if sync_url.get_backend_name() == "postgresql":
-        sync_url = sync_url.set(drivername="postgresql+psycopg")
-    fresh = sa.create_engine(sync_url)
-    Base.metadata.drop_all(fresh)  # the demo starts from an empty table, and drops it at the end
-    app = create_app(url)
-    try:
-        with starlette.testclient.TestClient(app) as client:
-            product_id = client.post("/products/tea?price=3").json()["id"]
-            print(f"price: {client.get(f'/products/{product_id}/price').json()}")
-            print(f"price: {client.get(f'/products/{product_id}/price').json()}")
+    with (
+        shop.worker(),
+        shop.fresh_tables(url),
+        starlette.testclient.TestClient(create_app(url)) as client,
+    ):
 
-            print("1. a failing request changes nothing:")
-            response = client.put(f"/products/{product_id}/price?value=-1")
-            cached = cache.exists(cache_key(product_id)) == 1
-            print(f"  status {response.status_code}, cached: {cached}")
+        def request(method: str, path: str) -> tuple[int, dict[str, object]]:
+            response = client.request(method, path)
+            return response.status_code, response.json()
 
-            print("2. a committed change drops the cache entry and enqueues the task:")
-            response = client.put(f"/products/{product_id}/price?value=4")
-            cached = cache.exists(cache_key(product_id)) == 1
-            print(f"  status {response.status_code}, cached: {cached}")
-            result = tasks.AsyncResult(response.json()["task_id"])
-            print(f"  worker: {result.get(timeout=30)}")
-            print(f"price: {client.get(f'/products/{product_id}/price').json()}")
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=5)
-        with tasks.connection_for_write() as connection:
-            connection.default_channel.queue_delete(queue)
-        for key in cache.scan_iter(f"{PREFIX}:*"):
-            cache.delete(key)
-        Base.metadata.drop_all(fresh)
-        fresh.dispose()
+        shop.demo(request)
 
 
 if __name__ == "__main__":
-    PREFIX = f"shop_{uuid.uuid4().hex}"
     if len(sys.argv) > 1:
         main(sys.argv[1])
     else:

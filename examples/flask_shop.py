@@ -3,27 +3,25 @@
 A ``post_save`` receiver on ``Product`` registers two commit-time actions: drop the product's
 cached price from Redis, and send the ``reindex`` task to a Celery worker. A request that fails
 after changing a price is rolled back, so neither happens; a committed change always does both,
-after the COMMIT. The demo starts a worker process on its own queue (RabbitMQ broker, Redis
-result backend, both local), drives the app with Flask's test client and stops the worker.
+after the COMMIT. The model, the cache, the Celery app and the demo are those of
+``shop_common.py``, shared with ``fastapi_shop.py``. The demo starts a worker process on a queue
+of its own (RabbitMQ broker, Redis result backend: ``BROKER_URL`` and ``REDIS_URL``, local ones by
+default), drives the app with Flask's test client, and stops the worker whatever happens.
 
 Run: ``python examples/flask_shop.py [DATABASE_URL]`` (SQLite in a temporary directory by
-default); the demo creates its table ``shop_products`` afresh and drops it at the end. To serve
-the app instead, run ``flask --app "flask_shop:create_app('sqlite:///shop.db')" run`` and
-``celery -A flask_shop worker`` from this directory.
+default). The demo drops and creates its table ``shop_products`` and drops it at the end, so it
+can run again on the same database. To serve the app instead, run
+``flask --app "flask_shop:create_app('sqlite:///shop.db')" run`` and
+``celery -A shop_common worker`` from this directory.
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
 import sys
 import tempfile
-import uuid
 
-import celery
 import flask
-import redis
+import shop_common as shop
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
@@ -32,64 +30,36 @@ from sa_signals import signals
 from sa_signals.contrib.celery import enqueue_on_commit
 from sa_signals.contrib.flask import SaSignals
 
-BROKER_URL = os.environ.get("SHOP_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
-REDIS_URL = os.environ.get("SHOP_REDIS_URL", "redis://127.0.0.1:6379/4")
-PREFIX = os.environ.get("SHOP_CACHE_PREFIX", "shop")
-
-tasks = celery.Celery("flask_shop", broker=BROKER_URL, backend=REDIS_URL)
-tasks.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
-cache = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-
-
-@tasks.task(name="flask_shop.reindex")
-def reindex(product_id: int, price: int) -> str:
-    """Stand-in for a search-index update, done by the worker."""
-    return f"reindexed product {product_id} at {price}"
-
-
-class Base(sa_orm.DeclarativeBase):
-    pass
-
-
-class Product(Base):
-    __tablename__ = "shop_products"
-
-    id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
-    name: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
-    price: sa_orm.Mapped[int]
-
-
-def cache_key(product_id: int) -> str:
-    return f"{PREFIX}:price:{product_id}"
-
 
 def create_app(url: str) -> flask.Flask:
-    engine = sa.create_engine(url)
-    Base.metadata.create_all(engine)
+    engine = sa.create_engine(shop.sync_url(url))
+    shop.Base.metadata.create_all(engine)
     app = flask.Flask(__name__)
     db = SaSignals(sa_orm.sessionmaker(engine), app, commit=True)
     Session = db.session
 
-    def on_product_saved(sender: type[Product], *, instance: Product, **kw: object) -> None:
+    def on_product_saved(
+        sender: type[shop.Product], *, instance: shop.Product, **kw: object
+    ) -> None:
         product_id = instance.id
-        sa_signals.on_commit(lambda: cache.delete(cache_key(product_id)), Session)
-        flask.g.task = enqueue_on_commit(reindex, product_id, instance.price, session=Session)
+        sa_signals.on_commit(lambda: shop.cache.delete(shop.cache_key(product_id)), Session)
+        flask.g.task = enqueue_on_commit(shop.reindex, product_id, instance.price, session=Session)
 
-    signals.post_save.connect(on_product_saved, sender=Product, weak=False)
+    signals.post_save.connect(on_product_saved, sender=shop.Product, weak=False)
 
     @app.get("/products/<int:product_id>/price")
     def get_price(product_id: int) -> dict[str, object]:
-        cached = cache.get(cache_key(product_id))
+        cached = shop.cache.get(shop.cache_key(product_id))
         if cached is not None:
             return {"price": int(cached), "cached": True}
-        price = Session.get_one(Product, product_id).price
-        cache.set(cache_key(product_id), price)
+        price = Session.get_one(shop.Product, product_id).price
+        shop.cache.set(shop.cache_key(product_id), price)
         return {"price": price, "cached": False}
 
     @app.put("/products/<int:product_id>/price")
     def set_price(product_id: int) -> dict[str, object]:
         price = int(flask.request.args["value"])
-        Session.get_one(Product, product_id).price = price
+        Session.get_one(shop.Product, product_id).price = price
         Session.flush()
         if price < 0:
             raise ValueError("a price cannot be negative")
@@ -97,7 +67,7 @@ def create_app(url: str) -> flask.Flask:
 
     @app.post("/products/<name>")
     def create(name: str) -> tuple[dict[str, object], int]:
-        product = Product(name=name, price=int(flask.request.args["price"]))
+        product = shop.Product(name=name, price=int(flask.request.args["price"]))
         Session.add(product)
         Session.flush()
         return {"id": product.id}, 201
@@ -107,62 +77,22 @@ def create_app(url: str) -> flask.Flask:
 
 
 def main(url: str) -> None:
-    queue = f"flask_shop_{uuid.uuid4().hex}"
-    tasks.conf.task_default_queue = queue
-    here = pathlib.Path(__file__).resolve().parent
-    worker = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "flask_shop", "worker", "--pool=solo"),
-            *(f"--queues={queue}", f"--hostname={queue}@%h", "--loglevel=WARNING"),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-        ],
-        cwd=here,
-        env={**os.environ, "SHOP_CACHE_PREFIX": PREFIX},
-        stdout=subprocess.DEVNULL,
-    )
-    fresh = sa.create_engine(url)
-    Base.metadata.drop_all(fresh)  # the demo starts from an empty table, and drops it at the end
-    fresh.dispose()
-    app = create_app(url)
-    app.logger.disabled = True
-    client = app.test_client()
-    try:
-        product_id = client.post("/products/tea?price=3").json["id"]  # type: ignore[index]
-        print(f"price: {client.get(f'/products/{product_id}/price').json}")
-        print(f"price: {client.get(f'/products/{product_id}/price').json}")
+    with shop.worker(), shop.fresh_tables(url):
+        app = create_app(url)
+        app.logger.disabled = True  # the failing request's traceback is expected
+        client = app.test_client()
 
-        print("1. a failing request changes nothing:")
-        response = client.put(f"/products/{product_id}/price?value=-1")
-        print(
-            f"  status {response.status_code}, cached: {cache.exists(cache_key(product_id)) == 1}"
-        )
+        def request(method: str, path: str) -> tuple[int, dict[str, object]]:
+            response = client.open(path, method=method)
+            return response.status_code, response.json or {}
 
-        print("2. a committed change drops the cache entry and enqueues the task:")
-        response = client.put(f"/products/{product_id}/price?value=4")
-        print(
-            f"  status {response.status_code}, cached: {cache.exists(cache_key(product_id)) == 1}"
-        )
-        result = tasks.AsyncResult(response.json["task_id"])  # type: ignore[index]
-        print(f"  worker: {result.get(timeout=30)}")
-        print(f"price: {client.get(f'/products/{product_id}/price').json}")
-    finally:
-        worker.terminate()
         try:
-            worker.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=5)
-        with tasks.connection_for_write() as connection:
-            connection.default_channel.queue_delete(queue)
-        for key in cache.scan_iter(f"{PREFIX}:*"):
-            cache.delete(key)
-        engine = app.extensions["engine"]
-        Base.metadata.drop_all(engine)
-        engine.dispose()
+            shop.demo(request)
+        finally:
+            app.extensions["engine"].dispose()
 
 
 if __name__ == "__main__":
-    PREFIX = f"shop_{uuid.uuid4().hex}"
     if len(sys.argv) > 1:
         main(sys.argv[1])
     else:

@@ -6,11 +6,14 @@ or one inside a rolled-back savepoint, never invalidates; a committed one, inclu
 UPDATE, always does.
 
 Run: ``python examples/redis_cache.py [DATABASE_URL [REDIS_URL]]`` (defaults: a temporary
-SQLite file and ``redis://127.0.0.1:6379/0``). Needs ``pip install "sa-signals[redis]"``.
+SQLite file, and the ``REDIS_URL`` environment variable or ``redis://127.0.0.1:6379/0``). Its
+table is dropped and created at the start and dropped at the end, so it can run again on the same
+database. Needs the ``redis`` extra.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import typing as t
@@ -144,7 +147,8 @@ def main(database_url: str, redis_url: str, prefix: str | None = None) -> PriceC
 
 
 if __name__ == "__main__":
-    redis_url = sys.argv[2] if len(sys.argv) > 2 else "redis://127.0.0.1:6379/0"
+    default = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_url = sys.argv[2] if len(sys.argv) > 2 else default
     if len(sys.argv) > 1:
         main(sys.argv[1], redis_url)
     else:

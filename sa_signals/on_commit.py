@@ -10,14 +10,13 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 from ._core import external
+from ._core import queue as _queue
 from ._core.commit import observe
 from ._core.queue import push
 from ._core.runner import run
 from ._core.state import async_api
 from ._core.state import installation_for
-from ._core.state import SessionState
 from ._core.state import state_of
-from ._core.state import TRANSACTION_FIELDS_KNOWN
 from ._core.state import TRANSACTIONAL_ATTR
 from ._core.work import Work
 from ._dispatch import is_coroutine_function
@@ -31,8 +30,7 @@ if t.TYPE_CHECKING:
     from .typing import SessionTarget
 
 _FunctionType = types.FunctionType
-_CO_COROUTINE = inspect.CO_COROUTINE
-_FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
+_CO_FLAGS = inspect.CO_COROUTINE
 _Session = sa_orm.Session
 
 
@@ -53,39 +51,28 @@ def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = Tr
     :data:`~sa_signals.signals.on_commit_failed`; with ``robust=False`` it propagates out of
     ``commit()`` once every other callback has run. The data stays committed either way.
     """
-    session = target if isinstance(target, _Session) else _session_of(target)
-    # The hot path, inlined: a session in a transaction whose state was made by an installation
-    # still in place, and a plain function (no coroutine flag, no attributes that could carry a
-    # coroutine marker), not checked again when the same one is registered again. Anything else
-    # takes _register().
-    try:
-        # None (a class default) until the session has a state; missing if not installed.
-        state: SessionState | None = session._sa_signals_state  # type: ignore[attr-defined]
-        if (
-            state is not None
-            and _FIELDS_KNOWN
-            and session._transaction is not None
-            and state.installation.active  # type: ignore[union-attr]
-        ):
-            if callback is not state.plain:
-                if (
-                    type(callback) is not _FunctionType
-                    or callback.__dict__
-                    or callback.__code__.co_flags & _CO_COROUTINE
-                ):
-                    _register(callback, session, robust)
-                    return
-                state.plain = callback
-            queue = state.queue  # queue.push(), inlined
-            savepoint = session._nested_transaction
-            if savepoint is not None:
-                marks = state.marks
-                if not marks or marks[-1][0] is not savepoint:
-                    marks.append((savepoint, len(queue)))
-            queue.append(callback if robust is True else _strict(callback, robust))
-            return
-    except AttributeError:  # not installed: no class default (STATE_ATTR names it)
-        pass
+    # The hot path, inlined: a plain function (no coroutine flag) queued on the session
+    # on_commit() queued on last, whose innermost transaction is the same as then. The full
+    # path (_register) checks everything else, and lets this one take the next registrations
+    # (see _core.queue.last). It reads no Session attribute: _transaction comes from the
+    # session's __dict__, a cheaper lookup.
+    state = _queue.last
+    if (
+        target is state.session
+        and state.fields["_transaction"] is state.current
+        and robust is True
+        and (
+            callback is state.plain
+            or (type(callback) is _FunctionType and not callback.__code__.co_flags & _CO_FLAGS)
+        )
+    ):
+        state.queue.append(callback)
+        return
+    session = _session_of(target)
+    if session is not target and session is state.session:
+        # A scoped_session (or an AsyncSession) standing for the session of the fast path.
+        on_commit(callback, session, robust=robust)
+        return
     _register(callback, session, robust)
 
 
@@ -148,6 +135,7 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
     push(state, session.get_nested_transaction(), item)
     if not is_coroutine:
         state.plain = callback
+    _queue.remember(state, session)
 
 
 def _strict(callback: Callback, robust: object) -> Item:
@@ -159,6 +147,8 @@ def _strict(callback: Callback, robust: object) -> Item:
 
 
 def _session_of(target: object) -> sa_orm.Session:
+    if isinstance(target, _Session):
+        return target
     if isinstance(target, sa_orm.scoped_session):
         session: sa_orm.Session = target()
         return session

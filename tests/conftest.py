@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import logging
 import os
+import pathlib
 import typing as t
 
 import hypothesis
@@ -32,6 +33,7 @@ import sqlalchemy.pool as sa_pool
 import sqlalchemy.util.concurrency as sa_concurrency
 
 import sa_signals
+from tests import not_installed
 from tests.models import Base
 from tests.models import deferred_metadata
 from tests.models import Item
@@ -73,19 +75,63 @@ SERVICE_VARIABLES = {
 URL, or any value for valgrind."""
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the tests of servers and tools that were not named: deselected, not skipped.
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to start when a named database server's driver is not installed."""
+    for backend in configured_backends()[1:]:
+        url = sa.make_url(os.environ[URL_VARIABLES[backend]])
+        for each in (url, async_url(backend, url)):
+            try:
+                each.get_dialect().import_dbapi()
+            except ImportError as exc:
+                msg = (
+                    f"{URL_VARIABLES[backend]} names a {backend} server, but the driver of"
+                    f" {each.drivername} is missing ({exc}):"
+                    ' pip install -e ".[test-servers]"'
+                )
+                raise pytest.UsageError(msg) from exc
 
-    That covers tests limited to database backends none of which was named, too.
+
+def pytest_pycollect_makemodule(
+    module_path: pathlib.Path, parent: pytest.Collector
+) -> pytest.File | None:
+    """Collect a test module importing packages that are not installed as a placeholder."""
+    return not_installed.module_collector(module_path, parent)
+
+
+NOT_INSTALLED = pytest.StashKey[list[str]]()
+"""The missing packages whose tests were deselected."""
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    """Name the missing packages whose tests were deselected, and how to install them."""
+    packages = config.stash.get(NOT_INSTALLED, [])
+    if not packages:
+        return None
+    return (
+        f"deselected for want of {', '.join(packages)}:"
+        ' pip install -e ".[dev]" installs every test dependency'
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the tests of missing servers, tools and packages: deselected, not skipped.
+
+    That covers tests limited to database backends none of which was named, and tests marked
+    ``requires(...)`` (or modules importing packages) that are not installed, too.
     """
     missing = {name for name, var in SERVICE_VARIABLES.items() if not os.environ.get(var)}
+    packages: set[str] = set()
     kept, left_out = [], []
     for item in items:
         marker = item.get_closest_marker("services")
         unnamed_service = marker is not None and bool(missing & set(marker.args))
         skip = item.get_closest_marker("skip")
         no_backend = skip is not None and "empty parameter set" in str(skip.kwargs.get("reason"))
-        (left_out if unnamed_service or no_backend else kept).append(item)
+        needs = [name for mark in item.iter_markers("requires") for name in mark.args]
+        absent = not_installed.missing(needs)
+        packages.update(absent)
+        (left_out if unnamed_service or no_backend or absent else kept).append(item)
+    config.stash[NOT_INSTALLED] = sorted(packages)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
@@ -165,13 +211,14 @@ def _clean_rows(request: pytest.FixtureRequest) -> c.Iterator[None]:
                 connection.execute(table.delete())
 
 
-def async_url(backend: str, engine: sa.Engine) -> sa.URL:
+def async_url(backend: str, engine: sa.Engine | sa.URL) -> sa.URL:
     """The async URL of ``backend``: from its variable, or ``engine``'s with the async driver."""
     given = os.environ.get(ASYNC_URL_VARIABLES.get(backend, ""))
     if given:
         return sa.make_url(given)
     driver = ASYNC_DRIVERS.get(backend, "mysql+aiomysql")
-    return engine.url.set(drivername=driver)
+    url = engine if isinstance(engine, sa.URL) else engine.url
+    return url.set(drivername=driver)
 
 
 def async_engine(backend: str, engine: sa.Engine) -> sa_asyncio.AsyncEngine:

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-pytestmark = pytest.mark.services("redis")
+pytestmark = [pytest.mark.services("redis"), pytest.mark.requires("redis")]
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
@@ -28,8 +28,6 @@ def load_example(name: str) -> types.ModuleType:
     return module
 
 
-redis_cache = load_example("redis_cache")
-
 REDIS_URL = os.environ.get("SA_SIGNALS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 """The Redis server of the example test (every development and CI machine runs one)."""
 
@@ -44,7 +42,7 @@ class TestRedisCache:
         else:
             url = engine.url.render_as_string(hide_password=False)
         prefix = f"sa-signals-test:{uuid.uuid4().hex}:"
-        cache = redis_cache.main(url, REDIS_URL, prefix)
+        cache = load_example("redis_cache").main(url, REDIS_URL, prefix)
         # Without UPDATE RETURNING (MariaDB) the bulk UPDATE's rows are unknown: all keys go.
         assert cache.invalidated == [1, 2 if engine.dialect.update_returning else None]
         assert list(cache.client.scan_iter(f"{prefix}*")) == []

@@ -34,6 +34,7 @@ import sa_signals
 from sa_signals import signals
 from sa_signals._core import bridge as _bridge
 from sa_signals._core import commit as _commit
+from sa_signals._core import queue as _queue
 from sa_signals._core import runner as _runner
 from sa_signals._core.state import STATE_ATTR
 from tests.conftest import async_engine
@@ -520,7 +521,7 @@ def test_portable_paths_match_the_model(
     """The same holds on the paths taken where SQLAlchemy's private layout is not known: no
     reads of ``Session._transaction`` and the like, and the connections recorded by an
     ``after_begin`` listener instead of read from ``SessionTransaction.connections``."""
-    for module in (on_commit_module, _bridge, _runner):
+    for module in (_queue, _bridge, _runner):
         monkeypatch.setattr(module, "_FIELDS_KNOWN", False)
     monkeypatch.setattr(_bridge, "_CONNECTIONS_KNOWN", False)
     monkeypatch.setattr(_commit, "_CONNECTIONS_KNOWN", False)

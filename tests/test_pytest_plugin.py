@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -14,8 +16,9 @@ from tests.conftest import URL_VARIABLES
 
 pytest_plugins = ["pytester"]
 
-EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing"
-ASYNC_EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "testing_async"
+ROOT = pathlib.Path(__file__).parent.parent
+EXAMPLE = ROOT / "examples" / "testing"
+ASYNC_EXAMPLE = ROOT / "examples" / "testing_async"
 
 MAIL_SERVER = """
 def refuse(message):
@@ -73,6 +76,35 @@ def test_example_app_in_its_own_process(
             connection.execute(sa.text("DROP TABLE IF EXISTS shop_orders"))
             connection.execute(sa.text("DROP TABLE IF EXISTS shop_emails"))
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("folder", "driver"), [("testing", "sqlite"), ("testing_async", "sqlite+aiosqlite")]
+)
+def test_documented_command_in_a_checkout(
+    folder: str, driver: str, tmp_path: pathlib.Path
+) -> None:
+    """``pytest examples/testing`` run at the root of a checkout, as documented, passes.
+
+    The folder's own ``pytest.ini`` makes it pytest's root, so the repository's options (no
+    plugin, a coverage floor) do not apply to it.
+    """
+    env = {
+        **os.environ,
+        "SHOP_DATABASE_URL": f"{driver}:///{tmp_path / 'shop.db'}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", f"examples/{folder}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 10 passed in " in result.stdout.splitlines()[-1]
 
 
 CONFTEST = """

@@ -278,6 +278,15 @@ class TestCoroutineCheck:
         assert ran == [True]
 
 
+async def commit_with_a_callback(maker: t.Any, ran: list[tuple[str, object]]) -> None:
+    """Commit a row of a session of ``maker`` with a callback; note the task of each step."""
+    async with maker() as own:
+        own.add(Item(name="job"))
+        sa_signals.on_commit(lambda: ran.append(("job", asyncio.current_task())), own)
+        await own.commit()
+        ran.append(("returned", asyncio.current_task()))
+
+
 class TestWorkThatOutlivesACallback:
     """Tasks, threads and copied contexts started by a callback commit as if none ran."""
 
@@ -290,15 +299,8 @@ class TestWorkThatOutlivesACallback:
         jobs: list[asyncio.Task[None]] = []
         ran: list[tuple[str, object]] = []
 
-        async def job() -> None:
-            async with maker() as own:
-                own.add(Item(name="job"))
-                sa_signals.on_commit(lambda: ran.append(("job", asyncio.current_task())), own)
-                await own.commit()
-                ran.append(("returned", asyncio.current_task()))
-
         def spawn() -> None:
-            jobs.append(asyncio.create_task(job()))
+            jobs.append(asyncio.create_task(commit_with_a_callback(maker, ran)))
 
         async with maker() as session:
             session.add(Item(name="a"))
@@ -315,15 +317,8 @@ class TestWorkThatOutlivesACallback:
         maker = AsyncScoped.session_factory
         ran: list[tuple[str, object]] = []
 
-        async def job() -> None:
-            async with maker() as own:
-                own.add(Item(name="job"))
-                sa_signals.on_commit(lambda: ran.append(("job", asyncio.current_task())), own)
-                await own.commit()
-                ran.append(("returned", asyncio.current_task()))
-
         async def spawn_and_wait() -> None:
-            task = asyncio.create_task(job())
+            task = asyncio.create_task(commit_with_a_callback(maker, ran))
             await task
             ran.append(("awaited", task))
 

@@ -1,229 +1,289 @@
-"""session_scope() and distinct_session(), on every configured backend."""
+"""session_scope() and distinct_session(), sync and async, on every configured backend."""
 
 from __future__ import annotations
 
+import collections.abc as c
 import typing as t
 
 import pytest
 import sqlalchemy as sa
-import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from tests.conftest import count
 from tests.models import Audit
 from tests.models import Item
 
-Scoped = sa_orm.scoped_session[sa_orm.Session]
+if t.TYPE_CHECKING:
+    from tests.conftest import Flavour
+
+Scoped = t.Any
+"""A ``scoped_session`` or an ``async_scoped_session``, by flavour."""
+
+
+@pytest.fixture(params=["scoped", "sessionmaker"])
+def factory(request: pytest.FixtureRequest, AnySession: Scoped) -> t.Any:
+    """Both kinds of factory the scopes accept: the scoped session and its sessionmaker."""
+    if request.param == "scoped":
+        return AnySession
+    return AnySession.session_factory
 
 
 def names(engine: sa.Engine, model: type[t.Any] = Item) -> list[str]:
+    """The names (or audit messages) of ``model``'s rows, sorted."""
     column = model.name if model is Item else model.message
     with engine.connect() as connection:
         return list(connection.scalars(sa.select(column).order_by(column)))
 
 
-@pytest.fixture(params=["scoped", "sessionmaker"])
-def factory(
-    request: pytest.FixtureRequest, Session: Scoped
-) -> Scoped | sa_orm.sessionmaker[sa_orm.Session]:
-    """Both kinds of factory the scopes accept."""
-    if request.param == "scoped":
-        return Session
-    return t.cast("sa_orm.sessionmaker[sa_orm.Session]", Session.session_factory)
+def checked_out(AnySession: Scoped) -> int:
+    """The connections of ``AnySession``'s engine checked out of its pool."""
+    bind = AnySession.session_factory.kw["bind"]
+    return int(getattr(bind, "sync_engine", bind).pool.checkedout())
+
+
+def creator(
+    flavour: Flavour, decorator: c.Callable[[t.Any], t.Any], *, fail: bool = False
+) -> t.Any:
+    """``create(name, *, session)`` decorated by ``decorator``: adds an Item and flushes.
+
+    A coroutine function in the async flavour; the caller passes its result to ``flavour.aw``.
+    """
+    if flavour.is_async:
+
+        async def create(name: str, *, session: t.Any) -> str:
+            session.add(Item(name=name))
+            await session.flush()
+            if fail:
+                raise ValueError("nope")
+            return name
+
+        return decorator(create)
+
+    def create(name: str, *, session: t.Any) -> str:
+        session.add(Item(name=name))
+        session.flush()
+        if fail:
+            raise ValueError("nope")
+        return name
+
+    return decorator(create)
 
 
 class TestSessionScope:
-    def test_commits_on_success(self, factory: t.Any, engine: sa.Engine) -> None:
+    def test_commits_on_success(self, flavour: Flavour, factory: t.Any, engine: sa.Engine) -> None:
         """Leaving the block normally commits."""
-        with sa_signals.session_scope(factory) as session:
+        with flavour.enter(sa_signals.session_scope(factory)) as session:
             session.add(Item(name="a"))
         assert names(engine) == ["a"]
 
-    def test_rolls_back_and_reraises_on_error(self, factory: t.Any, engine: sa.Engine) -> None:
-        """An exception rolls back and propagates unchanged."""
-        with pytest.raises(KeyError, match="boom"), sa_signals.session_scope(factory) as session:
+    def test_rolls_back_and_reraises_on_error(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """An exception rolls back and propagates unchanged; the session is closed."""
+        with (
+            pytest.raises(KeyError, match="boom"),
+            flavour.enter(sa_signals.session_scope(factory)) as session,
+        ):
             session.add(Item(name="a"))
-            session.flush()
+            flavour.aw(session.flush())
             raise KeyError("boom")
+        assert not session.in_transaction()
         assert names(engine) == []
 
-    def test_always_closes(self, factory: t.Any, engine: sa.Engine) -> None:
+    def test_always_closes(self, flavour: Flavour, factory: t.Any, AnySession: Scoped) -> None:
         """The session is closed: no transaction, no connection checked out."""
-        with sa_signals.session_scope(factory) as session:
+        with flavour.enter(sa_signals.session_scope(factory)) as session:
             session.add(Item(name="a"))
         assert not session.in_transaction()
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert checked_out(AnySession) == 0
 
-    def test_removes_scoped_session(self, Session: Scoped) -> None:
-        """For a scoped_session, the registry is empty afterwards."""
-        with sa_signals.session_scope(Session) as session:
-            assert Session() is session
-        assert not Session.registry.has()
+    def test_removes_the_scoped_session(self, flavour: Flavour, AnySession: Scoped) -> None:
+        """Over a scoped session, the scope's session is the current one, removed afterwards."""
+        with flavour.enter(sa_signals.session_scope(AnySession)) as session:
+            assert AnySession() is session
+        assert not AnySession.registry.has()
 
-    def test_commit_failure_rolls_back_and_raises(self, factory: t.Any, engine: sa.Engine) -> None:
+    def test_commit_failure_rolls_back_and_raises(
+        self, flavour: Flavour, factory: t.Any, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
         """An error at commit propagates and leaves nothing behind."""
-        with sa_signals.session_scope(factory) as session:
+        with flavour.enter(sa_signals.session_scope(factory)) as session:
             session.add(Item(name="dup"))
         with (
             pytest.raises(sa.exc.IntegrityError),
-            sa_signals.session_scope(factory) as session,
+            flavour.enter(sa_signals.session_scope(factory)) as session,
         ):
             session.add(Item(name="dup"))
         assert names(engine) == ["dup"]
-        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert checked_out(AnySession) == 0
 
-    def test_runs_on_commit_callbacks(self, factory: t.Any) -> None:
-        """Callbacks registered in the scope run at its commit."""
-        ran: list[int] = []
-        with sa_signals.session_scope(factory) as session:
+    def test_on_commit_callbacks_run_at_scope_exit(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """Callbacks registered in the scope run when it commits, and see the committed row."""
+        seen: list[int] = []
+        with flavour.enter(sa_signals.session_scope(factory)) as session:
             session.add(Item(name="a"))
-            sa_signals.on_commit(lambda: ran.append(1), session)
-            assert ran == []
-        assert ran == [1]
+            sa_signals.on_commit(lambda: seen.append(count(engine, Item)), session)
+            assert seen == []
+        assert seen == [1]
 
-    def test_decorator_passes_the_session(self, factory: t.Any, engine: sa.Engine) -> None:
+    def test_decorator_gives_each_call_a_scope(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
         """As a decorator, each call gets its own scope and the session as ``session=``."""
-
-        @sa_signals.session_scope(factory)
-        def create(name: str, *, session: sa_orm.Session) -> str:
-            session.add(Item(name=name))
-            return name
-
-        assert create("a") == "a"
-        assert create("b") == "b"
+        create = creator(flavour, sa_signals.session_scope(factory))
+        assert flavour.aw(create("a")) == "a"
+        assert flavour.aw(create("b")) == "b"
         assert names(engine) == ["a", "b"]
         assert create.__name__ == "create"
 
-    def test_decorator_rolls_back_on_error(self, factory: t.Any, engine: sa.Engine) -> None:
+    def test_decorator_rolls_back_on_error(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
         """A decorated function that raises leaves nothing committed."""
-
-        @sa_signals.session_scope(factory)
-        def create(*, session: sa_orm.Session) -> None:
-            session.add(Item(name="a"))
-            session.flush()
-            raise ValueError("nope")
-
+        create = creator(flavour, sa_signals.session_scope(factory), fail=True)
         with pytest.raises(ValueError, match="nope"):
-            create()
+            flavour.aw(create("a"))
         assert names(engine) == []
 
-    def test_decorator_joins_a_session_passed_in(self, factory: t.Any, engine: sa.Engine) -> None:
-        """A caller passing ``session=`` keeps control: no commit, no close."""
-
-        @sa_signals.session_scope(factory)
-        def create(name: str, *, session: sa_orm.Session) -> None:
-            session.add(Item(name=name))
-
-        with sa_signals.session_scope(factory) as outer:
-            create("a", session=outer)
-            assert outer.in_transaction()
-            outer.rollback()
+    def test_decorator_joins_a_session_passed_in(
+        self, flavour: Flavour, factory: t.Any, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
+        """A caller passing ``session=`` keeps control of it: no commit, no close."""
+        create = creator(flavour, sa_signals.session_scope(factory))
+        outer = AnySession.session_factory()
+        assert flavour.aw(create("a", session=outer)) == "a"
+        assert outer.in_transaction()
+        flavour.aw(outer.rollback())
+        flavour.aw(outer.close())
         assert names(engine) == []
 
-    def test_one_scope_object_nests(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_one_scope_object_nests(
+        self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
         """A scope object over a sessionmaker can be entered again while in use."""
-        scope = sa_signals.session_scope(Session.session_factory)
-        with scope as first, scope as second:
+        scope = sa_signals.session_scope(AnySession.session_factory)
+        with flavour.enter(scope) as first, flavour.enter(scope) as second:
             assert first is not second
             first.add(Item(name="a"))
             second.add(Audit(message="b"))
         assert names(engine) == ["a"]
         assert names(engine, Audit) == ["b"]
 
-    def test_scoped_session_in_transaction_refused(self, Session: Scoped) -> None:
-        """Entering a scope over a scoped session in a transaction says what to do instead."""
-        Session.add(Item(name="a"))
+    def test_refuses_a_scoped_session_in_a_transaction(
+        self, flavour: Flavour, AnySession: Scoped
+    ) -> None:
+        """Entering over a scoped session already in a transaction says what to do instead."""
+        flavour.aw(AnySession().execute(sa.select(1)))
         with (
             pytest.raises(sa_signals.ScopeError, match="use distinct_session"),
-            sa_signals.session_scope(Session),
+            flavour.enter(sa_signals.session_scope(AnySession)),
         ):
             pass  # pragma: no cover
-        Session.rollback()
+        flavour.aw(AnySession().rollback())
 
-    def test_bad_factory_refused(self, engine: sa.Engine) -> None:
-        """A session instance is not a factory."""
-        with sa_orm.Session(engine) as session, pytest.raises(TypeError, match="needs a"):
-            sa_signals.session_scope(session)  # type: ignore[arg-type]
+    def test_refuses_a_session(self, flavour: Flavour, any_session: t.Any) -> None:
+        """A session is not a factory."""
+        with pytest.raises(TypeError, match="needs a sessionmaker or a scoped_session"):
+            sa_signals.session_scope(any_session)
 
 
 class TestDistinctSession:
-    def test_swaps_into_registry_and_restores(self, Session: Scoped) -> None:
-        """Inside, Session() is the distinct session; afterwards the previous one is back."""
-        outer = Session()
-        with sa_signals.distinct_session(Session) as distinct:
+    def test_swaps_into_the_registry_and_restores(
+        self, flavour: Flavour, AnySession: Scoped
+    ) -> None:
+        """Inside, the registry's session is the distinct one; afterwards the previous is back."""
+        outer = AnySession()
+        with flavour.enter(sa_signals.distinct_session(AnySession)) as distinct:
             assert distinct is not outer
-            assert Session() is distinct
-        assert Session() is outer
+            assert AnySession() is distinct
+        assert AnySession() is outer
 
-    def test_restores_empty_registry(self, Session: Scoped) -> None:
-        """With no current session before, the registry is empty again after."""
-        with sa_signals.distinct_session(Session):
-            assert Session.registry.has()
-        assert not Session.registry.has()
+    def test_empty_registry_stays_empty(self, flavour: Flavour, AnySession: Scoped) -> None:
+        """With no current session before, the registry holds none after, also after an error."""
+        with flavour.enter(sa_signals.distinct_session(AnySession)):
+            assert AnySession.registry.has()
+        assert not AnySession.registry.has()
+        with (
+            pytest.raises(ZeroDivisionError),
+            flavour.enter(sa_signals.distinct_session(AnySession)),
+        ):
+            _ = 1 / 0
+        assert not AnySession.registry.has()
 
-    def test_audit_row_survives_outer_rollback(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_audit_row_survives_outer_rollback(
+        self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
         """What the distinct session writes commits, whatever the outer transaction does.
 
         SQLite allows one writer at a time, so there the outer session writes afterwards.
         """
-        outer = Session()
+        outer = AnySession()
         sqlite = engine.dialect.name == "sqlite"
         if not sqlite:
             outer.add(Item(name="outer"))
-            outer.flush()
-        with sa_signals.distinct_session(Session) as audit:
+            flavour.aw(outer.flush())
+        with flavour.enter(sa_signals.distinct_session(AnySession)) as audit:
             audit.add(Audit(message="attempted"))
         if sqlite:
             outer.add(Item(name="outer"))
-            outer.flush()
+            flavour.aw(outer.flush())
         assert outer.in_transaction()
-        outer.rollback()
+        flavour.aw(outer.rollback())
         assert names(engine, Audit) == ["attempted"]
         assert names(engine) == []
 
-    def test_outer_transaction_untouched(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_outer_transaction_untouched(
+        self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
         """The previous session's transaction continues and commits after the block."""
-        outer = Session()
+        outer = AnySession()
         item = Item(name="outer")
         outer.add(item)
-        with sa_signals.distinct_session(Session) as audit:
+        with flavour.enter(sa_signals.distinct_session(AnySession)) as audit:
             audit.add(Audit(message="x"))
         assert item in outer
-        outer.commit()
+        flavour.aw(outer.commit())
         assert names(engine) == ["outer"]
+        assert names(engine, Audit) == ["x"]
 
-    def test_nests(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_nests(self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine) -> None:
         """Distinct sessions nest; each restores the one before it."""
-        with sa_signals.distinct_session(Session) as first:
-            with sa_signals.distinct_session(Session) as second:
-                assert Session() is second
+        with flavour.enter(sa_signals.distinct_session(AnySession)) as first:
+            with flavour.enter(sa_signals.distinct_session(AnySession)) as second:
+                assert AnySession() is second
                 second.add(Audit(message="second"))
-            assert Session() is first
+            assert AnySession() is first
             first.add(Audit(message="first"))
         assert names(engine, Audit) == ["first", "second"]
 
-    def test_rolls_back_on_error_and_restores(self, Session: Scoped, engine: sa.Engine) -> None:
-        """An error rolls the distinct session back and still restores the registry."""
-        outer = Session()
-        with pytest.raises(RuntimeError), sa_signals.distinct_session(Session) as distinct:
+    def test_rolls_back_on_error_and_restores(
+        self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
+        """An error rolls back only the distinct session's work and still restores the registry."""
+        outer = AnySession()
+        with (
+            pytest.raises(ZeroDivisionError),
+            flavour.enter(sa_signals.distinct_session(AnySession)) as distinct,
+        ):
             distinct.add(Audit(message="x"))
-            distinct.flush()
-            raise RuntimeError
-        assert Session() is outer
+            flavour.aw(distinct.flush())
+            _ = 1 / 0
+        assert AnySession() is outer
         assert names(engine, Audit) == []
 
-    def test_sessionmaker_gives_a_fresh_session(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_sessionmaker_gives_a_fresh_session(
+        self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine
+    ) -> None:
         """Given a sessionmaker there is no registry: just a fresh session that commits."""
-        maker = t.cast("sa_orm.sessionmaker[sa_orm.Session]", Session.session_factory)
-        with sa_signals.distinct_session(maker) as distinct:
+        with flavour.enter(sa_signals.distinct_session(AnySession.session_factory)) as distinct:
             distinct.add(Audit(message="x"))
+        assert not AnySession.registry.has()
         assert names(engine, Audit) == ["x"]
 
-    def test_as_decorator(self, Session: Scoped, engine: sa.Engine) -> None:
+    def test_as_decorator(self, flavour: Flavour, factory: t.Any, engine: sa.Engine) -> None:
         """distinct_session() also decorates, passing the session in."""
-
-        @sa_signals.distinct_session(Session)
-        def audit(message: str, *, session: sa_orm.Session) -> None:
-            session.add(Audit(message=message))
-
-        audit("decorated")
-        assert names(engine, Audit) == ["decorated"]
+        create = creator(flavour, sa_signals.distinct_session(factory))
+        assert flavour.aw(create("decorated")) == "decorated"
+        assert names(engine) == ["decorated"]

@@ -96,17 +96,38 @@ def _plain(value: t.Any) -> t.Any:
     return NOT_LOADED if isinstance(value, sa.ClauseElement) else value
 
 
-_pk_cache: dict[sa_orm.Mapper[t.Any], tuple[str, ...]] = {}
+class _Columns:
+    """What recording needs of one mapper, looked up once: its column attributes' keys and
+    implementations, and its primary key's attribute keys."""
+
+    __slots__ = ("impls", "keys", "pk_keys")
+
+    def __init__(self, mapper: sa_orm.Mapper[t.Any]) -> None:
+        self.keys = tuple(prop.key for prop in mapper.column_attrs)
+        manager = mapper.class_manager
+        self.impls = {key: manager[key].impl for key in self.keys}
+        self.pk_keys = tuple(
+            mapper.get_property_by_column(column).key for column in mapper.primary_key
+        )
+
+
+_columns: dict[sa_orm.Mapper[t.Any], _Columns] = {}
+
+
+def _columns_of(mapper: sa_orm.Mapper[t.Any]) -> _Columns:
+    columns = _columns.get(mapper)
+    if columns is None:
+        columns = _columns[mapper] = _Columns(mapper)
+    return columns
 
 
 def pk_keys(mapper: sa_orm.Mapper[t.Any]) -> tuple[str, ...]:
     """Return the attribute keys of ``mapper``'s primary key, in its order."""
-    keys = _pk_cache.get(mapper)
-    if keys is None:
-        keys = _pk_cache[mapper] = tuple(
-            mapper.get_property_by_column(column).key for column in mapper.primary_key
-        )
-    return keys
+    return _columns_of(mapper).pk_keys
+
+
+_NO_INITIALIZE = sa_orm.PassiveFlag.PASSIVE_NO_INITIALIZE
+"""Attribute histories are read as the flush has them, never loading anything."""
 
 
 def record_row(
@@ -121,33 +142,33 @@ def record_row(
     expressions and values the flush will expire; inserts after the INSERT, once the primary
     key is known; deletes after the DELETE, on ``connection``, unless it matched no row.
     """
-    session = sa_orm.object_session(target)
+    state: sa_orm.InstanceState[t.Any] = sa_orm.attributes.instance_state(target)
+    session = state.session
     if session is None or _tracked(session) is None:
         return
-    state: sa_orm.InstanceState[t.Any] = sa.inspect(target)
+    columns = _columns_of(mapper)
+    impls = columns.impls
+    dict_ = state.dict
     values: dict[str, tuple[t.Any, t.Any]] = {}
     if operation == "update":
-        keys = mapper.column_attrs.keys()
         for key in list(state.committed_state):
-            if key not in keys:
-                continue
-            history = state.attrs[key].history
-            if not history.added:
+            impl = impls.get(key)
+            if impl is None:
+                continue  # a relationship
+            added, _, deleted = impl.get_history(state, dict_, _NO_INITIALIZE)
+            if not added:
                 continue  # set to an equal value
-            old = history.deleted[0] if history.deleted else NOT_LOADED
-            values[key] = (old, _plain(history.added[0]))
+            values[key] = (deleted[0] if deleted else NOT_LOADED, _plain(added[0]))
         if not values:
             return
         # The identity the row had; a primary key the update changes is reported new.
         identity = tuple(
             values[key][1] if key in values else value
-            for key, value in zip(pk_keys(mapper), state.identity or (), strict=False)
+            for key, value in zip(columns.pk_keys, state.identity or (), strict=False)
         )
     elif operation == "insert":
-        dict_ = state.dict
         expired = state.expired_attributes
-        for prop in mapper.column_attrs:
-            key = prop.key
+        for key in columns.keys:
             # Not in the dict: expired after the INSERT (fetched later), or never set (NULL).
             if key in dict_:
                 values[key] = (None, _plain(dict_[key]))
@@ -158,15 +179,15 @@ def record_row(
         identity = tuple(state.identity or ())
         if connection is not None and _matched_none(connection, mapper, identity):
             return
-        for prop in mapper.column_attrs:
-            history = state.attrs[prop.key].history
-            if history.deleted:
-                old = history.deleted[0]
-            elif history.unchanged:
-                old = history.unchanged[0]
+        for key, impl in impls.items():
+            added, unchanged, deleted = impl.get_history(state, dict_, _NO_INITIALIZE)
+            if deleted:
+                old = deleted[0]
+            elif unchanged:
+                old = unchanged[0]
             else:
                 old = NOT_LOADED
-            values[prop.key] = (old, None)
+            values[key] = (old, None)
     state_of(session).changes.append(
         Record(current_transaction(session), operation, mapper.class_, identity, target, values)
     )
@@ -234,20 +255,20 @@ def take(state: SessionState) -> list[Record]:
 class _Net:
     __slots__ = ("identity", "instance", "model", "new", "old", "operation")
 
-    def __init__(self, event: Record) -> None:
-        self.operation: Operation = event.operation
-        self.model = event.model
-        self.identity = event.identity
-        self.instance = event.instance
+    def __init__(self, record: Record) -> None:
+        self.operation: Operation = record.operation
+        self.model = record.model
+        self.identity = record.identity
+        self.instance = record.instance
         self.old: dict[str, t.Any] = {}
         self.new: dict[str, t.Any] = {}
-        self.add(event)
+        self.add(record)
 
-    def add(self, event: Record) -> None:
-        self.model = event.model
-        self.identity = event.identity
-        self.instance = event.instance
-        for key, (old, new) in event.values.items():
+    def add(self, record: Record) -> None:
+        self.model = record.model
+        self.identity = record.identity
+        self.instance = record.instance
+        for key, (old, new) in record.values.items():
             self.old.setdefault(key, old)
             self.new[key] = new
 
@@ -282,53 +303,74 @@ def _same(old: t.Any, new: t.Any) -> bool:
         return False
 
 
-def net_changes(events: c.Iterable[Record]) -> list[Change]:
-    """Fold ``events`` into one net change per row, in order of first appearance.
+_bases: dict[type[t.Any], sa_orm.Mapper[t.Any]] = {}
+
+
+def _base_of(model: type[t.Any]) -> sa_orm.Mapper[t.Any]:
+    """Return the base mapper of ``model``: rows of one table hierarchy share identities."""
+    base = _bases.get(model)
+    if base is None:
+        base = _bases[model] = sa_orm.class_mapper(model).base_mapper
+    return base
+
+
+def net_changes(records: c.Iterable[Record]) -> list[Change]:
+    """Fold ``records`` into one net change per row, in order of first appearance.
 
     A row is followed through the object that wrote it, and through its primary key: an object
-    deleted and another one inserted with the same primary key are one row, updated.
+    deleted and another one inserted with the same primary key are one row, updated. A row
+    written once keeps its record's values as they are (a flush records only what changed).
     """
-    nets: dict[t.Hashable, _Net | Change] = {}
+    nets: dict[t.Hashable, Record | _Net | Change] = {}
     rows: dict[int, t.Hashable] = {}  # id(instance) -> its row's key in nets
-    for position, event in enumerate(events):
-        if event.statement is not None:
+    for position, record in enumerate(records):
+        if record.statement is not None:
             nets[-1 - position] = Change(
-                event.operation,
-                event.model,
-                event.identity,
+                record.operation,
+                record.model,
+                record.identity,
                 None,
-                types.MappingProxyType(event.values),
-                event.statement,
+                types.MappingProxyType(record.values),
+                record.statement,
             )
             continue
-        # Every instance is held by its events, so its id is not reused meanwhile.
-        key = rows.get(id(event.instance))
+        # Every instance is held by its records, so its id is not reused meanwhile.
+        key = rows.get(id(record.instance))
         if key is None:
-            key = rows[id(event.instance)] = (
-                sa_orm.class_mapper(event.model).base_mapper,
-                event.identity,
-            )
-        net = nets.get(key)
-        if net is None:
-            nets[key] = _Net(event)
+            key = rows[id(record.instance)] = (_base_of(record.model), record.identity)
+        found = nets.get(key)
+        if found is None:
+            nets[key] = record  # folded only if the row is written again
             continue
-        assert isinstance(net, _Net)
-        if event.operation == "update":
-            net.add(event)
-        elif event.operation == "delete":
+        net = found if type(found) is _Net else _Net(t.cast("Record", found))
+        nets[key] = net
+        if record.operation == "update":
+            net.add(record)
+        elif record.operation == "delete":
             if net.operation == "insert":
                 del nets[key]  # inserted then deleted: nothing happened
             else:
                 net.operation = "delete"
-                net.add(event)
+                net.add(record)
         elif net.operation == "delete":  # deleted, then the row inserted again
             net.operation = "update"
-            net.add(event)
+            net.add(record)
         else:
-            net.add(event)
+            net.add(record)
     result: list[Change] = []
-    for net in nets.values():
-        change = net if isinstance(net, Change) else net.change()
+    for folded in nets.values():
+        if type(folded) is Record:
+            change: Change | None = Change(
+                folded.operation,
+                folded.model,
+                folded.identity,
+                folded.instance,
+                types.MappingProxyType(folded.values),
+            )
+        elif type(folded) is _Net:
+            change = folded.change()
+        else:
+            change = t.cast("Change", folded)
         if change is not None:
             result.append(change)
     return result

@@ -58,6 +58,7 @@ def end_outermost(
         connections: list[sa.Connection] = []
         watched = False
     else:
+        queue.forget(state)
         callbacks = queue.take(state)
         records = changes.take(state)
         connections = state.connections

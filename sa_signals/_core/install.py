@@ -9,6 +9,7 @@ import sqlalchemy.orm as sa_orm
 from ..exceptions import InstallError
 from . import bridge
 from . import changes
+from . import queue
 from .aio import AsyncSupport
 from .aio import MISSING
 from .state import Installation
@@ -124,6 +125,7 @@ def uninstall(target: InstallTarget, /) -> None:
         if installation.track_changes:
             changes.force_tracking(-1)
         installation.active = False
+        queue.forget_all()
         delattr(session_class, INSTALLATION_ATTR)
         delattr(session_class, STATE_ATTR)
         bridge.detach(session_class)

@@ -8,11 +8,28 @@ from __future__ import annotations
 
 import typing as t
 
+from .state import NO_FIELDS
+from .state import NO_TRANSACTION
+from .state import NOBODY
+from .state import SessionState
+from .state import TRANSACTION_FIELDS_KNOWN
+
 if t.TYPE_CHECKING:
     import sqlalchemy.orm as sa_orm
 
     from .state import Item
-    from .state import SessionState
+
+_FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
+
+EMPTY: t.Final = SessionState(None)
+"""The state of no session: what :data:`last` is when no fast registration may happen."""
+
+last: SessionState = EMPTY
+"""The state ``on_commit()`` queued on last, for its fast path: while that session's innermost
+transaction is still :attr:`SessionState.current`, a plain function is appended to the queue
+without any other check (reading a ``Session`` attribute costs more than most of a
+registration; this costs one). Replaced by the next full registration, and reset by the end of
+the transaction (:func:`forget`) and by ``uninstall()``."""
 
 
 def push(state: SessionState, savepoint: sa_orm.SessionTransaction | None, item: Item) -> None:
@@ -57,3 +74,28 @@ def take(state: SessionState) -> list[Item]:
         state.marks.clear()
         state.plain = None
     return queue
+
+
+def remember(state: SessionState, session: sa_orm.Session) -> None:
+    """Let ``on_commit()``'s fast path append to ``state`` while the innermost transaction of
+    ``session`` (a savepoint, a flush's, or the outermost) stays the one it is now."""
+    global last  # one reference, replaced whole: a thread reads the old or the new one
+    if _FIELDS_KNOWN:
+        state.session = session
+        state.fields = session.__dict__
+        state.current = session._transaction
+        last = state
+
+
+def forget(state: SessionState) -> None:
+    """End the fast path of ``state``: its transaction ended (it holds no session after)."""
+    state.session = NOBODY
+    state.fields = NO_FIELDS
+    state.current = NO_TRANSACTION
+
+
+def forget_all() -> None:
+    """End every fast path (an installation is going away)."""
+    global last
+    forget(last)
+    last = EMPTY

@@ -278,13 +278,15 @@ def _run_batch(state: Run, batch: _Batch) -> Exception | None:
 
 def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
     origin = slot.origin
-    fields_known = _FIELDS_KNOWN
     # Whether the committed session is in a transaction: only the testing helpers run items
     # while it is; an item that opens it is settled (which closes it), so the flag is read
-    # again only then.
+    # again only then. After each item, the committed session's `_transaction` is read from
+    # its __dict__ (a dict lookup costs less than the attribute read on a Session).
     origin_open = _open(origin)
-    # A thread-local registry's storage is the same dict for the whole batch (one thread).
-    values = slot.local.__dict__ if slot.local is not None else None
+    fields: _ByKey = origin.__dict__ if _FIELDS_KNOWN else _Fields(origin)
+    # A thread-local registry's storage is the same dict for the whole batch (one thread):
+    # "value" is in it once the item made a distinct session.
+    values: c.Container[str] = slot.local.__dict__ if slot.local is not None else _Made(slot)
     first_error: Exception | None = None
     item: Item | None = None
     try:
@@ -298,11 +300,7 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
                 slot.release()
                 raise
             else:
-                if (
-                    result is None
-                    and (origin._transaction is None if fields_known else not _open(origin))
-                    and ("value" not in values if values is not None else slot.created() is None)
-                ):
+                if result is None and fields["_transaction"] is None and "value" not in values:
                     # The common case: nothing returned, made or left open: nothing to settle.
                     if batch.interrupted:
                         break  # the item queued a nested batch: it runs first
@@ -320,6 +318,34 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
             logger.error("commit-time call %s was interrupted by %r", describe(func_of(item)), exc)
         raise
     return first_error
+
+
+class _ByKey(t.Protocol):
+    def __getitem__(self, key: str, /) -> object: ...
+
+
+class _Fields:
+    """Stands for the committed session's ``__dict__`` where its layout is not known."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: sa_orm.Session) -> None:
+        self.session = session
+
+    def __getitem__(self, key: str) -> object:
+        return True if self.session.in_transaction() else None
+
+
+class _Made:
+    """Stands for a thread-local registry's storage: "value" is in it once a session was made."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+
+    def __contains__(self, key: object) -> bool:
+        return self.slot.created() is not None
 
 
 def _open(session: sa_orm.Session) -> bool:

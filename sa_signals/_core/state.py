@@ -189,6 +189,18 @@ def transactional_connection(session: sa_orm.Session) -> sa.Connection | None:
     return None
 
 
+NOBODY: t.Final = object()
+"""``SessionState.session`` of a state the fast path of ``on_commit()`` does not use."""
+
+NO_TRANSACTION: t.Final = object()
+"""``SessionState.current`` when no transaction of the session can match (never None, which
+is what ``Session._transaction`` holds outside a transaction)."""
+
+
+NO_FIELDS: t.Final[dict[str, t.Any]] = {"_transaction": NO_TRANSACTION}
+"""``SessionState.fields`` of a state the fast path of ``on_commit()`` does not use."""
+
+
 class SessionState:
     """What the layer tracks for one session during its outermost transaction.
 
@@ -199,17 +211,28 @@ class SessionState:
     __slots__ = (
         "changes",
         "connections",
+        "current",
+        "fields",
         "installation",
         "marks",
         "origins",
         "plain",
         "queue",
+        "session",
         "watches",
     )
 
     def __init__(self, installation: Installation | None) -> None:
         self.installation = installation
         """The installation covering the session when the state was made."""
+        self.session: object = NOBODY
+        """The session, while ``on_commit()``'s fast path may append to :attr:`queue`."""
+        self.current: object = NO_TRANSACTION
+        """The session's innermost transaction (``Session._transaction``) when a callback was
+        last queued by the full path: while it stays innermost, the fast path appends."""
+        self.fields: dict[str, t.Any] = NO_FIELDS
+        """The session's ``__dict__``, where the fast path reads ``_transaction``: a dict
+        lookup costs less than the attribute read on a ``Session``."""
         self.queue: list[Item] = []
         """The on_commit callbacks, in registration order."""
         self.marks: list[tuple[sa_orm.SessionTransaction, int]] = []

@@ -42,12 +42,17 @@ class SessionMiddleware:
     back) and its key deleted. ``lifespan`` events pass through.
 
     With ``commit=False`` (the default) nothing is committed for you. With ``commit=True``, the
-    unit's open transactions are committed after the application returned, if the response was
-    sent in full with a status below 400 and the client did not disconnect before that; on_commit
-    callbacks then run after the response was sent. With ``before_response=True`` as well, they are
-    also committed when the response starts (status below 400), before its first byte is passed
-    to the server: callbacks run before the client gets the response, and a failing commit raises
-    out of the application before anything was sent, so the server answers 500.
+    unit's open transactions are committed when the response starts, if its status is below 400,
+    before its first byte is passed to the server: on_commit callbacks run before the client gets
+    the response, and a failing commit (a deferred constraint) raises out of the application
+    before anything was sent, so the server answers 500. Anything written while a streamed body
+    is produced is committed again when the application returns, if the response was sent in full
+    and the client did not disconnect before that.
+
+    ``before_response=False`` commits only then, after the application returned: the client does
+    not wait for the commit and its callbacks, but a commit that fails can no longer change the
+    response, which was sent with its success status. ``before_response`` defaults to ``commit``;
+    ``before_response=True`` with ``commit=False`` raises ``ValueError``.
     """
 
     def __init__(
@@ -57,15 +62,12 @@ class SessionMiddleware:
         /,
         *,
         commit: bool = False,
-        before_response: bool = False,
+        before_response: bool | None = None,
     ) -> None:
-        if before_response and not commit:
-            msg = "before_response=True commits before the response: pass commit=True too."
-            raise ValueError(msg)
         self.app = app
         self.scope = scope
         self.commit = commit
-        self.before_response = before_response
+        self.before_response = _before_response(commit, before_response)
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -79,6 +81,16 @@ class SessionMiddleware:
             await self.app(scope, exchange.receive, exchange.send)
             if exchange.succeeded:
                 await commit_all(self.scope)
+
+
+def _before_response(commit: bool, before_response: bool | None) -> bool:
+    """Return whether to commit before the response: by default, whenever committing."""
+    if before_response is None:
+        return commit
+    if before_response and not commit:
+        msg = "before_response=True commits before the response: pass commit=True too."
+        raise ValueError(msg)
+    return before_response
 
 
 async def commit_all(scope: Scope, /) -> None:

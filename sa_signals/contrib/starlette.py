@@ -10,6 +10,7 @@ import typing as t
 import sqlalchemy.ext.asyncio as sa_asyncio
 
 from .._core.install import install
+from .asgi import _before_response
 from .asgi import SessionMiddleware
 from .scopes import Scope
 
@@ -30,6 +31,12 @@ class SaSignals:
     :meth:`init_app` adds :class:`~sa_signals.contrib.asgi.SessionMiddleware` (``commit`` and
     ``before_response`` are passed on); :meth:`dependency` is a FastAPI dependency that yields the
     request's session, and scopes one itself where the middleware is not installed.
+
+    A successful request (status below 400) is committed when its response starts, before the
+    client gets it: a commit that fails is answered 500, never with the handler's success status.
+    ``before_response=False`` commits after the response was sent instead, so the client does
+    not wait for the commit and its on_commit callbacks, at the price of a success status already
+    sent when the commit fails. ``commit=False`` commits nothing.
     """
 
     def __init__(
@@ -39,12 +46,10 @@ class SaSignals:
         /,
         *,
         commit: bool = True,
-        before_response: bool = False,
+        before_response: bool | None = None,
         robust: bool = True,
     ) -> None:
-        if before_response and not commit:
-            msg = "before_response=True commits before the response: pass commit=True too."
-            raise ValueError(msg)
+        resolved = _before_response(commit, before_response)
         if isinstance(factory, sa_asyncio.async_scoped_session):
             scope = getattr(factory.registry, "scopefunc", None)
             if not isinstance(scope, Scope):
@@ -66,7 +71,7 @@ class SaSignals:
             )
             raise TypeError(msg)
         self.commit = commit
-        self.before_response = before_response
+        self.before_response = resolved
         install(self.session, robust=robust)
         if app is not None:
             self.init_app(app)
@@ -87,8 +92,10 @@ class SaSignals:
         middleware, the dependency runs the request as a unit of its own: when the handler
         returns, the open transaction is committed (if ``commit``); when it raises (an
         ``HTTPException`` too), nothing is; either way the session is closed and its key removed.
-        FastAPI runs that exit after the response is sent, or before with
-        ``Depends(db.dependency, scope="function")``.
+        FastAPI runs that exit after the response is sent, whatever ``before_response`` says, so a
+        commit that fails there cannot change the response; declare
+        ``Depends(db.dependency, scope="function")`` (FastAPI 0.121 and later) to commit before
+        the response, or add the middleware.
         """
         if self.scope.active:
             yield self.session()

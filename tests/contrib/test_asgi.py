@@ -81,12 +81,12 @@ async def call(app: t.Any, path: str, events: list[str], kind: str = "http") -> 
 
 
 class TestSessionMiddleware:
-    async def test_commits_after_the_response_by_default(
+    async def test_commits_after_the_response_when_asked(
         self, arunner: asyncio.Runner, scope: Scope, Scoped: AsyncScoped, engine: sa.Engine
     ) -> None:
-        """A complete response below 400 is committed after it was sent; callbacks follow."""
+        """With before_response=False a complete response is committed after it was sent."""
         events: list[str] = []
-        app = SessionMiddleware(App(Scoped, events), scope, commit=True)
+        app = SessionMiddleware(App(Scoped, events), scope, commit=True, before_response=False)
         await call(app, "/a/201", events)
         assert events == [
             "sent http.response.start",
@@ -96,12 +96,12 @@ class TestSessionMiddleware:
         assert names(engine) == ["a"]
         assert scope.keys() == set()
 
-    async def test_commits_before_the_response_when_asked(
+    async def test_commits_before_the_response_by_default(
         self, arunner: asyncio.Runner, scope: Scope, Scoped: AsyncScoped, engine: sa.Engine
     ) -> None:
-        """With before_response=True the commit and its callbacks precede the response."""
+        """With commit=True the commit and its callbacks precede a response below 400."""
         events: list[str] = []
-        app = SessionMiddleware(App(Scoped, events), scope, commit=True, before_response=True)
+        app = SessionMiddleware(App(Scoped, events), scope, commit=True)
         await call(app, "/a/200", events)
         assert events == [
             "callback a",
@@ -147,9 +147,9 @@ class TestSessionMiddleware:
     async def test_client_disconnect_rolls_back(
         self, arunner: asyncio.Runner, scope: Scope, Scoped: AsyncScoped, engine: sa.Engine
     ) -> None:
-        """A client gone before the response ended: rolled back, callbacks dropped, removed."""
+        """Committing after the response, a client gone before its end: rolled back, removed."""
         events: list[str] = []
-        app = SessionMiddleware(App(Scoped, events), scope, commit=True)
+        app = SessionMiddleware(App(Scoped, events), scope, commit=True, before_response=False)
         await call(app, "/a/200/disconnect", events)
         assert events == ["sent http.response.start"] + ["sent http.response.body"] * 2
         assert names(engine) == []
@@ -230,10 +230,11 @@ class TestSessionMiddleware:
             await call(SessionMiddleware(both, scope, commit=True), "/a/200", events)
         finally:
             sa_signals.uninstall(SyncScoped)
+        # Written after the response started, the sync row is committed when the app returns.
         assert events == [
+            "callback a",
             "sent http.response.start",
             "sent http.response.body",
-            "callback a",
             "callback sync",
         ]
         assert names(engine) == ["a"]
@@ -241,7 +242,10 @@ class TestSessionMiddleware:
             assert connection.scalar(sa.select(Audit.message)) == "sync"
         assert scope.keys() == set()
 
-    def test_before_response_needs_commit(self, scope: Scope) -> None:
-        """before_response=True without commit=True is refused."""
+    def test_before_response_follows_commit(self, scope: Scope) -> None:
+        """before_response defaults to commit; True without commit=True is refused."""
+        app = App(t.cast("AsyncScoped", None), [])
+        assert SessionMiddleware(app, scope, commit=True).before_response is True
+        assert SessionMiddleware(app, scope).before_response is False
         with pytest.raises(ValueError, match="pass commit=True too"):
-            SessionMiddleware(App(t.cast("AsyncScoped", None), []), scope, before_response=True)
+            SessionMiddleware(app, scope, before_response=True)

@@ -13,6 +13,7 @@ import fastapi
 import httpx
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.event as sa_event
 import sqlalchemy.ext.asyncio as sa_asyncio
 import starlette.applications
 import starlette.requests
@@ -26,8 +27,12 @@ from sa_signals.contrib.asgi import SessionMiddleware
 from sa_signals.contrib.scopes import Scope
 from sa_signals.contrib.starlette import SaSignals
 from tests.conftest import async_url
+from tests.conftest import count
+from tests.conftest import DEFERRABLE
 from tests.conftest import item_names as names
+from tests.models import customers
 from tests.models import Item
+from tests.models import orders
 
 
 @pytest.fixture
@@ -37,6 +42,14 @@ def request_engine(backend: str, engine: sa.Engine) -> c.Iterator[sa_asyncio.Asy
     new = sa_asyncio.create_async_engine(
         async_url(backend, engine), poolclass=sa.NullPool, connect_args=connect_args
     )
+    if backend == "sqlite":
+
+        @sa_event.listens_for(new.sync_engine, "connect")
+        def _connect(dbapi_connection: t.Any, record: object) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
     yield new
     asyncio.run(new.dispose())
 
@@ -93,11 +106,11 @@ class TestStarletteMiddleware:
         assert names(engine) == ["a", "d"]
         assert db.scope.keys() == set()
 
-    def test_commit_failure_before_response_is_a_500(
+    def test_commit_failure_is_a_500(
         self, maker: t.Any, uninstall: list[SaSignals], engine: sa.Engine
     ) -> None:
-        """With before_response, a commit that raises is answered 500, not the handler's 201."""
-        db = SaSignals(maker, before_response=True, robust=False)
+        """A commit that raises is answered 500, not the handler's 201."""
+        db = SaSignals(maker, robust=False)
         uninstall.append(db)
         ran: list[str] = []
         app = starlette_app(db, ran)
@@ -113,6 +126,41 @@ class TestStarletteMiddleware:
             sa_signals.signals.before_commit.disconnect(refuse)
         assert ran == []
         assert names(engine) == []
+        assert db.scope.keys() == set()
+
+    @pytest.mark.backends(*DEFERRABLE)
+    @pytest.mark.parametrize(("before_response", "refused"), [(None, 500), (False, 201)])
+    def test_deferred_constraint_refused_at_commit(
+        self,
+        maker: t.Any,
+        uninstall: list[SaSignals],
+        engine: sa.Engine,
+        before_response: bool | None,
+        refused: int,
+    ) -> None:
+        """A COMMIT refused by a deferred foreign key is answered 500 by default, not 201.
+
+        Committing after the response (``before_response=False``) answers 201 for data that was
+        never saved: the trade-off of not making the client wait for the commit.
+        """
+        db = SaSignals(maker, before_response=before_response)
+        uninstall.append(db)
+
+        async def create(request: starlette.requests.Request) -> starlette.responses.Response:
+            customer = int(request.path_params["customer"])
+            await db.session.execute(orders.insert().values(customer_id=customer))
+            return starlette.responses.PlainTextResponse("created", status_code=201)
+
+        app = starlette.applications.Starlette(
+            routes=[starlette.routing.Route("/orders/{customer}", create, methods=["POST"])]
+        )
+        db.init_app(app)
+        with engine.begin() as connection:
+            connection.execute(customers.insert().values(id=1))
+        with starlette.testclient.TestClient(app, raise_server_exceptions=False) as client:
+            assert client.post("/orders/1").status_code == 201
+            assert client.post("/orders/404").status_code == refused
+        assert count(engine, orders) == 1
         assert db.scope.keys() == set()
 
     def test_takes_an_async_scoped_session_on_a_scope(
@@ -133,17 +181,28 @@ class TestStarletteMiddleware:
         with pytest.raises(ValueError, match="pass commit=True too"):
             SaSignals(maker, commit=False, before_response=True)
 
+    def test_commits_before_the_response_unless_told_otherwise(
+        self, maker: t.Any, uninstall: list[SaSignals]
+    ) -> None:
+        """before_response defaults to commit: True when committing, False otherwise."""
+        db = SaSignals(maker)
+        uninstall.append(db)
+        assert db.before_response is True
+        uncommitted = SaSignals(sa_asyncio.async_sessionmaker(maker.kw["bind"]), commit=False)
+        uninstall.append(uncommitted)
+        assert uncommitted.before_response is False
+
     def test_given_the_app_adds_its_middleware(
         self, maker: t.Any, uninstall: list[SaSignals]
     ) -> None:
         """SaSignals(factory, app) adds the session middleware with its settings."""
         app = starlette.applications.Starlette()
-        db = SaSignals(maker, app, before_response=True)
+        db = SaSignals(maker, app, before_response=False)
         uninstall.append(db)
         [middleware] = app.user_middleware
         assert middleware.cls is SessionMiddleware
         assert middleware.args == (db.scope,)
-        assert middleware.kwargs == {"commit": True, "before_response": True}
+        assert middleware.kwargs == {"commit": True, "before_response": False}
 
 
 def fastapi_app(
@@ -243,14 +302,21 @@ def free_port() -> int:
 
 
 class TestUvicorn:
+    @pytest.mark.parametrize("before_response", [None, False])
     def test_concurrent_requests_under_uvicorn(
-        self, maker: t.Any, uninstall: list[SaSignals], engine: sa.Engine
+        self,
+        maker: t.Any,
+        uninstall: list[SaSignals],
+        engine: sa.Engine,
+        before_response: bool | None,
     ) -> None:
         """Concurrent requests on a real server: each removed, committed callbacks run once.
 
-        Requests that fail, and one whose client disconnects mid-response, are rolled back.
+        Requests that fail are rolled back. A client that disconnects mid-response finds its
+        request committed when the response started (the default), or rolled back when the
+        commit was to follow the response.
         """
-        db = SaSignals(maker)
+        db = SaSignals(maker, before_response=before_response)
         uninstall.append(db)
         ran: list[str] = []
         app = fastapi_app(db, ran, middleware=True)
@@ -270,16 +336,20 @@ class TestUvicorn:
             paths = [f"/items/r{i}?fail={kinds[i % 3]}" for i in range(30)]
 
             async def send_all() -> list[int]:
-                async with httpx.AsyncClient(
-                    base_url=f"http://127.0.0.1:{port}", timeout=20
-                ) as client:
+                base_url = f"http://127.0.0.1:{port}"
+                async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
                     responses = await asyncio.gather(*(client.post(path) for path in paths))
-                    # A client that goes away in the middle of a streamed response.
-                    async with client.stream("GET", "/stream/gone") as streamed:
-                        assert streamed.status_code == 200
-                        async for chunk in streamed.aiter_raw():
-                            assert chunk.startswith(b".")
-                            break
+                # A client that goes away in the middle of a streamed response. A client of
+                # its own: the server closes the connections of the failed requests, which the
+                # first client could otherwise pick again from its pool.
+                async with (
+                    httpx.AsyncClient(base_url=base_url, timeout=20) as client,
+                    client.stream("GET", "/stream/gone") as streamed,
+                ):
+                    assert streamed.status_code == 200
+                    async for chunk in streamed.aiter_raw():
+                        assert chunk.startswith(b".")
+                        break
                 return [response.status_code for response in responses]
 
             statuses = asyncio.run(asyncio.wait_for(send_all(), 60))
@@ -290,6 +360,8 @@ class TestUvicorn:
         assert server.started  # the assertions below are about a server that ran
         assert statuses == [[201, 409, 500][i % 3] for i in range(30)]
         committed = sorted(f"r{i}" for i in range(0, 30, 3))
+        if before_response is None:
+            committed = sorted(["gone", *committed])
         assert sorted(ran) == committed  # each exactly once, the failed ones never
         assert names(engine) == committed
         assert db.scope.keys() == set()
