@@ -41,6 +41,7 @@ SIGNALS = (
 
 _forced = 0
 _wanted = False
+_receiving = False
 
 
 def force_tracking(delta: int) -> None:
@@ -53,41 +54,31 @@ def force_tracking(delta: int) -> None:
 def refresh() -> None:
     """Recompute :func:`wanted`: called on install, uninstall, and whenever a change signal
     gains or loses a receiver (see ``bridge.sync_listeners()``)."""
-    global _wanted  # changed under install()'s lock
-    _wanted = tracking()
+    global _wanted, _receiving  # changed under install()'s lock
+    _receiving = any(signal.receivers for signal in SIGNALS)
+    _wanted = bool(_forced) or _receiving
 
 
 def wanted() -> bool:
     """Whether anything may need change sets, as of the last :func:`refresh`.
 
     The cheap check made before anything else, on every flushed row. A weak receiver collected
-    since leaves it True until the next refresh: :func:`tracking` is the exact answer.
+    since leaves it True until the next refresh (records are then made for nobody):
+    :func:`tracking` is the exact answer.
     """
     return _wanted
 
 
 def tracking() -> bool:
     """Whether a change signal has a receiver, or an installation tracks changes."""
-    return bool(_forced) or receiving()
-
-
-def receiving() -> bool:
-    """Whether a change signal has a receiver."""
-    # Spelled out rather than looped over SIGNALS: _tracked() asks it on every recorded row.
-    return bool(
-        signals.models_committed.receivers
-        or signals.committed.receivers
-        or signals.before_models_committed.receivers
-        or signals.models_rolled_back.receivers
-        or signals.rolled_back.receivers
-    )
+    return bool(_forced) or any(signal.receivers for signal in SIGNALS)
 
 
 def _tracked(session: sa_orm.Session) -> Installation | None:
     installation = installation_for(session)
     if installation is None:
         return None
-    if installation.track_changes or receiving():
+    if installation.track_changes or _receiving:
         return installation
     return None
 
