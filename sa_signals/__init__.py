@@ -15,6 +15,7 @@ from .exceptions import CoroutineMisuseError
 from .exceptions import ExternalTransactionError
 from .exceptions import InstallError
 from .exceptions import NotInstalledError
+from .exceptions import NotInstalledWarning
 from .exceptions import OutsideCallbackError
 from .exceptions import SaSignalsError
 from .exceptions import SaSignalsWarning
@@ -40,6 +41,7 @@ __all__ = [
     "ExternalTransactionError",
     "InstallError",
     "NotInstalledError",
+    "NotInstalledWarning",
     "OutsideCallbackError",
     "SaSignalsError",
     "SaSignalsWarning",

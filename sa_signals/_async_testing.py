@@ -12,8 +12,8 @@ import typing as t
 
 import sqlalchemy.ext.asyncio as sa_asyncio
 
+from . import _test_mode
 from ._core.install import async_support
-from ._core.state import TRANSACTIONAL_ATTR
 from .exceptions import NotInstalledError
 from .exceptions import ScopeError
 
@@ -35,14 +35,16 @@ async def transactional(
         )
         raise NotInstalledError(msg)
     maker, scoped = aio.maker, aio.scoped
-    if scoped is not None and scoped.registry.has():
-        if scoped.registry().in_transaction():
+    if scoped is not None:
+        idle = _test_mode.current_session(scoped.registry)
+        if idle is not None and idle.in_transaction():
             msg = (
                 "transactional() was entered while the async_scoped_session's current session"
                 " is in a transaction; await remove() on the async_scoped_session first."
             )
             raise ScopeError(msg)
-        await scoped.remove()
+        if idle is not None:
+            await scoped.remove()
     bind = bind if bind is not None else maker.kw.get("bind")
     if bind is None:
         msg = (
@@ -58,33 +60,15 @@ async def transactional(
         else:
             connection = await stack.enter_async_context(bind.connect())
             stack.push_async_callback((await connection.begin()).rollback)
-        saved = dict(maker.kw)
-        maker.configure(bind=connection, join_transaction_mode="create_savepoint")
         # The sync Connection is what the listeners and the distinct sessions see.
         marked = connection.sync_connection
         assert marked is not None  # started above
-        marked.__dict__[TRANSACTIONAL_ATTR] = True
         try:
-            yield connection
+            with _test_mode.bound(maker, aio.session_class, marked, connection):
+                yield connection
         finally:
-            del marked.__dict__[TRANSACTIONAL_ATTR]
-            maker.kw.clear()
-            maker.kw.update(saved)
             if scoped is not None:
-                await _remove_bound(scoped, connection)
-
-
-async def _remove_bound(
-    scoped: sa_asyncio.async_scoped_session[t.Any], connection: sa_asyncio.AsyncConnection
-) -> None:
-    """Close and remove the scoped sessions bound to ``connection``, in every task's scope.
-
-    A test runner may run set-up, test and clean-up in tasks of their own (unittest's
-    ``IsolatedAsyncioTestCase`` does): with ``scopefunc=asyncio.current_task`` each made one.
-    """
-    await scoped.remove()
-    sessions: dict[t.Any, sa_asyncio.AsyncSession] = getattr(scoped.registry, "registry", {})
-    for key, session in list(sessions.items()):
-        if session.bind is connection:
-            del sessions[key]
-            await session.close()
+                # A test runner may run set-up, test and clean-up in tasks of their own
+                # (unittest's IsolatedAsyncioTestCase does): each made a scoped session.
+                for session in _test_mode.bound_sessions(scoped.registry, connection):
+                    await session.close()

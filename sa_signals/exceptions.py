@@ -33,8 +33,9 @@ class CoroutineMisuseError(SaSignalsError, TypeError):
 
 
 class ScopeError(SaSignalsError, RuntimeError):
-    """A scope was misused: ``session_scope()`` met a scoped session already in a transaction,
-    or a ``contrib.scopes.Scope`` was used outside a unit of work or with a key in use."""
+    """A scope was misused: the transactional test mode met a scoped session already in a
+    transaction, or a ``contrib.scopes.Scope`` was used outside a unit of work or with a key in
+    use."""
 
 
 class ChangeLoopError(SaSignalsError, RuntimeError):
@@ -62,6 +63,13 @@ class SenderNameError(SaSignalsError, LookupError):
 
 class SaSignalsWarning(UserWarning):
     """Base class of every warning issued by sa_signals."""
+
+
+class NotInstalledWarning(SaSignalsWarning):
+    """A unit of work began while signals have receivers but no session factory is installed.
+
+    Nothing can send those signals: ``sa_signals.install()`` was forgotten, or comes too late.
+    """
 
 
 class WeakReceiverWarning(SaSignalsWarning):

@@ -11,7 +11,9 @@ import sqlalchemy.orm as sa_orm
 
 from ._core import external
 from ._core import queue as _queue
+from ._core.bridge import installed
 from ._core.commit import observe
+from ._core.install import installation_of
 from ._core.queue import push
 from ._core.runner import run
 from ._core.state import async_api
@@ -34,12 +36,16 @@ _CO_FLAGS = inspect.CO_COROUTINE
 _Session = sa_orm.Session
 
 
-def on_commit(callback: Callback, target: SessionTarget, /, *, robust: bool = True) -> None:
+def on_commit(
+    callback: Callback, target: SessionTarget | None = None, /, *, robust: bool = True
+) -> None:
     """Run ``callback`` after the outermost transaction of ``target`` truly commits.
 
     ``target`` is a session, or a ``scoped_session`` standing for its current session; an
     ``AsyncSession`` or ``async_scoped_session`` also takes coroutine functions, awaited
-    before ``await commit()`` returns (see ``docs/asyncio.md``).
+    before ``await commit()`` returns (see ``docs/asyncio.md``). Left out, it is the one
+    installed ``scoped_session`` or ``async_scoped_session``, as Django's ``on_commit(func)``
+    uses the current connection; with none or several installed, the session must be given.
 
     The callback is dropped if that transaction, or a savepoint it was registered in, rolls
     back. It runs with no arguments inside a distinct session (see :func:`current_session`).
@@ -160,8 +166,37 @@ def _session_of(target: object) -> sa_orm.Session:
         if isinstance(target, api.async_scoped_session):
             session = target().sync_session
             return session
+    if target is None:
+        return _session_of(_the_scoped_session())
     msg = (
         "on_commit() needs a Session or a scoped_session (or an AsyncSession or an"
         f" async_scoped_session), got {target!r}"
     )
     raise TypeError(msg)
+
+
+def _the_scoped_session() -> object:
+    """Return the one installed ``scoped_session`` or ``async_scoped_session``."""
+    # installation_of() is None for a class uninstalled meanwhile.
+    installations = [each for each in map(installation_of, installed()) if each is not None]
+    if not installations:
+        msg = (
+            "on_commit() was given no session and no session factory is installed: call"
+            " sa_signals.install() on your scoped_session, or pass the session."
+        )
+        raise NotInstalledError(msg)
+    scoped: list[object] = []
+    for installation in installations:
+        if installation.scoped is not None:
+            scoped.append(installation.scoped)
+        elif installation.aio is not None and installation.aio.scoped is not None:
+            scoped.append(installation.aio.scoped)
+    if len(scoped) != 1:
+        found = "none is" if not scoped else f"{len(scoped)} are"
+        msg = (
+            "on_commit() without a session registers on the current session of the installed"
+            f" scoped_session, but {found} installed: pass the session,"
+            " on_commit(callback, session)."
+        )
+        raise TypeError(msg)
+    return scoped[0]

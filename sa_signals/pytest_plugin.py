@@ -19,6 +19,7 @@ import typing as t
 
 import pytest
 
+from . import _test_mode
 from . import testing
 from ._core.state import is_async_factory
 
@@ -95,9 +96,10 @@ def sa_signals_transaction(
 def sa_signals_session(
     sa_signals_transaction: sa.Connection, sa_signals_session_factory: SessionFactory
 ) -> c.Iterator[sa_orm.Session]:
-    """A session of the factory in the transactional test mode (for a ``scoped_session``, its
-    current session); closed after the test, before the rollback."""
-    with contextlib.closing(sa_signals_session_factory()) as session:
+    """A session of the factory in the transactional test mode, closed after the test, before the
+    rollback: for a ``scoped_session``, its current session, or outside its scopes (a Flask
+    application context, a request's unit of work) a session of its own."""
+    with contextlib.closing(_test_session(sa_signals_session_factory)) as session:
         yield session
 
 
@@ -146,9 +148,9 @@ def sa_signals_async_transaction(
 def sa_signals_async_session(
     request: pytest.FixtureRequest, sa_signals_async_transaction: sa_asyncio.AsyncConnection
 ) -> sa_asyncio.AsyncSession:
-    """An ``AsyncSession`` of the factory in the transactional test mode (for an
-    ``async_scoped_session``, the current session of the test's task); closed after the test,
-    before the rollback."""
+    """An ``AsyncSession`` of the factory in the transactional test mode, closed after the test,
+    before the rollback: for an ``async_scoped_session``, the current session of the test's
+    task, or outside its scopes (a request's unit of work) a session of its own."""
     _check_async_test(request, "sa_signals_async_session")
     return t.cast("sa_asyncio.AsyncSession", _InTest("session"))
 
@@ -184,7 +186,7 @@ def _in_transaction(
                     if value.name == "transaction":
                         kwargs[name] = connection
                     else:
-                        session = session or factory()
+                        session = session or _test_session(factory)
                         kwargs[name] = session
             try:
                 return await test(**kwargs)
@@ -193,6 +195,19 @@ def _in_transaction(
                     await session.close()
 
     return run_test
+
+
+def _test_session(factory: t.Any) -> t.Any:
+    """Return the session a test gets from ``factory``.
+
+    Outside every scope of a scoped factory, such as the requests of a web application
+    (``contrib.flask``, ``contrib.starlette``), the test has a session of its own: each request
+    makes its own as in production, and the test's cannot be one of them.
+    """
+    registry = getattr(factory, "registry", None)
+    if registry is not None and not _test_mode.in_scope(registry):
+        return factory.session_factory()
+    return factory()
 
 
 def _watch_failures(request: pytest.FixtureRequest) -> None:
@@ -228,3 +243,17 @@ def pytest_runtest_call(item: pytest.Item) -> c.Iterator[None]:
         failures.clear()
         raise first
     return result
+
+
+@pytest.fixture
+def sa_signals_outbox_drain(
+    sa_signals_session_factory: SessionFactory,
+) -> c.Callable[[], t.Any]:
+    """Return a function that runs every due outbox row now and returns how many ran.
+
+    It drains ``sa_signals_session_factory`` (an awaitable for an async one): rows committed by
+    the code under test whose run after the commit failed, was delayed or left to workers.
+    """
+    from .outbox import drain  # imported on use: the outbox is optional
+
+    return functools.partial(drain, sa_signals_session_factory)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import collections.abc as c
 import contextlib
+import contextvars
 import functools
 import inspect
+import sys
+import threading
 import typing as t
 
 import sqlalchemy.orm as sa_orm
@@ -14,7 +17,7 @@ from ._core.state import async_api
 from ._core.state import is_async_factory
 from ._core.state import registry_holding
 from ._log import logger
-from .exceptions import ScopeError
+from ._not_installed import warn_if_nothing_installed
 
 if t.TYPE_CHECKING:
     import types
@@ -128,6 +131,13 @@ def session_scope(factory: SessionFactory | AsyncSessionFactory, /) -> SessionSc
     The session is always closed at the end; for a ``scoped_session``, ``remove()`` is called, so
     the registry holds nothing afterwards. An exception is re-raised after the rollback. Over an
     ``async_sessionmaker`` or ``async_scoped_session`` the same holds with ``async with``.
+
+    A scope entered inside another unit of work of ``factory`` nests, as Django's ``atomic()``
+    does: it yields that unit's session inside a SAVEPOINT, released on success and rolled back
+    (with the on_commit callbacks registered in it) on error; the outer unit's commit stays the
+    real one. For a ``scoped_session`` the outer unit is its current session when that is in a
+    transaction or held by an open scope; for a ``sessionmaker``, the innermost open scope (or
+    :func:`distinct_session`) over the same sessionmaker in the same thread and task.
     """
     if is_async_factory(factory):
         return SessionScope(None, functools.partial(_async_unit_of_work, factory))
@@ -157,35 +167,101 @@ def _check_factory(factory: object, name: str) -> None:
         raise TypeError(msg)
 
 
+class _Unit:
+    """A unit of work opened by a scope: the factory, its session, and where it runs."""
+
+    __slots__ = ("factory", "owner", "session")
+
+    def __init__(self, factory: object, session: object) -> None:
+        self.factory = factory
+        self.session = session
+        self.owner = _owner()
+
+
+_units: contextvars.ContextVar[tuple[_Unit, ...]] = contextvars.ContextVar(
+    "sa_signals_units", default=()
+)
+"""The units of work open in this context, innermost last. A task or thread started meanwhile
+inherits them: :attr:`_Unit.owner` tells whose they are."""
+
+
+def _owner() -> tuple[int, object]:
+    """Return the thread and the asyncio task the code runs in."""
+    # asyncio is only looked up: importing it would slow the runner of every sync program, and
+    # a program that never imported it runs no task.
+    aio = sys.modules.get("asyncio")
+    loop = None if aio is None else aio._get_running_loop()
+    task = None if loop is None else aio.current_task(loop)  # type: ignore[union-attr]
+    return threading.get_ident(), task
+
+
+def _enclosing(factory: object, registry: t.Any) -> t.Any:
+    """Return the session a scope over ``factory`` nests in, or None to open a unit of work.
+
+    For a scoped ``factory`` (whose ``registry`` is given): its current session, if that is in a
+    transaction or held by an open scope. For a sessionmaker: the session of the innermost open
+    unit of ``factory`` in this thread and task.
+    """
+    if registry is not None:
+        if not registry.has():
+            return None
+        current = registry()
+        if current.in_transaction() or any(unit.session is current for unit in _units.get()):
+            return current
+        return None
+    owner = _owner()
+    for unit in reversed(_units.get()):
+        if unit.factory is factory and unit.owner == owner:
+            return unit.session
+    return None
+
+
+@contextlib.contextmanager
+def _opened(factory: object, session: object) -> c.Iterator[None]:
+    """Record ``session`` as the open unit of work of ``factory`` for the block.
+
+    The block is the unit's body only: its commit, whose on_commit callbacks may open units of
+    their own, comes after it.
+    """
+    token = _units.set((*_units.get(), _Unit(factory, session)))
+    try:
+        yield
+    finally:
+        _units.reset(token)
+
+
 @contextlib.contextmanager
 def _unit_of_work(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
-    if not isinstance(factory, sa_orm.scoped_session):
-        with _commit_or_rollback(factory()) as session:
-            yield session
+    registry = factory.registry if isinstance(factory, sa_orm.scoped_session) else None
+    outer: sa_orm.Session | None = _enclosing(factory, registry)
+    if outer is not None:
+        with outer.begin_nested():
+            yield outer
         return
-    registry = factory.registry
-    if registry.has() and registry().in_transaction():
-        msg = (
-            "session_scope() was entered while the scoped_session's current session is in"
-            " a transaction; pass that session down, or use distinct_session() for an"
-            " independent one."
-        )
-        raise ScopeError(msg)
+    warn_if_nothing_installed(f"session_scope({factory!r})")
+    session = factory()
     try:
-        with _commit_or_rollback(factory()) as session:
+        with _commit_or_rollback(session), _opened(factory, session):
             yield session
     finally:
-        factory.remove()
+        if isinstance(factory, sa_orm.scoped_session):
+            factory.remove()
 
 
 @contextlib.contextmanager
 def _distinct(factory: SessionFactory) -> c.Iterator[sa_orm.Session]:
+    warn_if_nothing_installed(f"distinct_session({factory!r})")
     if not isinstance(factory, sa_orm.scoped_session):
-        with _commit_or_rollback(factory()) as session:
+        session = factory()
+        with _commit_or_rollback(session), _opened(factory, session):
             yield session
         return
     session = factory.session_factory()
-    with registry_holding(factory.registry, session), _commit_or_rollback(session):
+    with (
+        registry_holding(factory.registry, session),
+        _commit_or_rollback(session),
+        _opened(factory, session),
+    ):
         yield session
 
 
@@ -218,39 +294,43 @@ def _is_async_scoped(factory: object) -> bool:
 async def _async_unit_of_work(
     factory: AsyncSessionFactory,
 ) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
-    if not _is_async_scoped(factory):
-        async with _async_commit_or_rollback(factory()) as session:
-            yield session
+    scoped = _is_async_scoped(factory)
+    outer: sa_asyncio.AsyncSession | None = _enclosing(
+        factory,
+        factory.registry if scoped else None,  # type: ignore[union-attr]
+    )
+    if outer is not None:
+        async with outer.begin_nested():
+            yield outer
         return
-    scoped = t.cast("sa_asyncio.async_scoped_session[t.Any]", factory)
-    registry = scoped.registry
-    if registry.has() and registry().in_transaction():
-        msg = (
-            "session_scope() was entered while the async_scoped_session's current session is"
-            " in a transaction; pass that session down, or use distinct_session() for an"
-            " independent one."
-        )
-        raise ScopeError(msg)
+    warn_if_nothing_installed(f"session_scope({factory!r})")
+    session = factory()
     try:
-        async with _async_commit_or_rollback(scoped()) as session:
-            yield session
+        async with _async_commit_or_rollback(session):
+            with _opened(factory, session):
+                yield session
     finally:
-        await scoped.remove()
+        if scoped:
+            await factory.remove()  # type: ignore[union-attr]
 
 
 @contextlib.asynccontextmanager
 async def _async_distinct(
     factory: AsyncSessionFactory,
 ) -> c.AsyncIterator[sa_asyncio.AsyncSession]:
+    warn_if_nothing_installed(f"distinct_session({factory!r})")
     if not _is_async_scoped(factory):
-        async with _async_commit_or_rollback(factory()) as session:
-            yield session
+        session = factory()
+        async with _async_commit_or_rollback(session):
+            with _opened(factory, session):
+                yield session
         return
     scoped = t.cast("sa_asyncio.async_scoped_session[t.Any]", factory)
     session = scoped.session_factory()
     with registry_holding(scoped.registry, session):
         async with _async_commit_or_rollback(session):
-            yield session
+            with _opened(factory, session):
+                yield session
 
 
 @contextlib.asynccontextmanager

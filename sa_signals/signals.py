@@ -121,3 +121,19 @@ executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
 bulk_delete = ModelSignal("bulk_delete", family="veto")
 """Sent when an ORM bulk DELETE (``session.execute(delete(Model)...)``, ``Query.delete()``) has
 executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
+
+remote_committed = Signal("remote_committed")
+"""Sent by a fan-out listener (``sa_signals.fanout.listen()``) once per model of each transaction
+another process committed and published. Sender: the mapped class, or the model's stable name (a
+``str``) when no mapped class of this process has it. Keywords: ``changes``, a list of
+:class:`~sa_signals.fanout.RemoteChange`; ``message``, the :class:`~sa_signals.fanout.Message`."""
+
+remote_gap = Signal("remote_gap")
+"""Sent by a fan-out listener when remote changes may have been missed (its first subscription, a
+reconnect, a lost or unreadable message, a publisher's failure or silence): flush every cache
+fed by ``remote_committed``. Sender: the listener. Keywords: ``reason``."""
+
+outbox_failed = Signal("outbox_failed")
+"""Sent when an outbox handler raised, once its writes were rolled back and the failure recorded
+on the row (see ``docs/outbox.md``). Sender: the handler's name. Keywords: ``row_id``,
+``exception``, ``attempts`` (runs so far), ``dead`` (True if the row will not run again)."""

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.util.concurrency as sa_concurrency
 
+from . import _test_mode
 from . import signals as _signals
 from ._core.capture import Capture
 from ._core.install import installation_of
@@ -32,7 +33,6 @@ from ._core.state import async_api
 from ._core.state import INSTALLATION_ATTR
 from ._core.state import installation_for
 from ._core.state import is_async_factory
-from ._core.state import TRANSACTIONAL_ATTR
 from ._dispatch import Signal
 from .exceptions import NotInstalledError
 from .exceptions import ScopeError
@@ -68,7 +68,8 @@ def capture_on_commit(
     ``target`` is a session (or ``AsyncSession``): its callbacks registered in the block are
     captured. A ``sessionmaker`` or ``async_sessionmaker`` captures those of every session it
     makes inside the block (in any thread); a ``scoped_session`` or ``async_scoped_session``
-    those of its current session and of every session it makes inside the block.
+    those of its current session (if the block is entered in one of its scopes) and of every
+    session it makes inside the block, such as each request's.
 
     The yielded list is filled as the block runs and when it ends, in order, with every
     callback registered in the block whose transaction committed (the callback ran), waits on
@@ -164,15 +165,14 @@ def _capture_target(
     if isinstance(target, sa_orm.Session):
         session, factory = target, False
     elif isinstance(target, sa_orm.scoped_session):
-        if target.registry.has():
-            session = target.registry()
+        session = _test_mode.current_session(target.registry)
     elif not isinstance(target, sa_orm.sessionmaker):
         api = async_api()
         if api is not None and isinstance(target, api.AsyncSession):
             session, factory = target.sync_session, False
         elif api is not None and isinstance(target, api.async_scoped_session):
-            if target.registry.has():
-                session = target.registry().sync_session
+            current = _test_mode.current_session(target.registry)
+            session = current.sync_session if current is not None else None
         elif api is None or not isinstance(target, api.async_sessionmaker):
             msg = (
                 "capture_on_commit() needs a Session, a scoped_session or a sessionmaker (or"
@@ -351,20 +351,23 @@ def _transactional(
     if not isinstance(maker, sa_orm.sessionmaker):
         msg = f"transactional() needs a sessionmaker or a scoped_session, got {factory!r}"
         raise TypeError(msg)
-    if getattr(maker.class_, INSTALLATION_ATTR, None) is None:
+    installation: Installation | None = getattr(maker.class_, INSTALLATION_ATTR, None)
+    if installation is None:
         msg = (
             f"{factory!r} is not installed: call sa_signals.install() on it before entering"
             " the transactional test mode."
         )
         raise NotInstalledError(msg)
-    if scoped is not None and scoped.registry.has():
-        if scoped.registry().in_transaction():
+    if scoped is not None:
+        idle = _test_mode.current_session(scoped.registry)
+        if idle is not None and idle.in_transaction():
             msg = (
                 "transactional() was entered while the scoped_session's current session is in"
                 " a transaction; call remove() on the scoped_session first."
             )
             raise ScopeError(msg)
-        scoped.remove()
+        if idle is not None:
+            scoped.remove()
     bind = bind if bind is not None else maker.kw.get("bind")
     if bind is None:
         msg = (
@@ -380,14 +383,10 @@ def _transactional(
         else:
             connection = stack.enter_context(bind.connect())
             stack.callback(connection.begin().rollback)
-        saved = dict(maker.kw)
-        maker.configure(bind=connection, join_transaction_mode="create_savepoint")
-        connection.__dict__[TRANSACTIONAL_ATTR] = True
         try:
-            yield connection
+            with _test_mode.bound(maker, installation.session_class, connection, connection):
+                yield connection
         finally:
-            del connection.__dict__[TRANSACTIONAL_ATTR]
-            maker.kw.clear()
-            maker.kw.update(saved)
             if scoped is not None:
-                scoped.remove()
+                for session in _test_mode.bound_sessions(scoped.registry, connection):
+                    session.close()

@@ -160,14 +160,17 @@ DOCUMENTED_WHOLE = [
     "sa_signals.contrib.scopes",
     "sa_signals.contrib.starlette",
     "sa_signals.contrib.wsgi",
+    "sa_signals.fanout",
+    "sa_signals.fanout.postgresql",
+    "sa_signals.fanout.redis_pubsub",
+    "sa_signals.fanout.redis_streams",
+    "sa_signals.outbox",
 ]
-"""The public modules the API reference renders whole: every public member with its docstring.
+"""The public modules the API reference renders whole: every public member with its docstring."""
 
-The outbox and the fan-out (``sa_signals.outbox``, ``sa_signals.fanout``) join this list, and
-docs/api/, when they land."""
-
-NOT_API = {"sa_signals.contrib.flask.msg"}
-"""Module-level names that are not API (the message of the error raised without Flask)."""
+NOT_API = {"sa_signals.contrib.flask.msg", "sa_signals.fanout.postgresql.msg"}
+"""Module-level names that are not API (the message of the error raised without Flask, or
+without psycopg)."""
 
 
 def resolve(path: str) -> object:

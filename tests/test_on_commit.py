@@ -977,6 +977,79 @@ class TestThreadsAndState:
         assert session_ref() is None
 
 
+class TestWithoutASession:
+    """``on_commit(func)``, as in Django: on the current session of the one scoped session."""
+
+    def test_registers_on_the_current_session(
+        self, flavour: Flavour, Session: Scoped, recorder: Recorder
+    ) -> None:
+        """With one scoped session installed, the callback waits for its current session."""
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do(1))
+        recorder.assert_done([])
+        flavour.aw(Session.commit())
+        recorder.assert_done([1])
+
+    def test_keeps_the_savepoint_rules(
+        self, flavour: Flavour, Session: Scoped, recorder: Recorder
+    ) -> None:
+        """A callback registered without a session in a rolled-back savepoint is dropped."""
+        Session.add(Item(name="a"))
+        with contextlib.suppress(LookupError), flavour.nested(Session()):
+            sa_signals.on_commit(recorder.do("dropped"))
+            raise LookupError
+        sa_signals.on_commit(recorder.do("kept"))
+        flavour.aw(Session.commit())
+        recorder.assert_done(["kept"])
+
+    def test_runs_at_once_outside_a_transaction(self, Session: Scoped) -> None:
+        """With no transaction open on the current session, the callback runs at once."""
+        ran: list[int] = []
+        sa_signals.on_commit(lambda: ran.append(1))
+        assert ran == [1]
+
+    def test_in_a_callback_registers_on_its_distinct_session(
+        self, flavour: Flavour, Session: Scoped, engine: sa.Engine
+    ) -> None:
+        """Inside a callback the current session is the callback's: its commit runs it."""
+        seen: list[int] = []
+
+        def first() -> None:
+            Session.add(Audit(message="first"))
+            sa_signals.on_commit(lambda: seen.append(count(engine, Audit)))
+
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(first)
+        flavour.aw(Session.commit())
+        assert seen == [1]
+
+    def test_needs_one_scoped_session(self, Session: Scoped, engine: sa.Engine) -> None:
+        """With several scoped sessions installed, or only sessionmakers, the error says to
+        pass the session."""
+        other = sa_orm.scoped_session(sa_orm.sessionmaker(engine))
+        sa_signals.install(other)
+        try:
+            with pytest.raises(TypeError, match=r"but 2 are installed: pass the session"):
+                sa_signals.on_commit(lambda: None)
+        finally:
+            sa_signals.uninstall(other)
+        sa_signals.uninstall(Session)
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker)
+        try:
+            with pytest.raises(TypeError, match=r"but none is installed: pass the session"):
+                sa_signals.on_commit(lambda: None)
+        finally:
+            sa_signals.uninstall(maker)
+
+    @pytest.mark.flavours("sync")
+    def test_nothing_installed_names_install(self, flavour: Flavour, Session: Scoped) -> None:
+        """With nothing installed, the error names install()."""
+        sa_signals.uninstall(Session)
+        with pytest.raises(sa_signals.NotInstalledError, match=r"call sa_signals\.install\(\)"):
+            sa_signals.on_commit(lambda: None)
+
+
 class TestBadInput:
     def test_non_callable_fails_at_registration(self, session: AnySession) -> None:
         """A non-callable is refused at once, not at commit."""

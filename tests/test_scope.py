@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc as c
+import contextvars
+import threading
 import typing as t
 
 import pytest
@@ -15,6 +18,7 @@ from tests.models import Item
 
 if t.TYPE_CHECKING:
     from tests.conftest import Flavour
+    from tests.conftest import Recorder
 
 Scoped = t.Any
 """A ``scoped_session`` or an ``async_scoped_session``, by flavour."""
@@ -162,31 +166,193 @@ class TestSessionScope:
     def test_one_scope_object_nests(
         self, flavour: Flavour, AnySession: Scoped, engine: sa.Engine
     ) -> None:
-        """A scope object over a sessionmaker can be entered again while in use."""
+        """A scope object over a sessionmaker entered again while in use nests in its session."""
         scope = sa_signals.session_scope(AnySession.session_factory)
-        with flavour.enter(scope) as first, flavour.enter(scope) as second:
-            assert first is not second
+        with flavour.enter(scope) as first:
             first.add(Item(name="a"))
-            second.add(Audit(message="b"))
+            with flavour.enter(scope) as second:
+                assert second is first
+                second.add(Audit(message="b"))
+            assert first.in_transaction()
         assert names(engine) == ["a"]
         assert names(engine, Audit) == ["b"]
-
-    def test_refuses_a_scoped_session_in_a_transaction(
-        self, flavour: Flavour, AnySession: Scoped
-    ) -> None:
-        """Entering over a scoped session already in a transaction says what to do instead."""
-        flavour.aw(AnySession().execute(sa.select(1)))
-        with (
-            pytest.raises(sa_signals.ScopeError, match="use distinct_session"),
-            flavour.enter(sa_signals.session_scope(AnySession)),
-        ):
-            pass  # pragma: no cover
-        flavour.aw(AnySession().rollback())
 
     def test_refuses_a_session(self, flavour: Flavour, any_session: t.Any) -> None:
         """A session is not a factory."""
         with pytest.raises(TypeError, match="needs a sessionmaker or a scoped_session"):
             sa_signals.session_scope(any_session)
+
+
+class TestNestedSessionScope:
+    """A scope inside a unit of work of its factory is a savepoint, as Django's atomic()."""
+
+    def test_nested_scope_is_a_savepoint_of_the_outer_session(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine, recorder: Recorder
+    ) -> None:
+        """The inner scope yields the outer session; only the outer commit is a COMMIT."""
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            outer.add(Item(name="a"))
+            with flavour.enter(sa_signals.session_scope(factory)) as inner:
+                assert inner is outer
+                assert inner.in_nested_transaction()
+                inner.add(Item(name="b"))
+                sa_signals.on_commit(recorder.do("b"), inner)
+            assert not outer.in_nested_transaction()
+            assert outer.in_transaction()
+            recorder.assert_done([])
+            assert count(engine, Item) == 0
+        recorder.assert_done(["b"])
+        assert names(engine) == ["a", "b"]
+
+    def test_discards_work_and_callbacks_of_a_failed_inner_scope(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine, recorder: Recorder
+    ) -> None:
+        """An inner scope that raises rolls back its savepoint alone; the outer one commits."""
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            outer.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do("a"), outer)
+            with (
+                pytest.raises(LookupError),
+                flavour.enter(sa_signals.session_scope(factory)) as inner,
+            ):
+                inner.add(Item(name="b"))
+                flavour.aw(inner.flush())
+                sa_signals.on_commit(recorder.do("b"), inner)
+                raise LookupError("inner failed")
+            assert outer.in_transaction()
+        recorder.assert_done(["a"])
+        assert names(engine) == ["a"]
+
+    def test_inner_scope_rolled_back_with_outer(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine, recorder: Recorder
+    ) -> None:
+        """A released inner scope is rolled back with the outer one, callbacks included."""
+        with (
+            pytest.raises(LookupError),
+            flavour.enter(sa_signals.session_scope(factory)) as outer,
+        ):
+            outer.add(Item(name="a"))
+            with flavour.enter(sa_signals.session_scope(factory)) as inner:
+                inner.add(Item(name="b"))
+                sa_signals.on_commit(recorder.do("b"), inner)
+            raise LookupError("outer failed")
+        recorder.assert_done([])
+        assert count(engine, Item) == 0
+
+    def test_nests_in_an_idle_outer_scope(self, flavour: Flavour, factory: t.Any) -> None:
+        """An outer scope whose session has not begun yet is still the unit the inner joins."""
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            with flavour.enter(sa_signals.session_scope(factory)) as inner:
+                assert inner is outer
+            assert outer.in_transaction()  # the savepoint began the outer transaction
+
+    def test_decorated_function_nests_in_the_callers_scope(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """A function decorated with the scope, called inside one, runs in a savepoint."""
+        scope = sa_signals.session_scope(factory)
+        if flavour.is_async:
+
+            @scope
+            async def acreate(name: str, *, session: t.Any) -> t.Any:
+                session.add(Item(name=name))
+                await session.flush()
+                raise LookupError(name)
+
+            def create(name: str) -> t.Any:
+                return flavour.aw(acreate(name))
+        else:
+
+            @scope
+            def create(name: str, *, session: t.Any) -> t.Any:
+                session.add(Item(name=name))
+                session.flush()
+                raise LookupError(name)
+
+        with flavour.enter(scope) as outer:
+            outer.add(Item(name="a"))
+            with pytest.raises(LookupError, match="b"):
+                create("b")
+        assert names(engine) == ["a"]
+
+    def test_distinct_session_inside_is_a_unit_of_its_own(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """distinct_session() opens an independent unit, which scopes inside it then join."""
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            flavour.aw(outer.execute(sa.select(1)))  # SQLite has one writer: the outer one reads
+            with flavour.enter(sa_signals.distinct_session(factory)) as independent:
+                assert independent is not outer
+                with flavour.enter(sa_signals.session_scope(factory)) as inner:
+                    assert inner is independent
+                    inner.add(Audit(message="independent"))
+            assert count(engine, Audit) == 1  # committed on its own, the outer still open
+
+    def test_scope_in_a_callback_of_the_outer_commit_is_its_own(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """A scope entered by an on_commit callback, which runs after the outer unit committed,
+        is a unit of its own: it commits, on a session other than the committed one."""
+        seen: list[t.Any] = []
+
+        def audit() -> None:
+            with sa_signals.session_scope(factory) as session:
+                seen.append(session)
+                session.add(Audit(message="after the order"))
+
+        async def aaudit() -> None:
+            async with sa_signals.session_scope(factory) as session:
+                seen.append(session)
+                session.add(Audit(message="after the order"))
+
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            outer.add(Item(name="a"))
+            sa_signals.on_commit(aaudit if flavour.is_async else audit, outer)
+        assert seen[0] is not outer
+        assert names(engine, Audit) == ["after the order"]
+
+    @pytest.mark.parametrize("factory", ["sessionmaker"], indirect=True)
+    def test_sessionmaker_scope_of_another_task_or_thread_is_its_own(
+        self, flavour: Flavour, factory: t.Any
+    ) -> None:
+        """A task or thread started inside a scope, which inherits its context, does not join
+        its session: a session serves one thread and task at a time."""
+        seen: list[t.Any] = []
+
+        async def in_a_task() -> None:
+            async with sa_signals.session_scope(factory) as session:
+                seen.append(session)
+
+        def in_a_thread() -> None:
+            with sa_signals.session_scope(factory) as session:
+                seen.append(session)
+
+        with flavour.enter(sa_signals.session_scope(factory)) as outer:
+            if flavour.is_async:
+                flavour.aw(asyncio.ensure_future(in_a_task()))
+            else:
+                context = contextvars.copy_context()
+                thread = threading.Thread(target=context.run, args=[in_a_thread])
+                thread.start()
+                thread.join()
+        assert len(seen) == 1
+        assert seen[0] is not outer
+
+    @pytest.mark.parametrize("factory", ["scoped"], indirect=True)
+    def test_nests_in_a_scoped_session_already_in_a_transaction(
+        self, flavour: Flavour, factory: t.Any, engine: sa.Engine
+    ) -> None:
+        """A current session in a transaction (a request's, say) is the unit the scope joins."""
+        current = factory()
+        current.add(Item(name="a"))
+        with flavour.enter(sa_signals.session_scope(factory)) as inner:
+            assert inner is current
+            inner.add(Item(name="b"))
+        assert current.in_transaction()
+        assert factory() is current
+        assert count(engine, Item) == 0
+        flavour.aw(current.commit())
+        assert names(engine) == ["a", "b"]
 
 
 class TestDistinctSession:

@@ -20,7 +20,10 @@ from sa_signals import testing
 from sa_signals._core.state import TRANSACTIONAL_ATTR
 from tests.conftest import count
 from tests.models import Audit
+from tests.models import Book
+from tests.models import customers
 from tests.models import Item
+from tests.models import orders
 
 if t.TYPE_CHECKING:
     from tests.conftest import Connector
@@ -730,6 +733,104 @@ class TestTransactional:
             assert AnySession().bind is connection
 
 
+@pytest.mark.backends("sqlite", "postgresql")
+class TestSimulatedCommit:
+    """The outermost commit in the mode checks the deferred constraints COMMIT would check."""
+
+    def test_deferred_violation_fails_the_commit(
+        self, flavour: Flavour, AnySession: t.Any, engine: sa.Engine, recorder: Recorder
+    ) -> None:
+        """A row breaking a deferred foreign key fails commit() and runs no callback."""
+        with flavour.enter(testing.transactional(AnySession)):
+            session = AnySession()
+            flavour.aw(session.execute(orders.insert().values(id=1, customer_id=404)))
+            sa_signals.on_commit(recorder.do("order"), session)
+            with pytest.raises(sa.exc.IntegrityError, match=r"(?i)foreign key"):
+                flavour.aw(session.commit())
+            flavour.aw(session.rollback())
+            recorder.assert_done([])
+            assert flavour.aw(session.scalar(sa.select(sa.func.count()).select_from(orders))) == 0
+
+    @pytest.mark.parametrize("ending", ["rollback", "close"])
+    def test_the_test_goes_on_after_a_failed_commit(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, ending: str
+    ) -> None:
+        """Rolled back or closed after the failure (as a request's teardown does), the session
+        and the test's transaction work on: the next commit succeeds."""
+        with flavour.enter(testing.transactional(AnySession)):
+            session = AnySession()
+            flavour.aw(session.execute(orders.insert().values(id=1, customer_id=404)))
+            with pytest.raises(sa.exc.IntegrityError):
+                flavour.aw(session.commit())
+            flavour.aw(getattr(session, ending)())
+            flavour.aw(session.execute(customers.insert().values(id=1)))
+            flavour.aw(session.execute(orders.insert().values(id=1, customer_id=1)))
+            sa_signals.on_commit(recorder.do("order"), session)
+            flavour.aw(session.commit())
+            recorder.assert_done(["order"])
+
+    def test_constraints_stay_deferred_until_the_commit(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
+        """A row may break a deferred key until its commit, in every transaction of the test."""
+        with flavour.enter(testing.transactional(AnySession)):
+            for number in (1, 2):
+                session = AnySession()
+                flavour.aw(session.execute(orders.insert().values(id=number, customer_id=number)))
+                flavour.aw(session.execute(customers.insert().values(id=number)))
+                sa_signals.on_commit(recorder.do(number), session)
+                flavour.aw(session.commit())
+        recorder.assert_done([1, 2])
+
+    def test_savepoint_release_checks_nothing(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
+        """A savepoint release checks nothing, as in production; the commit after it does."""
+        with flavour.enter(testing.transactional(AnySession)):
+            session = AnySession()
+            with flavour.nested(session):
+                flavour.aw(session.execute(orders.insert().values(id=1, customer_id=404)))
+                sa_signals.on_commit(recorder.do("order"), session)
+            with pytest.raises(sa.exc.IntegrityError):
+                flavour.aw(session.commit())
+            flavour.aw(session.rollback())
+        recorder.assert_done([])
+
+    def test_a_callbacks_commit_is_checked_too(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
+        """The commit of a callback's distinct session is checked as its real COMMIT would be."""
+
+        def write_an_orphan() -> None:
+            flavour.aw(AnySession.execute(orders.insert().values(id=2, customer_id=404)))
+            sa_signals.on_commit(recorder.do("never"), AnySession)
+
+        with flavour.enter(testing.transactional(AnySession)):
+            AnySession.add(Item(name="a"))
+            sa_signals.on_commit(write_an_orphan, AnySession)
+            with testing.capture_signals(signals.on_commit_failed) as failures:
+                flavour.aw(AnySession.commit())
+            [failure] = failures
+            assert isinstance(failure.kwargs["exception"], sa.exc.IntegrityError)
+            count_orders = sa.select(sa.func.count()).select_from(orders)
+            assert flavour.aw(AnySession.scalar(count_orders)) == 0
+        recorder.assert_done([])
+
+    @pytest.mark.backends("sqlite")
+    @pytest.mark.flavours("sync")
+    def test_sqlite_defer_foreign_keys_pragma(self, flavour: Flavour, Session: Scoped) -> None:
+        """With PRAGMA defer_foreign_keys on, every foreign key is checked at the commit, which
+        turns the pragma off as COMMIT does."""
+        with testing.transactional(Session) as connection:
+            Session.execute(sa.text("PRAGMA defer_foreign_keys = ON"))
+            Session.add(Book(title="orphan", author_id=404))
+            Session.flush()
+            with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY constraint failed"):
+                Session.commit()
+            Session.rollback()
+            assert connection.exec_driver_sql("PRAGMA defer_foreign_keys").scalar() == 0
+
+
 class TestAsyncTransactional:
     async def test_async_sessionmaker_install(
         self, aengine: sa_asyncio.AsyncEngine, engine: sa.Engine
@@ -829,6 +930,10 @@ class TestDocs:
             "examples/testing_async/conftest.py",
             "examples/testing_async/test_shop.py",
             "examples/testing_async/test_shop_unittest.py",
+            "examples/testing_flask/conftest.py",
+            "examples/testing_flask/test_flask_orders.py",
+            "examples/testing_starlette/conftest.py",
+            "examples/testing_starlette/test_fastapi_orders.py",
         }
         for path, block in blocks:
             assert block in (root / path).read_text(), path

@@ -1,4 +1,5 @@
-"""``SaSignals``: a Flask extension giving each application context its own installed session."""
+"""``SaSignals``: a Flask extension giving each request and application context its own installed
+session."""
 
 from __future__ import annotations
 
@@ -21,16 +22,18 @@ if t.TYPE_CHECKING:
 
 
 class SaSignals:
-    """Scope a session per Flask application context, removed at its teardown.
+    """Scope a session per Flask request and application context, removed at its teardown.
 
     ``factory`` is a ``sessionmaker``, from which a ``scoped_session`` keyed by the current
-    application context is built, or an existing ``scoped_session`` used as it is, such as
-    Flask-SQLAlchemy's ``db.session``. Either way it is passed to :func:`sa_signals.install`, so
-    ``on_commit()`` and the signals work on :attr:`session`.
+    request context, else the current application context, is built (:func:`context_key`), or
+    an existing ``scoped_session`` used as it is, such as Flask-SQLAlchemy's ``db.session``.
+    Either way it is passed to :func:`sa_signals.install`, so ``on_commit()`` and the signals
+    work on :attr:`session`.
 
-    Each request runs in its own application context, hence its own session. At the teardown of
-    every application context the session is removed (closed, so an uncommitted transaction rolls
-    back) and its registry key deleted, also when the request failed.
+    Each request has its own session, also when it runs in an application context pushed before
+    (a test's); so does an application context outside a request (a CLI command). At the
+    teardown of each the session is removed (closed, so an uncommitted transaction rolls back)
+    and its registry key deleted, also when the request failed.
 
     Nothing is committed for you unless ``commit=True``: then, after each request whose response
     has a status below 400, the open transaction is committed before the response is sent. A
@@ -52,7 +55,7 @@ class SaSignals:
         if isinstance(factory, sa_orm.scoped_session):
             self.session = factory
         elif isinstance(factory, sa_orm.sessionmaker):
-            self.session = sa_orm.scoped_session(factory, scopefunc=app_context_key)
+            self.session = sa_orm.scoped_session(factory, scopefunc=context_key)
         else:
             msg = f"SaSignals() needs a sessionmaker or a scoped_session, got {factory!r}"
             raise TypeError(msg)
@@ -69,6 +72,8 @@ class SaSignals:
         app.extensions["sa_signals"] = self
         if self.commit:
             app.after_request(self._commit)
+        if getattr(self.session.registry, "scopefunc", None) is context_key:
+            app.teardown_request(self._teardown)
         app.teardown_appcontext(self._teardown)
 
     def _commit(self, response: flask.Response) -> flask.Response:
@@ -83,8 +88,22 @@ class SaSignals:
         remove_session(self.session)
 
 
+def context_key() -> c.Hashable:
+    """Return the current Flask request context, else the current application context: the
+    scope of :attr:`SaSignals.session`.
+
+    Raises ``RuntimeError`` outside an application context.
+    """
+    if flask.has_request_context():
+        # LocalProxy is typed as the proxied object, which has no _get_current_object().
+        key: c.Hashable = flask.globals.request_ctx._get_current_object()  # type: ignore[attr-defined]
+        return key
+    return app_context_key()
+
+
 def app_context_key() -> c.Hashable:
-    """Return the current Flask application context: the scope of :attr:`SaSignals.session`.
+    """Return the current Flask application context: the scope of a session per application
+    context, such as Flask-SQLAlchemy's.
 
     Raises ``RuntimeError`` outside an application context.
     """

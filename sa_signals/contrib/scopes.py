@@ -20,6 +20,7 @@ import sqlalchemy.util as sa_util
 
 from .._core.state import async_api
 from .._log import logger
+from .._not_installed import warn_if_nothing_installed
 from ..exceptions import ScopeError
 
 if t.TYPE_CHECKING:
@@ -60,6 +61,9 @@ class Scope:
         self._lock = threading.Lock()
         self._entered: set[t.Hashable] = set()
         self._sessions: list[AnyScoped] = []
+
+    def __repr__(self) -> str:
+        return f"Scope({self._key.name!r})"
 
     def __call__(self) -> t.Hashable:
         """Return the key of the unit of work being run."""
@@ -152,6 +156,7 @@ class Scope:
                 " awaiting: run the unit with 'async with scope.enter_async(key):'."
             )
             raise ScopeError(msg)
+        warn_if_nothing_installed(f"a unit of work of {self!r}")
         key, token = self._begin(key)
         try:
             yield key
@@ -171,6 +176,7 @@ class Scope:
         is shielded: a task cancelled while it runs (a client that disconnected) still closes
         every session and deletes every key, then raises ``CancelledError``.
         """
+        warn_if_nothing_installed(f"a unit of work of {self!r}")
         key, token = self._begin(key)
         try:
             yield key

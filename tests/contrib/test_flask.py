@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc as c
 import concurrent.futures
+import contextlib
 import importlib
 import sys
 import threading
@@ -20,12 +21,15 @@ import werkzeug.serving
 
 import sa_signals
 from sa_signals import signals
+from sa_signals import testing
 from sa_signals.contrib.flask import app_context_key
 from sa_signals.contrib.flask import SaSignals
 from tests.conftest import item_names as names
 from tests.conftest import Recorder
 from tests.models import Audit
+from tests.models import customers
 from tests.models import Item
+from tests.models import orders
 
 
 class Views:
@@ -223,6 +227,73 @@ class TestApplicationContext:
         """A session instance is not a factory."""
         with pytest.raises(TypeError, match="needs a sessionmaker or a scoped_session"):
             SaSignals(sa_orm.Session(engine))  # type: ignore[arg-type]
+
+
+class TestInTheTransactionalTestMode:
+    @pytest.mark.parametrize("commit", [True], indirect=True)
+    @pytest.mark.parametrize("pushed", [False, True], ids=["bare", "app-context-pushed"])
+    def test_each_request_has_its_own_session(
+        self, views: Views, engine: sa.Engine, recorder: Recorder, pushed: bool
+    ) -> None:
+        """Test-client requests each get their own session on the test's Connection, as in
+        production, also inside an application context the test pushed: a failed request
+        leaves nothing to the next; everything is rolled back at the end."""
+        with testing.transactional(views.session) as connection, contextlib.ExitStack() as stack:
+            if pushed:
+                stack.enter_context(views.app.app_context())
+            client = views.app.test_client()
+            assert client.post("/items/a").status_code == 201
+            assert client.post("/fail/b").status_code == 500
+            assert client.post("/items/c").status_code == 201
+            recorder.assert_done(["a", "c"])
+            assert list(connection.scalars(sa.select(Item.name).order_by(Item.name))) == ["a", "c"]
+            assert len({id(session) for session in views.seen}) == 3
+            assert all(session.bind is connection for session in views.seen)
+        assert names(engine) == []
+        views.assert_all_removed()
+
+    @pytest.mark.parametrize("commit", [False], indirect=True)
+    def test_capture_lists_the_callbacks_of_every_request(
+        self, views: Views, recorder: Recorder
+    ) -> None:
+        """Capturing on the extension's session outside a request sees each request's session:
+        the callbacks of the one that committed are listed, not those rolled back."""
+        with (
+            testing.transactional(views.session),
+            testing.capture_on_commit(views.session) as callbacks,
+        ):
+            client = views.app.test_client()
+            assert client.post("/items/a").status_code == 201  # never committed
+            assert client.post("/items/b?commit=1").status_code == 201
+        assert len(callbacks) == 1
+        recorder.assert_done(["b"])
+
+    @pytest.mark.backends("sqlite", "postgresql")
+    def test_commit_failing_on_a_deferred_constraint_is_a_500(self, engine: sa.Engine) -> None:
+        """A deferred foreign key broken by a request fails its commit in the test as in
+        production: a 500, no callback; the next request is served."""
+        ext = SaSignals(sa_orm.sessionmaker(engine), commit=True)
+        app = flask.Flask(__name__)
+        app.logger.disabled = True
+        ext.init_app(app)
+        sent: list[int] = []
+
+        @app.post("/orders/<int:customer>")
+        def order(customer: int) -> tuple[str, int]:
+            ext.session.execute(orders.insert().values(customer_id=customer))
+            sa_signals.on_commit(lambda: sent.append(customer), ext.session)
+            return "created", 201
+
+        try:
+            with testing.transactional(ext.session) as connection:
+                connection.execute(customers.insert().values(id=1))
+                client = app.test_client()
+                assert client.post("/orders/404").status_code == 500
+                assert client.post("/orders/1").status_code == 201
+                assert sent == [1]
+        finally:
+            sa_signals.uninstall(ext.session)
+        assert ext.session.registry.registry == {}
 
 
 @pytest.mark.parametrize("commit", [True], indirect=True)

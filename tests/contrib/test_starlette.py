@@ -23,6 +23,7 @@ import starlette.testclient
 import uvicorn
 
 import sa_signals
+from sa_signals import testing
 from sa_signals.contrib.asgi import SessionMiddleware
 from sa_signals.contrib.scopes import Scope
 from sa_signals.contrib.starlette import SaSignals
@@ -292,6 +293,65 @@ class TestFastAPIDependency:
         assert ran == ["a"]
         assert names(engine) == ["a"]
         assert db.scope.keys() == set()
+
+
+class TestInTheTransactionalTestMode:
+    @pytest.mark.parametrize("middleware", [True, False], ids=["middleware", "dependency"])
+    async def test_each_request_has_its_own_session(
+        self,
+        aengine: sa_asyncio.AsyncEngine,
+        uninstall: list[SaSignals],
+        engine: sa.Engine,
+        middleware: bool,
+    ) -> None:
+        """Requests sent through httpx's ASGITransport each get their own AsyncSession on the
+        test's connection, as in production; everything is rolled back at the end."""
+        db = SaSignals(sa_asyncio.async_sessionmaker(aengine))
+        uninstall.append(db)
+        ran: list[str] = []
+        app = fastapi_app(db, ran, middleware=middleware)
+        async with testing.transactional(db.session) as connection, asgi_client(app) as client:
+            assert (await client.post("/items/a")).status_code == 201
+            assert (await client.post("/items/b?fail=http")).status_code == 409
+            assert (await client.post("/items/c")).status_code == 201
+            assert ran == ["a", "c"]
+            query = sa.select(Item.name).order_by(Item.name)
+            assert list(await connection.scalars(query)) == ["a", "c"]
+        assert names(engine) == []
+        assert db.scope.keys() == set()
+
+    @pytest.mark.backends("sqlite", "postgresql")
+    async def test_commit_failing_on_a_deferred_constraint_is_a_500(
+        self, aengine: sa_asyncio.AsyncEngine, uninstall: list[SaSignals]
+    ) -> None:
+        """A deferred foreign key broken by a request fails its commit in the test as in
+        production: a 500 before the response, no callback; the next request is served."""
+        db = SaSignals(sa_asyncio.async_sessionmaker(aengine), before_response=True)
+        uninstall.append(db)
+        sent: list[int] = []
+
+        async def order(request: starlette.requests.Request) -> starlette.responses.Response:
+            customer = int(request.path_params["customer"])
+            await db.session.execute(orders.insert().values(customer_id=customer))
+            sa_signals.on_commit(lambda: sent.append(customer), db.session)
+            return starlette.responses.PlainTextResponse("created", status_code=201)
+
+        app = starlette.applications.Starlette(
+            routes=[starlette.routing.Route("/orders/{customer}", order, methods=["POST"])]
+        )
+        db.init_app(app)
+        async with testing.transactional(db.session) as connection, asgi_client(app) as client:
+            await connection.execute(customers.insert().values(id=1))
+            assert (await client.post("/orders/404")).status_code == 500
+            assert (await client.post("/orders/1")).status_code == 201
+            assert sent == [1]
+        assert db.scope.keys() == set()
+
+
+def asgi_client(app: t.Any) -> httpx.AsyncClient:
+    """A client that sends requests to ``app`` in the test's own event loop and task."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
 def free_port() -> int:

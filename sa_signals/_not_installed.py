@@ -1,0 +1,55 @@
+"""The warning of a forgotten ``install()``, given when a unit of work begins.
+
+Connecting receivers before installing is the usual start-up order, so connecting warns of
+nothing. A unit of work that begins while signals have receivers and no session factory at all is
+installed is the mistake: its sessions' events reach nobody. When anything is installed, a
+factory left out may be deliberate (another database, say), and nothing is said.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+
+from . import signals
+from ._core.bridge import installed
+from ._dispatch import Signal
+from .exceptions import NotInstalledWarning
+
+EVENT_SIGNALS: tuple[Signal, ...] = tuple(
+    value
+    for value in vars(signals).values()
+    if isinstance(value, Signal)
+    and value not in (signals.on_commit_failed, signals.receiver_failed)
+)
+"""The signals that report sessions' events: all but the failure signals."""
+
+
+def warn_if_nothing_installed(unit: object) -> None:
+    """Warn that ``unit``, a unit of work beginning, sends no signal to their receivers, if no
+    session factory is installed while signals have receivers."""
+    if installed():
+        return
+    waiting = [signal.name for signal in EVENT_SIGNALS if signal.receivers]
+    if not waiting:
+        return
+    msg = (
+        f"{unit} began, but no session factory is installed: the receivers of"
+        f" {', '.join(waiting)} will not be called. Call sa_signals.install() on the"
+        " scoped_session or sessionmaker at start-up, before the first unit of work."
+    )
+    warnings.warn(msg, NotInstalledWarning, stacklevel=_user_level())
+
+
+def _user_level() -> int:
+    """Return the ``stacklevel`` that names the first frame outside sa_signals and contextlib."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame.f_back is not None and (
+        frame.f_globals.get("__name__", "").startswith("sa_signals.")
+        or frame.f_code.co_filename == contextlib.__file__
+    ):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -1,0 +1,149 @@
+"""The worker for async session factories: asyncio tasks instead of threads.
+
+Coroutine handlers need an async installation (they reach their session with
+``sa_signals.current_async_session()``); ``python -m sa_signals.outbox worker`` runs this worker
+when ``--url`` names an async driver (``postgresql+asyncpg``, ``sqlite+aiosqlite``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+import typing as t
+
+import sqlalchemy as sa
+
+from .claims import claim_in
+from .claims import DEFAULT_BATCH
+from .claims import DEFAULT_LEASE
+from .claims import maker_of
+from .claims import next_due_in
+from .claims import PURGE_BATCH
+from .claims import purge_done_in
+from .claims import release_in
+from .dispatch import new_token
+from .dispatch import Outcome
+from .dispatch import Run
+from .dispatch import run_claimed_async
+from .notify import AsyncListener
+from .notify import channel_of
+from .table import current_table
+from .worker import check_concurrency
+from .worker import DEFAULT_POLL
+from .worker import wait_seconds
+
+if t.TYPE_CHECKING:
+    import sqlalchemy.ext.asyncio as sa_asyncio
+
+    from ..typing import AsyncSessionFactory
+
+logger = logging.getLogger("sa_signals.outbox")
+
+
+class AsyncWorker:
+    """Runs due rows with ``concurrency`` asyncio tasks until :meth:`stop`.
+
+    The async twin of :class:`~sa_signals.outbox.Worker`, with the same claims, wake-ups
+    (LISTEN through asyncpg or psycopg on PostgreSQL) and graceful stop.
+    """
+
+    def __init__(
+        self,
+        factory: AsyncSessionFactory,
+        *,
+        table: sa.Table | None = None,
+        concurrency: int = 1,
+        batch: int = DEFAULT_BATCH,
+        lease: float = DEFAULT_LEASE,
+        poll: float = DEFAULT_POLL,
+        listen: bool = True,
+        purge_every: float = 60.0,
+    ) -> None:
+        self.factory: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
+        self.table = table if table is not None else current_table()
+        self.concurrency = check_concurrency(concurrency)
+        self.batch = batch
+        self.lease = datetime.timedelta(seconds=lease)
+        self.poll = poll
+        self.listen = listen
+        self.purge_every = purge_every
+        self.ran = 0
+        """Rows run so far (a handler that raised counts)."""
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Make waiting tasks claim at once (a NOTIFY arrived)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the tasks to finish their current row and return (call it in the worker's loop)."""
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called; return once every task has finished."""
+        listener = None
+        bind = self.factory.kw.get("bind")
+        if self.listen and bind is not None and bind.dialect.name == "postgresql":
+            listener = AsyncListener(bind, channel_of(self.table), self.wake)
+            await listener.start()
+        try:
+            await asyncio.gather(*(self._loop(i) for i in range(self.concurrency)))
+        finally:
+            if listener is not None:
+                await listener.stop()
+        logger.info("outbox worker stopped after %s rows", self.ran)
+
+    async def _loop(self, index: int) -> None:
+        next_purge = time.monotonic() + self.purge_every
+        while not self._stop.is_set():
+            try:
+                token = new_token()
+                async with self.factory() as session, session.begin():
+                    rows = await session.run_sync(
+                        claim_in, self.table, token, limit=self.batch, lease=self.lease
+                    )
+                if rows:
+                    await self._run(rows, token)
+                    continue
+                if index == 0 and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self.purge_every
+                    await self._purge()
+                async with self.factory() as session:
+                    due = await session.run_sync(next_due_in, self.table)
+                await self._wait(due)
+            except Exception:
+                logger.exception("the outbox worker failed to claim; trying again")
+                await asyncio.sleep(min(self.poll, 1.0))
+
+    async def _purge(self) -> None:
+        while True:
+            async with self.factory() as session, session.begin():
+                deleted = await session.run_sync(purge_done_in, self.table)
+            if deleted < PURGE_BATCH:
+                return
+
+    async def _run(self, rows: list[t.Any], token: str) -> None:
+        for index, row in enumerate(rows):
+            if self._stop.is_set():
+                async with self.factory() as session, session.begin():
+                    await session.run_sync(release_in, self.table, rows[index:], token)
+                return
+            try:
+                outcome = await run_claimed_async(
+                    self.factory, Run(self.table, row, token, fast=False)
+                )
+            except Exception:
+                # Not even the failure could be recorded: the row runs again when its lease ends.
+                logger.exception("outbox row %s (%s) could not be settled", row.id, row.handler)
+                continue
+            self.ran += outcome is not Outcome.SKIPPED
+
+    async def _wait(self, due: datetime.datetime | None) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait_seconds(due, self.poll))
+        self._wake.clear()

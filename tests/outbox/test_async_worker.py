@@ -1,0 +1,77 @@
+"""AsyncWorker: asyncio tasks running rows, coroutine handlers included."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sa_signals import outbox
+from sa_signals.outbox.table import set_keep_done
+from tests.outbox import app
+
+
+class TestAsyncWorker:
+    def test_runs_coroutine_handlers_and_stops(self, ob, AsyncScoped, arunner):
+        """The async worker runs coroutine handlers' rows, then returns on stop()."""
+
+        async def scenario() -> int:
+            worker = outbox.AsyncWorker(AsyncScoped, concurrency=2, poll=0.05)
+            running = asyncio.create_task(worker.run())
+            async with AsyncScoped.session_factory.begin() as session:
+                await outbox.enqueue(session, app.arecord, "a", delay=0)
+                await outbox.enqueue(session, app.record_later, "b")
+            while len(ob.effects()) < 2:
+                await asyncio.sleep(0.02)
+            worker.stop()
+            await running
+            return worker.ran
+
+        assert arunner.run(scenario()) == 2
+        assert sorted(ob.effects()) == ["a", "b"]
+        assert ob.rows() == []
+
+    @pytest.mark.backends("postgresql")
+    def test_notify_wakes_the_async_worker(self, ob, AsyncScoped, arunner, factory):
+        """An async worker that would poll once an hour is woken by the NOTIFY (asyncpg)."""
+
+        async def scenario() -> None:
+            worker = outbox.AsyncWorker(AsyncScoped, poll=3600)
+            running = asyncio.create_task(worker.run())
+            await asyncio.sleep(0.5)  # listening, and idle
+            with factory.begin() as session:
+                outbox.enqueue(session, app.record_later, "woken")
+            for _ in range(1500):
+                if ob.effects():
+                    break
+                await asyncio.sleep(0.02)
+            worker.stop()
+            await running
+
+        arunner.run(scenario())
+        assert ob.effects() == ["woken"]
+
+    def test_purges_old_done_rows(self, ob, AsyncScoped, arunner, factory):
+        """With a retention period, the async worker deletes done rows once they are old."""
+        set_keep_done(ob.table, 0)
+        try:
+            with factory.begin() as session:
+                outbox.enqueue(session, app.record, "kept")
+            assert ob.states() == ["done"]
+
+            async def scenario() -> None:
+                worker = outbox.AsyncWorker(AsyncScoped, poll=0.05, purge_every=0)
+                running = asyncio.create_task(worker.run())
+                while ob.rows():
+                    await asyncio.sleep(0.02)
+                worker.stop()
+                await running
+
+            arunner.run(scenario())
+        finally:
+            set_keep_done(ob.table, None)
+
+    def test_rejects_a_concurrency_below_one(self, ob, AsyncScoped):
+        """An async worker needs at least one task."""
+        with pytest.raises(ValueError, match="concurrency of 1 or more"):
+            outbox.AsyncWorker(AsyncScoped, concurrency=0)
