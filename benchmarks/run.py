@@ -267,7 +267,11 @@ def memory_check(transactions: int) -> tuple[list[tuple[int, float, int]], float
     system.setup("W1")
     system.enter()
     receiver_calls = []
-    signals.post_save.connect(receiver_calls.append, sender=system.Item)
+
+    def receiver(sender: object, **kwargs: object) -> None:
+        receiver_calls.append(sender)
+
+    signals.post_save.connect(receiver, sender=system.Item, weak=False)
     Session, Item = system.Session, system.Item
     with system.maker.begin() as session:
         session.add(Item(id=1, name="counter", value=0))
@@ -287,7 +291,7 @@ def memory_check(transactions: int) -> tuple[list[tuple[int, float, int]], float
                 gc.collect()
                 checkpoints.append((n, _rss_mib(), len(gc.get_objects())))
     finally:
-        signals.post_save.disconnect(receiver_calls.append)
+        signals.post_save.disconnect(receiver)
         system.exit()
         system.close()
     # The kernel updates the high-water mark lazily: the last checkpoint can be above it.

@@ -18,8 +18,13 @@ from .exceptions import NotInstalledError
 from .exceptions import NotInstalledWarning
 from .exceptions import OutsideCallbackError
 from .exceptions import SaSignalsError
+from .exceptions import SaSignalsWarning
 from .exceptions import ScopeError
+from .exceptions import SenderNameError
 from .exceptions import SessionLeftOpenError
+from .exceptions import WeakReceiverWarning
+from .on_all_committed import on_all_committed
+from .on_all_committed import on_all_committed_async
 from .on_commit import on_commit
 from .scope import distinct_session
 from .scope import session_scope
@@ -39,14 +44,19 @@ __all__ = [
     "NotInstalledWarning",
     "OutsideCallbackError",
     "SaSignalsError",
+    "SaSignalsWarning",
     "ScopeError",
+    "SenderNameError",
     "SessionLeftOpenError",
     "SessionScope",
+    "WeakReceiverWarning",
     "__version__",
     "current_async_session",
     "current_session",
     "distinct_session",
     "install",
+    "on_all_committed",
+    "on_all_committed_async",
     "on_commit",
     "on_commit_async",
     "session_scope",

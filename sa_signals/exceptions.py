@@ -1,4 +1,4 @@
-"""The errors sa_signals raises."""
+"""The errors and warnings sa_signals raises."""
 
 from __future__ import annotations
 
@@ -53,8 +53,25 @@ class ExternalTransactionError(SaSignalsError, RuntimeError):
     """
 
 
-class NotInstalledWarning(UserWarning):
+class SenderNameError(SaSignalsError, LookupError):
+    """A string sender names no mapped class, or several.
+
+    Raised at ``connect()`` when the name is ambiguous already, else by the first flush after the
+    connect that finds the name still unresolved.
+    """
+
+
+class SaSignalsWarning(UserWarning):
+    """Base class of every warning issued by sa_signals."""
+
+
+class NotInstalledWarning(SaSignalsWarning):
     """A unit of work began while signals have receivers but no session factory is installed.
 
     Nothing can send those signals: ``sa_signals.install()`` was forgotten, or comes too late.
     """
+
+
+class WeakReceiverWarning(SaSignalsWarning):
+    """A receiver connected weakly (blinker's default) is referenced by nothing else: it will be
+    collected at once and never called. Connect it with ``weak=False``, or keep a reference."""

@@ -2,23 +2,29 @@
 
 Every receiver is called as ``receiver(sender, **kwargs)``; accept ``**kwargs`` so that keywords
 added later do not break it. Receivers of one signal run in the order they were connected, and
-a receiver connected to a mapped class also receives the events of its mapped subclasses.
+a receiver connected to a mapped class also receives the events of its mapped subclasses; the
+signals whose sender is a mapped class also take its name as a string
+(``post_save.connect(receiver, sender="Book")``).
 
-A receiver that raises is logged on the ``sa_signals`` logger and reported on
-:data:`receiver_failed`; the others still run (see ``install(robust=...)``).
+A receiver that raises is handled by its signal's family unless it was connected with its own
+``robust=``: the signals sent inside the transaction (or the code that caused them) let the
+exception propagate, which aborts the flush or commit (a veto); the commit- and rollback-time
+ones log it and report it on :data:`receiver_failed`, the others still running (strict under
+``install(robust=False)``). A failure is reported once: raised, or logged and sent.
 """
 
 from __future__ import annotations
 
+from ._dispatch import ModelSignal
 from ._dispatch import Signal
 
-before_flush = Signal("before_flush")
+before_flush = Signal("before_flush", family="veto")
 """Sent before the session flushes, for every flush. Sender: the ``Session``. No keywords."""
 
-after_flush = Signal("after_flush")
+after_flush = Signal("after_flush", family="veto")
 """Sent after the flush's SQL, still inside the transaction. Sender: the ``Session``."""
 
-before_commit = Signal("before_commit")
+before_commit = Signal("before_commit", family="veto")
 """Sent inside the transaction just before the outermost COMMIT, never before a SAVEPOINT
 release. Receivers may still write through the sender. Sender: the ``Session``."""
 
@@ -33,60 +39,86 @@ after_rollback = Signal("after_rollback")
 ``commit()`` followed by ``rollback()``, or ``close()`` / ``reset()`` with the transaction open.
 Never for a savepoint rollback. Sender: the ``Session``."""
 
-on_commit_failed = Signal("on_commit_failed")
-"""Sent when an ``on_commit`` callback raised, or left a transaction open on the committed session.
-Sender: the ``Session`` that committed. Keywords: ``callback``, ``exception``."""
+on_commit_failed = Signal("on_commit_failed", family="failure")
+"""Sent when an ``on_commit`` callback raised, or left a transaction open on the committed session,
+unless its exception was raised out of ``commit()``. Sender: the ``Session`` that committed.
+Keywords: ``callback``, ``exception``."""
 
-receiver_failed = Signal("receiver_failed")
-"""Sent when a receiver of any other sa_signals signal raised. Sender: the ``Session``.
-Keywords: ``signal``, ``receiver``, ``exception``. A receiver of this signal that raises is only
-logged."""
+receiver_failed = Signal("receiver_failed", family="failure")
+"""Sent when a receiver of any other sa_signals signal raised, unless its exception was raised.
+Sender: the ``Session`` (None for ``pre_init`` and ``post_init`` on a construction). Keywords:
+``signal``, ``receiver``, ``exception``. A receiver of this signal that raises is only logged."""
 
-pre_save = Signal("pre_save")
+pre_init = ModelSignal("pre_init", family="veto")
+"""Sent when a mapped object is constructed, before its ``__init__`` runs. Sender: the mapped
+class. Keywords: ``instance`` (not initialised yet), ``args`` (a tuple) and ``kwargs`` (the
+constructor's keyword arguments: a dict the receiver may change in place). Sent for every mapped
+class while sa_signals is installed on a factory; a receiver must be a plain function."""
+
+post_init = ModelSignal("post_init", family="veto")
+"""Sent when a mapped object was constructed (after its ``__init__`` returned) or loaded from
+the database. Sender: the mapped class. Keywords: ``instance``, ``session`` (the session that
+loaded it; None for a construction). Loads are sent for sessions of installed factories only."""
+
+pre_save = ModelSignal("pre_save", family="veto")
 """Sent before the INSERT or UPDATE of each object during a flush; the receiver may still change
 the object's column attributes. Sender: the mapped class. Keywords: ``instance``, ``session``,
 ``created`` (True for an INSERT)."""
 
-post_save = Signal("post_save")
+post_save = ModelSignal("post_save", family="veto")
 """Sent once per row a flush inserted or updated, after its SQL; an object whose attributes were
 set to equal values sends nothing. Sender: the mapped class. Keywords: ``instance``,
 ``session``, ``created`` (True for an INSERT)."""
 
-pre_delete = Signal("pre_delete")
+pre_delete = ModelSignal("pre_delete", family="veto")
 """Sent before the DELETE of each object during a flush. Sender: the mapped class. Keywords:
-``instance``, ``session``."""
+``instance``, ``session``, ``origin`` (the object whose ``session.delete()`` this delete came
+from: the instance itself, or the object whose delete cascaded to it)."""
 
-post_delete = Signal("post_delete")
+post_delete = ModelSignal("post_delete", family="veto")
 """Sent once per row a flush deleted, after its SQL. Sender: the mapped class. Keywords:
-``instance``, ``session``."""
+``instance``, ``session``, ``origin`` (as for :data:`pre_delete`)."""
 
-before_models_committed = Signal("before_models_committed")
+before_models_committed = Signal("before_models_committed", family="veto", changes=True)
 """Sent inside the transaction just before the outermost COMMIT, after ``before_commit``, with
 the net changes so far (the session is flushed first); never before a SAVEPOINT release nor for
 a session joined into an outer transaction, and not when nothing changed. Receivers may still
 write through the sender: the writes are committed and reported at commit. Sender: the
 ``Session``. Keywords: ``changes``, a list of :class:`~sa_signals.Change`."""
 
-models_committed = Signal("models_committed")
+models_committed = Signal("models_committed", changes=True)
 """Sent after a real COMMIT of the outermost transaction with its net changes, under the rules of
 ``after_commit``, after its receivers; not when nothing changed. Sender: the ``Session``.
 Keywords: ``changes``, a list of :class:`~sa_signals.Change` ordered by the flush in which each
 row first appeared."""
 
-committed = Signal("committed")
+committed = ModelSignal("committed", changes=True)
 """Sent after ``models_committed``, once per :class:`~sa_signals.Change`, under the same rules.
 Sender: the mapped class of the change. Keywords: ``change``."""
 
-bulk_insert = Signal("bulk_insert")
+models_rolled_back = Signal("models_rolled_back", changes=True)
+"""Sent when the outermost transaction or a savepoint rolled back, with the net changes it had
+flushed (those of savepoints released into it included); not when it had flushed nothing, and
+not for the distinct sessions the layer runs commit-time work in. Sent inside ``rollback()``
+(the savepoint's, for a savepoint), after SQLAlchemy's rollback. Sender: the ``Session``.
+Keywords: ``changes``, a list of :class:`~sa_signals.Change`; ``savepoint``, True for the rows of
+a savepoint (``rollback()`` of the outer transaction rolls back the savepoints still open
+first, innermost first, each sent on its own)."""
+
+rolled_back = ModelSignal("rolled_back", changes=True)
+"""Sent after ``models_rolled_back``, once per :class:`~sa_signals.Change`, under the same rules.
+Sender: the mapped class of the change. Keywords: ``change``, ``savepoint``."""
+
+bulk_insert = ModelSignal("bulk_insert", family="veto")
 """Sent when an ORM bulk INSERT (``session.execute(insert(Model), rows)``) has executed. Sender:
 the mapped class. Keywords: ``statement``, ``rowcount``, ``identities`` (primary keys as tuples,
 or None where the database cannot return them), ``session``."""
 
-bulk_update = Signal("bulk_update")
+bulk_update = ModelSignal("bulk_update", family="veto")
 """Sent when an ORM bulk UPDATE (``session.execute(update(Model)...)``, ``Query.update()``) has
 executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
 
-bulk_delete = Signal("bulk_delete")
+bulk_delete = ModelSignal("bulk_delete", family="veto")
 """Sent when an ORM bulk DELETE (``session.execute(delete(Model)...)``, ``Query.delete()``) has
 executed. Sender: the mapped class. Keywords as for :data:`bulk_insert`."""
 

@@ -10,6 +10,12 @@ import sqlalchemy.orm as sa_orm
 if t.TYPE_CHECKING:
     import sqlalchemy.ext.asyncio as sa_asyncio
 
+Operation: t.TypeAlias = t.Literal["insert", "update", "delete"]
+"""What a :class:`~sa_signals.Change` did to its row."""
+
+OPERATIONS: t.Final = ("insert", "update", "delete")
+"""Every :data:`Operation`, in this order."""
+
 Callback: t.TypeAlias = c.Callable[[], object]
 """A callback for ``on_commit``: called with no arguments, its return value ignored."""
 

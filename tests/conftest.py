@@ -489,22 +489,27 @@ class Connector:
     def __init__(self) -> None:
         self._connected: list[tuple[t.Any, t.Any]] = []
 
-    def __call__(self, signal: t.Any, receiver: t.Any, sender: t.Any = None) -> t.Any:
+    def __call__(
+        self, signal: t.Any, receiver: t.Any, sender: t.Any = None, **options: t.Any
+    ) -> t.Any:
+        """Connect ``receiver`` strongly; ``options`` (``robust``, ``on``) go to connect()."""
         if sender is None:
-            signal.connect(receiver, weak=False)
+            signal.connect(receiver, weak=False, **options)
         else:
-            signal.connect(receiver, sender=sender, weak=False)
+            signal.connect(receiver, sender=sender, weak=False, **options)
         self._connected.append((signal, receiver))
         return receiver
 
-    def record(self, signal: t.Any, sender: t.Any = None) -> list[tuple[t.Any, dict[str, t.Any]]]:
+    def record(
+        self, signal: t.Any, sender: t.Any = None, **options: t.Any
+    ) -> list[tuple[t.Any, dict[str, t.Any]]]:
         """Connect a receiver that records ``(sender, kwargs)`` of every send."""
         calls: list[tuple[t.Any, dict[str, t.Any]]] = []
 
         def receiver(sender: t.Any, **kwargs: t.Any) -> None:
             calls.append((sender, kwargs))
 
-        self(signal, receiver, sender)
+        self(signal, receiver, sender, **options)
         return calls
 
     def disconnect_all(self) -> None:

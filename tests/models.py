@@ -99,3 +99,17 @@ class Book(Base):
     title: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50))
     author_id: sa_orm.Mapped[int | None] = sa_orm.mapped_column(sa.ForeignKey("authors.id"))
     author: sa_orm.Mapped[Author | None] = sa_orm.relationship(back_populates="books")
+    pages: sa_orm.Mapped[list[Page]] = sa_orm.relationship(
+        back_populates="book", cascade="all, delete-orphan", order_by="Page.id"
+    )
+
+
+class Page(Base):
+    """Deleted with its book (a cascade), or once taken out of it (an orphan)."""
+
+    __tablename__ = "pages"
+
+    id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+    text: sa_orm.Mapped[str] = sa_orm.mapped_column(sa.String(50), default="")
+    book_id: sa_orm.Mapped[int] = sa_orm.mapped_column(sa.ForeignKey("books.id"))
+    book: sa_orm.Mapped[Book] = sa_orm.relationship(back_populates="pages")

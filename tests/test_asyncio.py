@@ -214,7 +214,7 @@ class TestSenders:
 
         connect(signals.on_commit_failed, on_failed)
         connect(signals.receiver_failed, on_receiver_failed)
-        connect(signals.before_commit, broken)
+        connect(signals.before_commit, broken, robust=True)
         session = AsyncScoped()
         session.add(Item(name="a"))
         sa_signals.on_commit(lambda: 1 / 0, session)
@@ -241,13 +241,14 @@ class TestSenders:
     def test_coroutine_receiver_on_sync_session_is_reported(
         self, engine: sa.Engine, connect: Connector, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A coroutine receiver hit by a sync Session fails loudly, naming the receiver."""
+        """A coroutine receiver hit by a sync Session fails loudly, naming the receiver
+        (reported, as it was connected robustly)."""
 
         async def nothing_awaits_me(sender: object, **kwargs: object) -> None:  # pragma: no cover
             pass
 
         failures = connect.record(signals.receiver_failed)
-        connect(signals.before_commit, nothing_awaits_me)
+        connect(signals.before_commit, nothing_awaits_me, robust=True)
         maker = sa_orm.sessionmaker(engine)
         sa_signals.install(maker)
         try:
@@ -265,14 +266,15 @@ class TestSenders:
     def test_receiver_returning_a_coroutine_on_sync_session_is_refused(
         self, engine: sa.Engine, connect: Connector, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A partial of a coroutine function has its coroutine closed and is reported."""
+        """A partial of a coroutine function has its coroutine closed and, connected robustly,
+        is reported."""
 
         async def record(tag: str, sender: object, **kwargs: object) -> None:  # pragma: no cover
             pass
 
         receiver = functools.partial(record, "flushed")
         failures = connect.record(signals.receiver_failed)
-        connect(signals.after_flush, receiver)
+        connect(signals.after_flush, receiver, robust=True)
         maker = sa_orm.sessionmaker(engine)
         sa_signals.install(maker)
         try:

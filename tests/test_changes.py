@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import typing as t
@@ -816,7 +817,8 @@ class TestBeforeModelsCommitted:
     def test_failing_receiver_reported_and_commit_goes_on(
         self, session: sa_orm.Session, connect: Connector, committed: Calls
     ) -> None:
-        """A raising receiver is reported; the others run and the transaction commits."""
+        """A raising receiver connected robustly is reported; the others run and the
+        transaction commits."""
         failures = connect.record(signals.receiver_failed)
         seen: list[int] = []
 
@@ -826,7 +828,7 @@ class TestBeforeModelsCommitted:
         def count(sender: object, changes: list[Change], **kw: object) -> None:
             seen.append(len(changes))
 
-        connect(signals.before_models_committed, boom)
+        connect(signals.before_models_committed, boom, robust=True)
         connect(signals.before_models_committed, count)
         session.add(Item(name="a"))
         session.commit()
@@ -834,12 +836,12 @@ class TestBeforeModelsCommitted:
         assert [kw["signal"] for _, kw in failures] == [signals.before_models_committed]
         assert len(changes_of(committed)) == 1
 
-    def test_non_robust_receiver_vetoes_the_commit(
+    def test_raising_receiver_vetoes_the_commit(
         self, engine: sa.Engine, connect: Connector, committed: Calls
     ) -> None:
-        """With install(robust=False) a raising receiver stops the COMMIT."""
+        """By default a raising receiver stops the COMMIT, as an in-transaction signal does."""
         maker = sa_orm.sessionmaker(engine)
-        sa_signals.install(maker, robust=False)
+        sa_signals.install(maker)
 
         def veto(sender: object, **kw: object) -> None:
             raise ValueError("veto")
@@ -1065,3 +1067,643 @@ def test_change_set_is_the_database_difference(
     }
     assert reported == expected
     assert len(committed) == (1 if expected else 0)
+
+
+@pytest.fixture
+def rolled_back(connect: Connector) -> Calls:
+    """Every send of models_rolled_back."""
+    return connect.record(signals.models_rolled_back)
+
+
+def operations_of(calls: Calls) -> list[tuple[bool, list[str]]]:
+    """Per send of models_rolled_back: its savepoint keyword, and its changes' operations."""
+    return [(kw["savepoint"], [c.operation for c in kw["changes"]]) for _, kw in calls]
+
+
+class TestRolledBack:
+    def test_rollback_sends_what_the_transaction_had_flushed(
+        self, flavour: Flavour, AnySession: t.Any, connect: Connector, rolled_back: Calls
+    ) -> None:
+        """A rolled-back transaction sends its flushed writes, net per row, on
+        models_rolled_back and, per change and mapped class, on rolled_back (a coroutine
+        receiver awaited for an AsyncSession)."""
+        session = AnySession()
+        kept, gone = Item(name="kept", value=1), Item(name="gone")
+        session.add_all([kept, gone])
+        flavour.aw(session.commit())
+        each: list[tuple[type, str, bool]] = []
+
+        def record(sender: type, *, change: Change, savepoint: bool, **kw: object) -> None:
+            each.append((sender, change.operation, savepoint))
+
+        async def arecord(sender: type, **kwargs: t.Any) -> None:
+            await asyncio.sleep(0)
+            record(sender, **kwargs)
+
+        connect(signals.rolled_back, arecord if flavour.is_async else record)
+        flavour.aw(session.refresh(kept))  # loaded, so that the old value is known
+        kept.value = 2
+        flavour.aw(session.delete(gone))
+        session.add(Item(name="new"))
+        flavour.aw(session.flush())
+        kept.value = 3
+        flavour.aw(session.flush())
+        session.add(Item(name="never flushed"))
+        flavour.aw(session.rollback())
+        [(savepoint, operations)] = operations_of(rolled_back)
+        assert savepoint is False
+        assert sorted(operations) == ["delete", "insert", "update"]
+        [update] = [c for c in rolled_back[0][1]["changes"] if c.operation == "update"]
+        assert dict(update.changes) == {"value": (1, 3)}
+        assert rolled_back[0][0] is session
+        assert sorted(each) == sorted([(Item, op, False) for op in ("delete", "insert", "update")])
+
+    def test_savepoint_rollback_sends_its_own_rows(
+        self, flavour: Flavour, AnySession: t.Any, rolled_back: Calls, committed: Calls
+    ) -> None:
+        """A rolled-back savepoint sends the rows flushed inside it, at once, with
+        savepoint=True; the outer transaction's rows commit and are not sent again."""
+        session = AnySession()
+        session.add(Item(name="outer"))
+        flavour.aw(session.flush())
+        with flavour.nested(session) as savepoint:
+            session.add(Item(name="inner"))
+            flavour.aw(session.flush())
+            flavour.aw(savepoint.rollback())
+        assert operations_of(rolled_back) == [(True, ["insert"])]
+        assert rolled_back[0][1]["changes"][0].changes["name"] == (None, "inner")
+        flavour.aw(session.commit())
+        assert len(rolled_back) == 1
+        assert [c.changes["name"][1] for c in changes_of(committed)] == ["outer"]
+
+    def test_released_savepoint_rows_go_with_the_outer_rollback(
+        self, session: sa_orm.Session, rolled_back: Calls
+    ) -> None:
+        """Rows of a released savepoint are the outer transaction's: its rollback sends them."""
+        session.add(Item(name="outer"))
+        with session.begin_nested():
+            session.add(Item(name="inner"))
+        assert rolled_back == []
+        session.rollback()
+        [(_, kwargs)] = rolled_back
+        assert [c.changes["name"][1] for c in kwargs["changes"]] == ["outer", "inner"]
+
+    def test_nothing_flushed_nothing_sent(
+        self, session: sa_orm.Session, connect: Connector, rolled_back: Calls
+    ) -> None:
+        """A rollback of writes never flushed, or of none, sends nothing."""
+        each = connect.record(signals.rolled_back)
+        session.add(Item(name="a"))
+        session.rollback()
+        session.begin()
+        session.rollback()
+        assert (rolled_back, each) == ([], [])
+
+    def test_failed_commit_sends_what_it_had_flushed(
+        self, session: sa_orm.Session, connect: Connector, rolled_back: Calls
+    ) -> None:
+        """A commit that fails (vetoed by a before_commit receiver) rolls back what the
+        transaction had flushed, and sends it."""
+        connect(signals.before_commit, lambda sender, **kw: 1 / 0)
+        session.add(Item(name="a"))
+        session.flush()
+        with pytest.raises(ZeroDivisionError):
+            session.commit()
+        assert rolled_back == []
+        session.rollback()
+        assert operations_of(rolled_back) == [(False, ["insert"])]
+
+    def test_failed_flush_sends_the_rows_it_was_writing(
+        self, session: sa_orm.Session, rolled_back: Calls
+    ) -> None:
+        """A flush that fails on an UPDATE: the rollback sends the rows written before, and the
+        row of the failing UPDATE, whose object was touched."""
+        first, second = add_item(session, "a"), add_item(session, "b")
+        first.value = 5
+        session.flush()
+        second.name = "a"  # the unique name of the first row
+        with pytest.raises(sa_exc.IntegrityError):
+            session.flush()
+        session.rollback()
+        [(_, kwargs)] = rolled_back
+        assert sorted((c.identity, c.operation) for c in kwargs["changes"]) == [
+            ((first.id,), "update"),
+            ((second.id,), "update"),
+        ]
+
+    def test_failing_receiver_isolated_unless_strict(
+        self, session: sa_orm.Session, connect: Connector, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A raising receiver is reported and the rollback completes; connected with
+        robust=False it is raised out of rollback(), the session rolled back all the same."""
+        reported = connect.record(signals.receiver_failed)
+
+        def boom(sender: object, **kwargs: object) -> None:
+            raise LookupError("boom")
+
+        connect(signals.rolled_back, boom)
+        session.add(Item(name="a"))
+        session.flush()
+        with caplog.at_level(logging.ERROR, logger="sa_signals"):
+            session.rollback()
+        assert [kw["receiver"] for _, kw in reported] == [boom]
+        connect.disconnect_all()
+        connect(signals.models_rolled_back, boom, robust=False)
+        with session.begin_nested() as savepoint:
+            session.add(Item(name="b"))
+            session.flush()
+            with pytest.raises(LookupError, match="boom"):
+                savepoint.rollback()
+        assert session.in_transaction()
+        assert not session.in_nested_transaction()
+        session.rollback()
+
+    def test_not_sent_for_a_failed_callbacks_session(
+        self, Session: Scoped, connect: Connector, rolled_back: Calls
+    ) -> None:
+        """The distinct session of a callback that raised is rolled back without a send, as
+        it sends no after_rollback."""
+
+        def callback() -> None:
+            Session.add(Audit(message="written, then failed"))
+            Session.flush()
+            raise LookupError("callback failed")
+
+        session = Session()
+        session.add(Item(name="a"))
+        sa_signals.on_commit(callback, session)
+        session.commit()
+        assert rolled_back == []
+
+    def test_recorded_only_while_wanted(self, session: sa_orm.Session, connect: Connector) -> None:
+        """A rolled_back receiver makes the layer record writes, and only while connected."""
+        assert not changes_module.wanted()
+        calls = connect.record(signals.rolled_back)
+        assert changes_module.wanted()
+        connect.disconnect_all()
+        assert not changes_module.wanted()
+        session.add(Item(name="a"))
+        session.flush()
+        session.rollback()
+        assert calls == []
+
+
+class TestOnFilters:
+    def test_committed_receivers_get_their_operations(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """on= limits a receiver to some operations; the others get everything."""
+        received: dict[str, list[str]] = {"saves": [], "deletes": [], "all": []}
+        for key, on in [("saves", ("insert", "update")), ("deletes", "delete"), ("all", None)]:
+            connect(
+                signals.committed,
+                lambda sender, *, change, _key=key, **kw: received[_key].append(change.operation),
+                on=on,
+            )
+        item = add_item(session)
+        item.value = 5
+        session.commit()
+        session.delete(item)
+        session.commit()
+        assert received == {
+            "saves": ["insert", "update"],
+            "deletes": ["delete"],
+            "all": ["insert", "update", "delete"],
+        }
+
+    @pytest.mark.parametrize(
+        "name", ["before_models_committed", "models_committed", "models_rolled_back"]
+    )
+    def test_list_receivers_get_their_changes_or_no_call(
+        self, session: sa_orm.Session, connect: Connector, name: str
+    ) -> None:
+        """A list signal gives each receiver the changes of its operations, and does not call
+        it when there are none."""
+        signal = getattr(signals, name)
+        inserts = connect.record(signal, on="insert")
+        deletes = connect.record(signal, on="delete")
+        other = add_item(session, "other")
+        session.add(Item(name="a"))
+        other.value = 5
+        session.flush()
+        if name == "models_rolled_back":
+            session.rollback()
+        else:
+            session.commit()
+        assert [c.changes["name"][1] for c in inserts[-1][1]["changes"]] == ["a"]
+        assert deletes == []
+
+    def test_rolled_back_receivers_get_their_operations(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Rails' after_rollback(on: :update): only the rolled-back updates."""
+        updates = connect.record(signals.rolled_back, Item, on="update")
+        item = add_item(session)
+        item.value = 7
+        session.add(Item(name="b"))
+        session.flush()
+        session.rollback()
+        assert [kwargs["change"].identity for _, kwargs in updates] == [(item.id,)]
+
+
+# Rails' activerecord/test/cases/transaction_callbacks_test.rb, test by test where it applies:
+# after_commit is `committed`, after_rollback is `rolled_back`, `on: :create` is on="insert".
+
+RAILS = {"insert": "create", "update": "update", "delete": "destroy"}
+
+
+@pytest.fixture
+def history(connect: Connector) -> list[str]:
+    """What Rails' add_transaction_execution_blocks records: commit_on_* and rollback_on_*."""
+    seen: list[str] = []
+    for operation, action in RAILS.items():
+        for signal, event in ((signals.committed, "commit"), (signals.rolled_back, "rollback")):
+            connect(
+                signal,
+                lambda sender, *, _name=f"{event}_on_{action}", **kw: seen.append(_name),
+                Item,
+                on=operation,
+            )
+    return seen
+
+
+def write(session: sa_orm.Session, history: list[str], operation: str) -> None:
+    """Make one write of ``operation`` in a transaction of its own (the history of what
+    committed before it cleared)."""
+    if operation == "insert":
+        session.add(Item(name="new"))
+        return
+    item = committed_item(session, history)
+    if operation == "update":
+        item.value = 5
+    else:
+        session.delete(item)
+
+
+def committed_item(
+    session: t.Any, history: list[str], name: str = "a", flavour: Flavour | None = None
+) -> Item:
+    """An item committed, and loaded again, before the test's transaction (in ``flavour``);
+    the history of that commit cleared."""
+    aw = flavour.aw if flavour is not None else lambda value: value
+    item = Item(name=name, value=1)
+    session.add(item)
+    aw(session.commit())
+    aw(session.refresh(item))
+    history.clear()
+    return item
+
+
+def veto_updates(sender: type, *, created: bool, **kwargs: object) -> None:
+    """A pre_save receiver that refuses updates, as a failed validation does."""
+    if not created:
+        raise ValueError("invalid record")
+
+
+class TestRailsTransactionCallbacks:
+    def test_call_after_commit_after_transaction_commits(
+        self, flavour: Flavour, any_session: t.Any, history: list[str]
+    ) -> None:
+        """A committed update is sent on committed, not on rolled_back."""
+        item = committed_item(any_session, history, flavour=flavour)
+        item.value = 2
+        flavour.aw(any_session.commit())
+        assert history == ["commit_on_update"]
+
+    def test_dont_call_any_callbacks_after_transaction_commits_for_invalid_record(
+        self, session: sa_orm.Session, history: list[str], connect: Connector
+    ) -> None:
+        """A save a pre_save receiver refused wrote nothing: nothing is sent either way."""
+        item = committed_item(session, history)
+        connect(signals.pre_save, veto_updates)
+        item.value = 2
+        with pytest.raises(ValueError, match="invalid record"):
+            session.commit()
+        session.rollback()
+        assert history == []
+
+    def test_dont_call_after_commit_on_update_based_on_previous_transaction(
+        self, session: sa_orm.Session, history: list[str], connect: Connector
+    ) -> None:
+        """A transaction whose update was refused sends nothing of an earlier transaction."""
+        item = add_item(session)
+        item.value = 2
+        session.commit()
+        history.clear()
+        connect(signals.pre_save, veto_updates)
+        session.refresh(item)
+        item.value = 3
+        with pytest.raises(ValueError, match="invalid record"):
+            session.flush()
+        session.rollback()
+        assert history == []
+
+    @pytest.mark.parametrize("end", ["commit", "rollback"])
+    @pytest.mark.parametrize("operation", ["insert", "update", "delete"])
+    def test_only_call_after_commit_or_rollback_on_its_action(
+        self, session: sa_orm.Session, history: list[str], operation: str, end: str
+    ) -> None:
+        """A commit, or a rollback, sends the committed, or rolled_back, receivers connected on
+        its operation only."""
+        write(session, history, operation)
+        session.flush()
+        getattr(session, end)()
+        assert history == [f"{end}_on_{RAILS[operation]}"]
+
+    def test_no_after_commit_on_destroy_after_transaction_commits_for_destroyed_new_record(
+        self, session: sa_orm.Session, history: list[str]
+    ) -> None:
+        """A row inserted and deleted in one transaction sends nothing."""
+        item = Item(name="new")
+        session.add(item)
+        session.flush()
+        session.delete(item)
+        session.commit()
+        assert history == []
+
+    def test_save_in_after_create_commit_wont_invoke_extra_after_create_commit(
+        self, Session: Scoped, history: list[str], connect: Connector
+    ) -> None:
+        """A create receiver that saves the row again sends an update, not another create."""
+
+        def save_again(sender: type, *, change: Change, **kwargs: object) -> None:
+            Session.get(Item, change.identity).value = 10
+
+        connect(signals.committed, save_again, Item, on="insert")
+        session = Session()
+        session.add(Item(name="new"))
+        session.commit()
+        assert history == ["commit_on_create", "commit_on_update"]
+
+    def test_only_call_after_commit_on_top_level_transactions(
+        self, flavour: Flavour, any_session: t.Any, history: list[str]
+    ) -> None:
+        """A released savepoint sends nothing; the outermost commit does."""
+        item = committed_item(any_session, history, flavour=flavour)
+        with flavour.nested(any_session):
+            item.value = 2
+        assert history == []
+        flavour.aw(any_session.commit())
+        assert history == ["commit_on_update"]
+
+    def test_call_after_rollback_when_commit_fails(
+        self, session: sa_orm.Session, history: list[str], connect: Connector
+    ) -> None:
+        """A commit that fails after its flush sends the flushed update as rolled back."""
+        item = committed_item(session, history)
+        connect(signals.before_models_committed, lambda sender, **kw: 1 / 0)
+        item.value = 5
+        with pytest.raises(ZeroDivisionError):
+            session.commit()
+        session.rollback()
+        assert history == ["rollback_on_update"]
+
+    def test_only_call_after_rollback_on_records_rolled_back_to_a_savepoint(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector
+    ) -> None:
+        """The row saved in the rolled-back savepoint is rolled back; the other one commits."""
+        first, second = Item(name="first"), Item(name="second")
+        any_session.add_all([first, second])
+        flavour.aw(any_session.commit())
+        commits = connect.record(signals.committed, Item)
+        rollbacks = connect.record(signals.rolled_back, Item)
+        first.value = 1
+        flavour.aw(any_session.flush())
+        with flavour.nested(any_session) as savepoint:
+            second.value = 1
+            flavour.aw(any_session.flush())
+            flavour.aw(savepoint.rollback())
+        flavour.aw(any_session.commit())
+        assert [kw["change"].identity for _, kw in commits] == [(first.id,)]
+        assert [(kw["change"].identity, kw["savepoint"]) for _, kw in rollbacks] == [
+            ((second.id,), True)
+        ]
+
+    def test_only_call_after_rollback_on_records_rolled_back_to_a_savepoint_when_release_savepoint_fails(  # noqa: E501
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Saved in the transaction and in two savepoints rolled back: rolled back twice,
+        committed once."""
+        item = add_item(session)
+        commits = connect.record(signals.committed, Item)
+        rollbacks = connect.record(signals.rolled_back, Item)
+        item.value = 5
+        session.flush()
+        for value in (6, 7):
+            with session.begin_nested() as savepoint:
+                item.value = value
+                session.flush()
+                savepoint.rollback()
+        session.commit()
+        assert (len(commits), len(rollbacks)) == (1, 2)
+
+    def test_after_commit_callback_should_not_swallow_errors(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A committed receiver connected with robust=False raises out of commit(); the data
+        stays committed."""
+        connect(signals.committed, lambda sender, **kw: 1 / 0, robust=False)
+        item = Item(name="a")
+        session.add(item)
+        with pytest.raises(ZeroDivisionError):
+            session.commit()
+        assert item.id is not None
+        session.refresh(item)
+
+    def test_after_rollback_callback_should_not_swallow_errors_when_set_to_raise(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A rolled_back receiver connected with robust=False raises out of rollback()."""
+        connect(signals.rolled_back, lambda sender, **kw: 1 / 0, robust=False)
+        session.add(Item(name="a"))
+        session.flush()
+        with pytest.raises(ZeroDivisionError):
+            session.rollback()
+        assert not session.in_transaction()
+
+    @pytest.mark.parametrize("signal", [signals.committed, signals.rolled_back])
+    @pytest.mark.parametrize("on", ["save", ("create",)])
+    def test_callbacks_should_validate_on_condition(self, signal: t.Any, on: t.Any) -> None:
+        """An operation that is not one is refused at connect, naming the valid ones."""
+        with pytest.raises(ValueError, match=r"on=\.\.\.\) takes operations among insert, update"):
+            signal.connect(veto_updates, weak=False, on=on)
+
+    def test_after_commit_chain_goes_on_after_an_error(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Unlike Rails, where a raising after_commit stops the chain: committed receivers are
+        isolated, so the others still run (robust=False raises once they ran)."""
+        ran: list[str] = []
+        connect(signals.committed, lambda sender, **kw: 1 / 0)
+        connect(signals.committed, lambda sender, **kw: ran.append("second"))
+        session.add(Item(name="a"))
+        session.commit()
+        assert ran == ["second"]
+
+    def test_after_commit_on_multiple_actions(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """on= takes several operations (CallbacksOnMultipleActionsTest)."""
+        seen: list[str] = []
+        for name, on in [
+            ("create_and_update", ("insert", "update")),
+            ("create_and_destroy", ("insert", "delete")),
+            ("update_and_destroy", ("update", "delete")),
+        ]:
+            connect(signals.committed, lambda sender, _name=name, **kw: seen.append(_name), on=on)
+        item = add_item(session)
+        assert seen == ["create_and_update", "create_and_destroy"]
+        seen.clear()
+        item.value = 2
+        session.commit()
+        assert seen == ["create_and_update", "update_and_destroy"]
+        seen.clear()
+        session.delete(item)
+        session.commit()
+        assert seen == ["create_and_destroy", "update_and_destroy"]
+
+    def test_callbacks_run_in_order_defined(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Receivers run in connection order, after a commit and after a rollback
+        (CallbackOrderTest, run_after_transaction_callbacks_in_order_defined)."""
+        seen: list[str] = []
+        for name in ("1", "2", "3"):
+            connect(signals.committed, lambda sender, _name=name, **kw: seen.append(_name))
+            connect(signals.rolled_back, lambda sender, _n=name, **kw: seen.append(f"rb{_n}"))
+        item = add_item(session)
+        item.value = 2
+        session.flush()
+        session.rollback()
+        assert seen == ["1", "2", "3", "rb1", "rb2", "rb3"]
+
+    def test_trigger_once_on_multiple_deletions_in_a_transaction(
+        self, session: sa_orm.Session, history: list[str]
+    ) -> None:
+        """An object deleted twice in one transaction is one delete."""
+        item = committed_item(session, history)
+        session.delete(item)
+        session.delete(item)
+        session.commit()
+        assert history == ["commit_on_destroy"]
+
+    def test_rollback_on_multiple_deletions(
+        self, session: sa_orm.Session, history: list[str]
+    ) -> None:
+        """Updated then deleted, then rolled back: one destroy is rolled back."""
+        item = committed_item(session, history)
+        item.value = 2
+        session.flush()
+        session.delete(item)
+        session.flush()
+        session.rollback()
+        assert history == ["rollback_on_destroy"]
+
+    def test_created_callback_called_on_last_to_save_in_a_transaction(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Created then updated in one transaction: one create, with the last values
+        (CallbacksOnMultipleInstancesInATransactionTest)."""
+        seen = connect.record(signals.committed, Item, on="insert")
+        item = Item(name="A")
+        session.add(item)
+        session.flush()
+        item.name = "B"
+        session.commit()
+        assert [kw["change"].changes["name"] for _, kw in seen] == [(None, "B")]
+
+    def test_destroyed_callback_when_preceded_in_transaction_by_save(
+        self, session: sa_orm.Session, history: list[str]
+    ) -> None:
+        """Updated then destroyed in one transaction: one destroy, no update."""
+        item = committed_item(session, history, name="one")
+        item.name = "two"
+        session.flush()
+        session.delete(item)
+        session.commit()
+        assert history == ["commit_on_destroy"]
+
+    def test_after_commit_callbacks_with_optimistic_locking(
+        self, session: sa_orm.Session, history: list[str]
+    ) -> None:
+        """Created, updated and destroyed in three transactions: three sends, in order."""
+        item = add_item(session)
+        item.name = "another name"
+        session.commit()
+        session.delete(item)
+        session.commit()
+        assert history == ["commit_on_create", "commit_on_update", "commit_on_destroy"]
+
+
+# A plain function, as test_change_set_is_the_database_difference.
+@hypothesis.settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(data=st.data())
+def test_rolled_back_is_what_each_rollback_undid(
+    session: sa_orm.Session, rolled_back: Calls, data: t.Any
+) -> None:
+    """Any mix of writes, flushes and savepoints: each rollback, of a savepoint or of the
+    transaction, reports exactly the rows it undid, by the operation it undid."""
+
+    def snapshot() -> dict[tuple[int], tuple[str, int]]:
+        with session.no_autoflush:  # what the database holds, flushed writes only
+            rows = session.execute(sa.select(Item.id, Item.name, Item.value)).all()
+        return {(row.id,): (row.name, row.value) for row in rows}
+
+    def undone(before: dict[t.Any, t.Any], after: dict[t.Any, t.Any]) -> dict[t.Any, str]:
+        changed = {key for key in before.keys() & after.keys() if before[key] != after[key]}
+        return (
+            dict.fromkeys(after.keys() - before.keys(), "insert")
+            | dict.fromkeys(before.keys() - after.keys(), "delete")
+            | dict.fromkeys(changed, "update")
+        )
+
+    session.execute(sa.delete(Item))
+    session.expunge_all()
+    session.add_all([Item(name=f"seed{i}", value=i) for i in range(3)])
+    session.commit()
+    rolled_back.clear()  # the session and the fixture serve every example
+    objects = list(session.scalars(sa.select(Item)))
+    starts: list[tuple[sa_orm.SessionTransaction, dict[t.Any, t.Any]]] = []
+    expected: list[dict[t.Any, str]] = []
+    transaction_start = snapshot()
+    counter = 0
+    for operation in data.draw(st.lists(st.sampled_from(OPERATIONS), max_size=20)):
+        alive = [o for o in objects if sa.inspect(o).persistent and o not in session.deleted]
+        if operation == "insert":
+            counter += 1
+            objects.append(Item(name=f"new{counter}", value=counter))
+            session.add(objects[-1])
+        elif operation in ("update", "rename", "delete") and alive:
+            item = data.draw(st.sampled_from(alive))
+            if operation == "update":
+                item.value = item.value + data.draw(st.sampled_from([-1, 0, 1]))
+            elif operation == "rename":
+                counter += 1
+                item.name = f"renamed{counter}"
+            else:
+                session.delete(item)
+        elif operation == "flush":
+            session.flush()
+        elif operation == "savepoint":
+            session.flush()  # begin_nested() flushes first: the savepoint starts after that
+            starts.append((session.begin_nested(), snapshot()))
+        elif operation in ("release", "rollback") and starts:
+            savepoint, start = starts.pop()
+            if operation == "rollback":
+                expected.append(undone(start, snapshot()))
+                savepoint.rollback()
+            else:
+                savepoint.commit()
+    # rollback() rolls back the savepoints still open first, innermost first, each on its own.
+    current = snapshot()
+    for _, start in reversed(starts):
+        expected.append(undone(start, current))
+        current = start
+    expected.append(undone(transaction_start, current))
+    session.rollback()
+    reported = [{c.identity: c.operation for c in kw["changes"]} for _, kw in rolled_back]
+    assert reported == [changes for changes in expected if changes]

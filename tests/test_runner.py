@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc as c
 import contextvars
+import logging
 import threading
 import typing as t
 
@@ -155,6 +156,60 @@ class TestFailures:
         assert len(failures) == 1
         assert len(sessions) == 2
         assert sessions[0] is not sessions[1]
+
+
+class TestReportedOnce:
+    def test_strict_failure_is_raised_and_a_later_one_reported(
+        self, session: sa_orm.Session, connect: Connector, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The first strict callback's error leaves commit() and is neither logged nor sent;
+        a second one, which cannot be raised too, is logged and sent: each failure once."""
+        failures = connect.record(signals.on_commit_failed)
+
+        def first() -> None:
+            raise LookupError("first")
+
+        def second() -> None:
+            raise KeyError("second")
+
+        session.add(Item(name="a"))
+        sa_signals.on_commit(first, session, robust=False)
+        sa_signals.on_commit(second, session, robust=False)
+        with (
+            caplog.at_level(logging.ERROR, logger="sa_signals"),
+            pytest.raises(LookupError, match="first"),
+        ):
+            session.commit()
+        assert [kwargs["callback"] for _, kwargs in failures] == [second]
+        assert [record.exc_info[1] for record in caplog.records] == [  # type: ignore[index]
+            failures[0][1]["exception"]
+        ]
+
+    def test_work_held_on_a_connection_reports_each_failure_once(
+        self, Session: Scoped, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """Two sessions' strict callbacks waiting on one Connection: its COMMIT raises the
+        first error; the second is reported."""
+        failures = connect.record(signals.on_commit_failed)
+
+        def first() -> None:
+            raise LookupError("first")
+
+        def second() -> None:
+            raise KeyError("second")
+
+        maker = Session.session_factory
+        with engine.connect() as connection:
+            connection.begin()
+            for name, callback in (("a", first), ("b", second)):
+                with maker(bind=connection, join_transaction_mode="create_savepoint") as joined:
+                    joined.add(Item(name=name))
+                    sa_signals.on_commit(callback, joined, robust=False)
+                    joined.commit()
+            with pytest.raises(LookupError, match="first"):
+                connection.commit()
+        assert [kwargs["callback"] for _, kwargs in failures] == [second]
+        assert count(engine, Item) == 2
 
 
 class TestNestedBatches:

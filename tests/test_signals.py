@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import types
 import typing as t
+import warnings
 
+import blinker
 import packaging.version
 import pytest
 import sqlalchemy as sa
@@ -12,20 +17,26 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 import sa_signals
+from sa_signals import _dispatch
 from sa_signals import signals
 from sa_signals._core import bridge as _bridge
+from sa_signals._core import instances as _instances
 from sa_signals._core import state as _state
 from sa_signals._core.state import STATE_ATTR
 from tests.conftest import count
 from tests.models import Animal
 from tests.models import Audit
+from tests.models import Author
 from tests.models import Base
+from tests.models import Book
 from tests.models import Cat
 from tests.models import Dog
 from tests.models import Item
+from tests.models import Page
 
 if t.TYPE_CHECKING:
     from tests.conftest import Connector
+    from tests.conftest import Flavour
     from tests.conftest import Recorder
 
 Scoped = sa_orm.scoped_session[sa_orm.Session]
@@ -151,14 +162,15 @@ class TestSessionSignals:
         engine: sa.Engine,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A robust receiver that raises is logged and reported; the others run; data commits."""
+        """A receiver connected robustly that raises is logged and reported; the others run;
+        data commits."""
         failures = connect.record(signals.receiver_failed)
         calls: list[str] = []
 
         def broken(sender: object, **kwargs: object) -> None:
             raise RuntimeError("broken receiver")
 
-        connect(signals.before_commit, broken)
+        connect(signals.before_commit, broken, robust=True)
         connect(signals.before_commit, lambda sender, **kw: calls.append("second"))
         session.add(Item(name="a"))
         with caplog.at_level(logging.ERROR, logger="sa_signals"):
@@ -206,8 +218,8 @@ class TestSessionSignals:
         message: str,
     ) -> None:
         """A coroutine receiver hit by a sync session's event, inside the transaction or after
-        the COMMIT, gets a clear, reported error; the other receivers, the commit and the
-        callbacks go on."""
+        the COMMIT, gets a clear, reported error (robustly connected); the other receivers, the
+        commit and the callbacks go on."""
         signal = getattr(signals, name)
         sent = connect.record(signal)
         reported = connect.record(signals.receiver_failed)
@@ -215,7 +227,7 @@ class TestSessionSignals:
         async def receiver(sender: object, **kwargs: object) -> None:  # pragma: no cover
             pass
 
-        connect(signal, receiver)
+        connect(signal, receiver, robust=True)
         session.add(Item(name="a"))
         sa_signals.on_commit(recorder.do(1), session)
         session.commit()
@@ -327,8 +339,8 @@ class TestModelSignals:
         post = connect.record(signals.post_delete)
         session.delete(item)
         session.commit()
-        assert pre == [(Item, {"instance": item, "session": session})]
-        assert post == [(Item, {"instance": item, "session": session})]
+        assert pre == [(Item, {"instance": item, "session": session, "origin": item})]
+        assert post == [(Item, {"instance": item, "session": session, "origin": item})]
 
     def test_receiver_for_base_gets_subclass_events(
         self, session: sa_orm.Session, connect: Connector
@@ -745,3 +757,737 @@ class TestSessionListenersOnDemand:
         assert _state.TRANSACTION_FIELDS_KNOWN
         released = packaging.version.Version(sa.__version__).release
         assert _state.CONNECTIONS_KNOWN is (released >= (2, 1, 7))
+
+
+IN_TRANSACTION = [
+    "before_flush",
+    "pre_save",
+    "post_save",
+    "after_flush",
+    "before_commit",
+    "before_models_committed",
+]
+"""Signals sent inside the transaction by a commit of a new row: their family vetoes."""
+
+
+def fail(sender: object, **kwargs: object) -> None:
+    raise LookupError("receiver failed")
+
+
+class TestFailurePolicy:
+    @pytest.mark.parametrize("name", IN_TRANSACTION)
+    def test_in_transaction_receiver_vetoes_by_default(
+        self,
+        session: sa_orm.Session,
+        connect: Connector,
+        engine: sa.Engine,
+        caplog: pytest.LogCaptureFixture,
+        name: str,
+    ) -> None:
+        """A raising receiver of a signal sent inside the transaction aborts the commit; its
+        exception is raised, and neither logged nor sent on receiver_failed."""
+        reported = connect.record(signals.receiver_failed)
+        connect(getattr(signals, name), fail)
+        session.add(Item(name="a"))
+        with pytest.raises(LookupError, match="receiver failed"):
+            session.commit()
+        session.rollback()
+        assert count(engine, Item) == 0
+        assert reported == []
+        assert "receiver failed" not in caplog.text
+
+    def test_robust_connect_isolates_an_in_transaction_receiver(
+        self, session: sa_orm.Session, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """Connected with robust=True, a raising pre_save receiver is reported; the row is
+        saved."""
+        reported = connect.record(signals.receiver_failed)
+        connect(signals.pre_save, fail, robust=True)
+        session.add(Item(name="a"))
+        session.commit()
+        assert count(engine, Item) == 1
+        assert [kwargs["receiver"] for _, kwargs in reported] == [fail]
+
+    def test_strict_connect_raises_a_commit_time_receiver_after_the_others(
+        self,
+        session: sa_orm.Session,
+        connect: Connector,
+        recorder: Recorder,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Connected with robust=False, a raising after_commit receiver leaves commit() once the
+        other receivers and the callbacks ran, and is reported only by being raised."""
+        reported = connect.record(signals.receiver_failed)
+        connect(signals.after_commit, fail, robust=False)
+        connect(signals.after_commit, lambda sender, **kw: recorder.done.append("after"))
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.do("callback"), session)
+        with (
+            caplog.at_level(logging.ERROR, logger="sa_signals"),
+            pytest.raises(LookupError, match="receiver failed"),
+        ):
+            session.commit()
+        recorder.assert_done(["after", "callback"])
+        assert reported == []
+        assert caplog.records == []
+
+    def test_strict_install_makes_isolated_receivers_strict_unless_connected_robust(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """install(robust=False) makes the commit-time receivers strict, except those connected
+        with robust=True; the in-transaction ones veto either way."""
+        maker = sa_orm.sessionmaker(engine)
+        sa_signals.install(maker, robust=False)
+        reported = connect.record(signals.receiver_failed)
+
+        def lenient(sender: object, **kwargs: object) -> None:
+            raise KeyError("lenient")
+
+        connect(signals.after_commit, lenient, robust=True)
+        connect(signals.after_commit, fail)
+        try:
+            with maker() as session:
+                session.add(Item(name="a"))
+                with pytest.raises(LookupError, match="receiver failed"):
+                    session.commit()
+        finally:
+            sa_signals.uninstall(maker)
+        assert [kwargs["receiver"] for _, kwargs in reported] == [lenient]
+        assert count(engine, Item) == 1
+
+    def test_second_strict_failure_is_reported(
+        self, session: sa_orm.Session, connect: Connector, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Only the first strict failure can be raised: a later one is logged and sent, so that
+        each failure is reported once."""
+        reported = connect.record(signals.receiver_failed)
+
+        def second(sender: object, **kwargs: object) -> None:
+            raise KeyError("second")
+
+        connect(signals.after_commit, fail, robust=False)
+        connect(signals.after_commit, second, robust=False)
+        session.add(Item(name="a"))
+        with (
+            caplog.at_level(logging.ERROR, logger="sa_signals"),
+            pytest.raises(LookupError, match="receiver failed"),
+        ):
+            session.commit()
+        assert [kwargs["receiver"] for _, kwargs in reported] == [second]
+        assert [record.exc_info[1] for record in caplog.records] == [  # type: ignore[index]
+            reported[0][1]["exception"]
+        ]
+
+    def test_robust_setting_forgotten_with_the_receiver(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A receiver disconnected and connected again without robust= follows its family."""
+        signals.pre_save.connect(fail, weak=False, robust=True)
+        signals.pre_save.disconnect(fail)
+        connect(signals.pre_save, fail)
+        session.add(Item(name="a"))
+        with pytest.raises(LookupError):
+            session.flush()
+        session.rollback()
+
+    @pytest.mark.parametrize(
+        ("signal", "options", "error", "message"),
+        [
+            (signals.pre_save, {"robust": "yes"}, TypeError, "takes robust=True, False or None"),
+            (signals.receiver_failed, {"robust": False}, TypeError, "always isolated"),
+            (signals.post_save, {"on": "insert"}, TypeError, "filters the receivers of change"),
+            (signals.committed, {"on": "save"}, ValueError, "among insert, update, delete"),
+            (signals.committed, {"on": ()}, ValueError, "among insert, update, delete"),
+        ],
+    )
+    def test_connect_options_checked_at_connect(
+        self, signal: t.Any, options: dict[str, t.Any], error: type[Exception], message: str
+    ) -> None:
+        """A robust= or on= a signal cannot honour is refused when connecting, naming why."""
+        with pytest.raises(error, match=message):
+            signal.connect(fail, weak=False, **options)
+        assert fail not in [receiver for receiver, _ in signal.receivers_in_order(Item)]
+
+    @pytest.mark.flavours("async")
+    def test_async_in_transaction_coroutine_receiver_vetoes(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector, engine: sa.Engine
+    ) -> None:
+        """An awaited coroutine receiver of before_commit that raises aborts the commit."""
+
+        async def veto(sender: object, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            raise PermissionError("vetoed")
+
+        connect(signals.before_commit, veto)
+        any_session.add(Item(name="a"))
+        with pytest.raises(PermissionError, match="vetoed"):
+            flavour.aw(any_session.commit())
+        flavour.aw(any_session.rollback())
+        assert count(engine, Item) == 0
+
+
+def _module_level(sender: object, **kwargs: object) -> None:
+    """A receiver defined at module level."""
+
+
+class _Handler:
+    def __call__(self, sender: object, **kwargs: object) -> None: ...
+
+    def method(self, sender: object, **kwargs: object) -> None: ...
+
+
+class TestWeakReceivers:
+    def test_lambda_connected_weakly_warns(self) -> None:
+        """A lambda that only the call references is collected at once: the connect warns,
+        naming the fix."""
+        signal = signals.Signal("demo")
+        with pytest.warns(sa_signals.WeakReceiverWarning, match="weak=False, or keep a ref"):
+            signal.connect(lambda sender, **kwargs: None)
+        assert not signal.receivers
+
+    def test_nested_function_connected_by_decorator_warns(self) -> None:
+        """The classic mistake: a receiver decorated inside a function (an app factory)."""
+        signal = signals.Signal("demo")
+
+        def create_app() -> None:
+            @signal.connect
+            def on_demo(sender: object, **kwargs: object) -> None: ...
+
+        with pytest.warns(sa_signals.WeakReceiverWarning, match=r"demo\.connect\(<function"):
+            create_app()
+
+    @pytest.mark.parametrize(
+        "make", [lambda: functools.partial(_module_level, 1), _Handler], ids=["partial", "object"]
+    )
+    def test_temporary_callable_connected_weakly_warns(self, make: t.Any) -> None:
+        """A partial or a callable object made for the call dies with it, too."""
+        signal = signals.Signal("demo")
+        with pytest.warns(sa_signals.WeakReceiverWarning):
+            signal.connect(make())
+
+    def test_warning_points_at_the_connect(self) -> None:
+        """The warning is attributed to the line that connected."""
+        signal = signals.Signal("demo")
+        with pytest.warns(sa_signals.WeakReceiverWarning) as caught:
+            signal.connect(lambda sender: None)
+        assert caught[0].filename == __file__
+
+    def test_referenced_receivers_do_not_warn(self) -> None:
+        """Module-level functions (also decorated ones), bound methods and nested functions kept
+        in a variable connect weakly without a warning, and are called."""
+        signal = signals.Signal("demo")
+        handler = _Handler()
+        calls: list[object] = []
+
+        def kept(sender: object, **kwargs: object) -> None:
+            calls.append(sender)
+
+        module = types.ModuleType("receivers")
+        module.signal = signal  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            exec("@signal.connect\ndef decorated(sender, **kwargs): pass", module.__dict__)
+            signal.connect(_module_level)
+            signal.connect(handler.method)
+            signal.connect(kept)
+            signal.connect(lambda sender: None, weak=False)
+        signal.send("demo")
+        assert calls == ["demo"]
+        assert len(signal.receivers) == 5
+
+
+class TestStringSenders:
+    def test_class_name_and_module_path_connect_to_the_mapped_class(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A receiver may name its sender: "Item", "models.Item" or "tests.models.Item"."""
+        calls = [connect.record(signals.post_save, name) for name in ("Item", "models.Item")]
+        calls.append(connect.record(signals.post_save, "tests.models.Item"))
+        session.add_all([Item(name="a"), Audit(message="not an item")])
+        session.flush()
+        assert [[sender for sender, _ in each] for each in calls] == [[Item]] * 3
+        assert not _dispatch.names_pending()
+
+    def test_name_matches_mapped_subclasses(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A name stands for its class, so it receives the events of mapped subclasses too."""
+        calls = connect.record(signals.post_save, "Animal")
+        session.add(Dog(name="rex"))
+        session.flush()
+        assert [sender for sender, _ in calls] == [Dog]
+
+    def test_unknown_name_fails_the_first_flush(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A name that no mapped class has waits; the first flush after raises, naming it and
+        the fix, and raises again until the receiver is disconnected."""
+        calls = connect.record(signals.post_save, "Itme")
+        session.add(Item(name="a"))
+        with pytest.raises(sa_signals.SenderNameError, match="no mapped class is named 'Itme'"):
+            session.flush()
+        session.rollback()
+        with pytest.raises(sa_signals.SenderNameError):
+            session.commit()  # a new flush of nothing: nothing to flush, nothing raised
+            session.add(Item(name="b"))
+            session.flush()
+        session.rollback()
+        assert signals.post_save.disconnect(connect._connected[-1][1], sender="Itme")
+        session.add(Item(name="c"))
+        session.commit()
+        assert calls == []
+        assert not _dispatch.names_pending()
+
+    def test_ambiguous_name_refused_at_connect(self) -> None:
+        """A name two mapped classes have is refused, listing them."""
+        first, second = sa_orm.registry(), sa_orm.registry()
+        twins = [type("Twin", (), {}), type("Twin", (), {})]  # held: registries hold them weakly
+        try:
+            for registry, twin in zip((first, second), twins, strict=True):
+                table = sa.Table(
+                    "twins", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+                )
+                registry.map_imperatively(twin, table)
+            with pytest.raises(sa_signals.SenderNameError, match="'Twin' names several"):
+                signals.post_save.connect(fail, sender="Twin", weak=False)
+        finally:
+            first.dispose()
+            second.dispose()
+        assert not signals.post_save.receivers
+
+
+class TestInitSignals:
+    def test_construction_sends_pre_init_then_post_init(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """pre_init gets the constructor's arguments before it runs, post_init the object
+        after it ran; the sender is the mapped class."""
+        seen: list[tuple[str, object]] = []
+
+        def before(sender: type, *, instance: Item, args: tuple[object, ...], **kwargs: t.Any):
+            seen.append(("pre_init", (sender, args, dict(kwargs["kwargs"]), instance.name)))
+
+        def after(sender: type, *, instance: Item, session: object, **kwargs: object) -> None:
+            seen.append(("post_init", (sender, instance.name, session)))
+
+        connect(signals.pre_init, before)
+        connect(signals.post_init, after)
+        Dog(name="rex")
+        assert seen == [
+            ("pre_init", (Dog, (), {"name": "rex"}, None)),
+            ("post_init", (Dog, "rex", None)),
+        ]
+
+    def test_pre_init_receiver_may_change_the_arguments(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """The kwargs dict is the constructor's own: a receiver changes what it gets."""
+
+        def shout(sender: type, *, kwargs: dict[str, t.Any], **rest: object) -> None:
+            kwargs["name"] = kwargs["name"].upper()
+
+        connect(signals.pre_init, shout, Item)
+        assert Item(name="quiet").name == "QUIET"
+
+    @pytest.mark.parametrize("name", ["pre_init", "post_init"])
+    def test_raising_receiver_vetoes_the_construction(
+        self, Session: Scoped, connect: Connector, name: str
+    ) -> None:
+        """A raising receiver's exception leaves the constructor: the object is not made."""
+        connect(getattr(signals, name), fail, Item)
+        with pytest.raises(LookupError, match="receiver failed"):
+            Item(name="a")
+
+    def test_post_init_on_load(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector, recorder: Recorder
+    ) -> None:
+        """Loading an object sends post_init with the session that loaded it; a coroutine
+        receiver is awaited for an AsyncSession."""
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.commit())
+        loaded: list[tuple[object, object]] = []
+
+        async def arecord(sender: type, *, instance: Item, session: object, **kw: object) -> None:
+            await asyncio.sleep(0)
+            loaded.append((instance.name, session))
+
+        def record(sender: type, *, instance: Item, session: object, **kw: object) -> None:
+            loaded.append((instance.name, session))
+
+        connect(signals.post_init, arecord if flavour.is_async else record, Item)
+        any_session.expunge_all()
+        flavour.aw(any_session.scalars(sa.select(Item))).all()
+        flavour.aw(any_session.rollback())
+        assert loaded == [("a", any_session)]
+
+    def test_nothing_sent_or_attached_without_an_installation(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """With no installation, construction and loads send nothing, and the constructors and
+        listeners are SQLAlchemy's own."""
+        calls = connect.record(signals.post_init)
+        connect(signals.pre_init, fail)
+        with sa_orm.Session(engine) as session:
+            session.add(Item(name="a"))
+            session.commit()
+            session.expunge_all()
+            session.scalars(sa.select(Item)).all()
+        assert calls == []
+        manager = sa_orm.class_mapper(Item).class_manager
+        assert not isinstance(manager.original_init, _instances._PostInit)
+        assert not sa_event.contains(sa_orm.Mapper, "init", _instances._init)
+
+    def test_listeners_attached_on_demand_and_constructors_given_back(
+        self, Session: Scoped, connect: Connector
+    ) -> None:
+        """The init listener is attached once pre_init or post_init has a receiver; the last
+        uninstall removes it and gives each wrapped class its constructor back."""
+        assert not sa_event.contains(sa_orm.Mapper, "init", _instances._init)
+        connect.record(signals.post_init, Item)
+        Item(name="a")
+        manager = sa_orm.class_mapper(Item).class_manager
+        assert isinstance(manager.original_init, _instances._PostInit)
+        Session.remove()
+        sa_signals.uninstall(Session)
+        assert not isinstance(manager.original_init, _instances._PostInit)
+        assert not sa_event.contains(sa_orm.Mapper, "load", _instances._load)
+
+
+class TestDeleteOrigin:
+    def test_first_delete_is_the_origin(self, session: sa_orm.Session, connect: Connector) -> None:
+        """An object deleted itself before its parent's delete cascaded to it is its own
+        origin."""
+        first, second = Page(text="1"), Page(text="2")
+        book = Book(title="Rayuela", pages=[first, second])
+        session.add(book)
+        session.commit()
+        pre = connect.record(signals.pre_delete, Page)
+        session.delete(first)
+        session.delete(book)
+        session.flush()
+        assert {kwargs["instance"].text: kwargs["origin"] for _, kwargs in pre} == {
+            "1": first,
+            "2": book,
+        }
+        session.commit()
+        assert session.__dict__[STATE_ATTR].origins is None  # nothing held after the commit
+
+    def test_orphan_is_its_own_origin(self, session: sa_orm.Session, connect: Connector) -> None:
+        """A row the flush deletes for being taken out of its parent comes from itself."""
+        page = Page(text="1")
+        book = Book(title="Rayuela", pages=[page])
+        session.add(book)
+        session.commit()
+        post = connect.record(signals.post_delete)
+        book.pages.remove(page)
+        session.commit()
+        assert [(sender, kwargs["origin"]) for sender, kwargs in post] == [(Page, page)]
+
+
+# Django's tests/signals/tests.py, test by test where the feature applies: the model signals of
+# Django's ORM, translated to a session's flush (sender the mapped class, keyword arguments).
+
+
+class TestDjangoSignalTests:
+    def test_model_pre_init_and_post_init(self, Session: Scoped, connect: Connector) -> None:
+        """Constructing an object sends pre_init with its arguments, then post_init with it."""
+        data: list[object] = []
+        connect(signals.pre_init, lambda sender, *, kwargs, **kw: data.append(dict(kwargs)))
+        connect(signals.post_init, lambda sender, *, instance, **kw: data.append(instance))
+        item = Item(name="John")
+        assert data == [{"name": "John"}, item]
+
+    def test_save_signals(self, session: sa_orm.Session, connect: Connector) -> None:
+        """pre_save and post_save for an insert, an update, a primary key change (an UPDATE
+        in SQLAlchemy, where Django inserts), and an object loaded with a deferred column."""
+        data: list[tuple[object, ...]] = []
+        connect(
+            signals.pre_save, lambda sender, *, instance, **kw: data.append((instance, sender))
+        )
+        connect(
+            signals.post_save,
+            lambda sender, *, instance, created, **kw: data.append((instance, sender, created)),
+        )
+        item = Item(name="John")
+        session.add(item)
+        session.flush()
+        assert data == [(item, Item), (item, Item, True)]
+        data.clear()
+        item.name = "Tom"
+        session.flush()
+        assert data == [(item, Item), (item, Item, False)]
+        data.clear()
+        item.id = -1  # a negative key moves no server's auto-increment counter
+        session.flush()
+        assert data == [(item, Item), (item, Item, False)]
+        session.commit()
+        data.clear()
+        session.expunge_all()
+        deferred = session.scalars(sa.select(Item).options(sa_orm.defer(Item.name))).one()
+        deferred.value = 5
+        session.flush()
+        assert data == [(deferred, Item), (deferred, Item, False)]
+
+    def test_delete_signals(self, session: sa_orm.Session, connect: Connector) -> None:
+        """pre_delete and post_delete carry the instance, its class and the origin; any
+        callable receives them, and the row still has its id in both."""
+        data: list[tuple[object, ...]] = []
+
+        class PostDeleteHandler:
+            def __call__(self, sender: type, *, instance: Item, origin: object, **kw: object):
+                data.append((instance, sender, instance.id is None, origin))
+
+        handler = PostDeleteHandler()
+        connect(
+            signals.pre_delete,
+            lambda sender, *, instance, origin, **kw: data.append(
+                (instance, sender, instance.id is None, origin)
+            ),
+        )
+        connect(signals.post_delete, handler)
+        first, second = Item(name="John"), Item(name="James")
+        session.add_all([first, second])
+        session.flush()
+        session.delete(first)
+        session.flush()
+        assert data == [(first, Item, False, first), (first, Item, False, first)]
+        data.clear()
+        second.id = -2
+        session.flush()
+        session.delete(second)
+        session.flush()
+        assert data == [(second, Item, False, second), (second, Item, False, second)]
+
+    def test_delete_signals_origin_model(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector
+    ) -> None:
+        """An object's delete is its own origin; the rows its delete cascaded to have it as
+        origin too (SQLAlchemy deletes table by table: the pages, then the book)."""
+        data: list[tuple[str, object, object]] = []
+        item = Item(name="John")
+        book = Book(title="Rayuela", pages=[Page(text="Page 1"), Page(text="Page 2")])
+        any_session.add_all([item, book])
+        flavour.aw(any_session.commit())
+        connect(
+            signals.pre_delete,
+            lambda sender, *, origin, **kw: data.append(("pre", sender, origin)),
+        )
+        connect(
+            signals.post_delete,
+            lambda sender, *, origin, **kw: data.append(("post", sender, origin)),
+        )
+        flavour.aw(any_session.delete(item))
+        flavour.aw(any_session.commit())
+        assert data == [("pre", Item, item), ("post", Item, item)]
+        data.clear()
+        flavour.aw(any_session.delete(book))
+        flavour.aw(any_session.commit())
+        assert data == [
+            ("pre", Page, book),
+            ("pre", Page, book),
+            ("post", Page, book),
+            ("post", Page, book),
+            ("pre", Book, book),
+            ("post", Book, book),
+        ]
+
+    def test_delete_signals_origin_queryset(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """A bulk DELETE (Django's queryset delete) loads no rows: it sends no pre_delete or
+        post_delete, and bulk_delete with the statement it started from."""
+        session.add_all([Item(name="John"), Item(name="James")])
+        session.commit()
+        deletes = connect.record(signals.pre_delete) + connect.record(signals.post_delete)
+        bulk = connect.record(signals.bulk_delete)
+        statement = sa.delete(Item)
+        session.execute(statement)
+        session.commit()
+        assert deletes == []
+        assert [(sender, kwargs["statement"], kwargs["rowcount"]) for sender, kwargs in bulk] == [
+            (Item, statement, 2)
+        ]
+
+    def test_decorators(self, session: sa_orm.Session) -> None:
+        """connect_via() connects strongly, to any sender or to one class."""
+        data: list[object] = []
+
+        @signals.pre_save.connect_via(blinker.ANY)
+        def decorated_handler(sender: type, *, instance: object, **kw: object) -> None:
+            data.append(instance)
+
+        @signals.pre_save.connect_via(Item)
+        def decorated_handler_with_sender_arg(sender: type, *, instance: object, **kw: object):
+            data.append(instance)
+
+        try:
+            item = Item(name="Volkswagen")
+            session.add(item)
+            session.flush()
+            assert data == [item, item]
+        finally:
+            signals.pre_save.disconnect(decorated_handler)
+            signals.pre_save.disconnect(decorated_handler_with_sender_arg, sender=Item)
+
+    def test_save_and_delete_signals_with_m2m(
+        self, session: sa_orm.Session, connect: Connector
+    ) -> None:
+        """Changing a relationship saves the rows whose columns change, and no other."""
+        data: list[str] = []
+        connect(
+            signals.post_save,
+            lambda sender, *, created, **kw: data.append(
+                f"{sender.__name__} {'created' if created else 'updated'}"
+            ),
+        )
+        author, book = Author(name="Neal Stephenson"), Book(title="Snow Crash")
+        session.add_all([author, book])
+        session.flush()
+        assert data == ["Author created", "Book created"]
+        data.clear()
+        author.books.append(book)
+        session.flush()
+        author.books.remove(book)
+        session.flush()
+        assert data == ["Book updated", "Book updated"]
+
+    def test_lazy_model_signal(self, Session: Scoped) -> None:
+        """A receiver connected by name is held as weakly as any other, unless weak=False."""
+        calls: list[object] = []
+
+        def callback(sender: type, **kwargs: object) -> None:
+            calls.append(sender)
+
+        signals.pre_init.connect(callback, sender="models.Item")
+        assert signals.pre_init.disconnect(callback, sender="Item")
+        signals.pre_init.connect(callback, sender="NotMappedYet", weak=False)
+        assert signals.pre_init.disconnect(callback, sender="NotMappedYet")
+        signals.pre_init.connect(callback, sender="Item")
+        del callback
+        Item(name="a")
+        assert calls == []
+        assert not signals.pre_init.receivers
+
+    def test_disconnect_model(self, Session: Scoped, connect: Connector) -> None:
+        """disconnect() says whether the receiver was connected, as Django's does."""
+        calls = connect.record(signals.post_init, Item)
+        receiver = connect._connected[-1][1]
+        assert signals.post_init.disconnect(receiver, sender=Item) is True
+        assert signals.post_init.disconnect(receiver, sender=Item) is False
+        Item(name="a")
+        assert calls == []
+
+
+class TestDjangoLazyModelRefTests:
+    def test_invalid_sender_model_name(self) -> None:
+        """A string sender that cannot be a class name is refused at connect."""
+        with pytest.raises(ValueError, match="a string sender names a mapped class"):
+            signals.post_init.connect(fail, sender="in valid", weak=False)
+
+    def test_already_loaded_model(self, Session: Scoped, connect: Connector) -> None:
+        """A name whose class is mapped connects to it at once."""
+        received = connect.record(signals.post_init, "models.Book")
+        assert not _dispatch.names_pending()
+        book = Book(title="a")
+        assert received == [(Book, {"instance": book, "session": None})]
+
+    def test_not_loaded_model(self, Session: Scoped, connect: Connector) -> None:
+        """A name connected before its class is mapped receives its events once it is."""
+        received = connect.record(signals.post_init, "Created")
+        assert _dispatch.names_pending()
+        registry = sa_orm.registry()
+        try:
+
+            class Created:
+                pass
+
+            table = sa.Table(
+                "created", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+            )
+            registry.map_imperatively(Created, table)
+            instance = Created()
+        finally:
+            registry.dispose()
+        assert received == [(Created, {"instance": instance, "session": None})]
+        assert not _dispatch.names_pending()
+
+    def test_disconnect_registered_model(self, Session: Scoped) -> None:
+        """Disconnecting by name finds the mapped class: True once, then False."""
+        received: list[object] = []
+
+        def receiver(sender: type, **kwargs: object) -> None:
+            received.append(kwargs)
+
+        signals.post_init.connect(receiver, sender="Item", weak=False)
+        assert signals.post_init.disconnect(receiver, sender="Item") is True
+        assert signals.post_init.disconnect(receiver, sender="Item") is False
+        Item(name="a")
+        assert received == []
+
+    def test_disconnect_unregistered_model(self, Session: Scoped) -> None:
+        """Disconnecting a name not mapped yet forgets it: the class mapped later sends
+        nothing, and no flush checks the name any more."""
+        received: list[object] = []
+
+        def receiver(sender: type, **kwargs: object) -> None:
+            received.append(kwargs)
+
+        signals.post_init.connect(receiver, sender="Unregistered", weak=False)
+        assert signals.post_init.disconnect(receiver, sender="Unregistered") is True
+        assert signals.post_init.disconnect(receiver, sender="Unregistered") is False
+        assert not _dispatch.names_pending()
+        registry = sa_orm.registry()
+        try:
+
+            class Unregistered:
+                pass
+
+            table = sa.Table("late", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+            registry.map_imperatively(Unregistered, table)
+            Unregistered()
+        finally:
+            registry.dispose()
+        assert received == []
+
+    def test_register_model_class_senders_immediately(self, connect: Connector) -> None:
+        """A class sender is connected as itself: no name is left to resolve."""
+        connect.record(signals.post_init, Book)
+        assert not _dispatch.names_pending()
+
+
+class TestDjangoAsyncReceiversTests:
+    @pytest.mark.flavours("async")
+    def test_asend(self, flavour: Flavour, any_session: t.Any, connect: Connector) -> None:
+        """A flush of an AsyncSession calls plain and coroutine receivers, awaiting the latter,
+        in connection order."""
+        calls: list[str] = []
+
+        async def async_handler(sender: type, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            calls.append("async")
+
+        connect(signals.post_save, lambda sender, **kw: calls.append("sync"))
+        connect(signals.post_save, async_handler)
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.flush())
+        assert calls == ["sync", "async"]
+        flavour.aw(any_session.rollback())
+
+    def test_send_robust(self, flavour: Flavour, any_session: t.Any, connect: Connector) -> None:
+        """A receiver connected robustly that raises is reported; the others still run, in
+        connection order, and the row is saved."""
+        calls: list[str] = []
+
+        async def failing_async_handler(sender: type, **kwargs: object) -> None:
+            raise LookupError("receiver failed")
+
+        reported = connect.record(signals.receiver_failed)
+        failing = failing_async_handler if flavour.is_async else fail
+        connect(signals.post_save, failing, robust=True)
+        connect(signals.post_save, lambda sender, **kw: calls.append("sync"))
+        any_session.add(Item(name="a"))
+        flavour.aw(any_session.commit())
+        assert calls == ["sync"]
+        assert [(kwargs["receiver"], str(kwargs["exception"])) for _, kwargs in reported] == [
+            (failing, "receiver failed")
+        ]

@@ -412,6 +412,8 @@ class TestCaptureSignals:
             session.add(Item(name="a"))
             session.commit()
         assert [record.signal.name for record in records] == [
+            "pre_init",
+            "post_init",
             "before_commit",
             "before_flush",
             "pre_save",

@@ -2,7 +2,8 @@
 
 Two session listeners are attached to every installed session class (``after_commit``, which
 notes what committed, and ``after_transaction_end``); the others only once something wants
-them (see :func:`sync_listeners`), and then until ``uninstall()``.
+them (see :func:`sync_listeners`), and then until ``uninstall()``. The instance listeners behind
+``pre_init`` and ``post_init`` are in :mod:`.instances`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 from .. import signals
+from .._dispatch import names_pending
+from .._dispatch import resolve_names
 from .._log import logger
 from . import bulk
 from . import changes
+from . import deletes
+from . import instances
 from .commit import end_outermost
 from .runner import is_layer_session
 from .savepoints import end_savepoint
 from .send import send
+from .send import send_changes
 from .send import send_session
 from .state import COMMITTED_ATTR
 from .state import CONNECTIONS_KNOWN
@@ -51,9 +57,17 @@ def _after_begin(
         state_of(session).connections.append(connection)
 
 
-def _before_flush(session: sa_orm.Session, flush_context: object, instances: object) -> None:
+def _before_flush(session: sa_orm.Session, flush_context: object, objects: object) -> None:
+    if names_pending():
+        resolve_names()  # a string sender naming no mapped class fails the first flush after
     if signals.before_flush.receivers:
         send_session(signals.before_flush, session)
+    if signals.pre_delete.receivers or signals.post_delete.receivers:
+        # After the before_flush receivers, which may delete more; a flush with no deletes
+        # forgets those of the last one.
+        found = deletes.origins(session)
+        if found is not None or session.__dict__.get(STATE_ATTR) is not None:
+            state_of(session).origins = found
 
 
 def _after_flush(session: sa_orm.Session, flush_context: object) -> None:
@@ -71,8 +85,13 @@ def _before_commit(session: sa_orm.Session) -> None:
         send_session(signals.before_commit, session)
     if signals.before_models_committed.receivers and not is_layer_session(session):
         collected = changes.collect_before_commit(session)
-        if collected:
-            send_session(signals.before_models_committed, session, changes=collected)
+        installation = installation_for(session)
+        if collected and installation is not None:
+            aio = installation.aio
+            public = session if aio is None else aio.public(session)
+            send_changes(
+                signals.before_models_committed, public, installation.robust, aio, collected
+            )
 
 
 def _after_commit(session: sa_orm.Session) -> None:
@@ -102,7 +121,9 @@ def _after_transaction_end(
         state: SessionState | None = session.__dict__.get(STATE_ATTR)
         if state is not None:
             committed = session.__dict__.get(COMMITTED_ATTR) is transaction
-            end_savepoint(state, transaction, committed)
+            error = end_savepoint(state, session, transaction, committed)
+            if error is not None:
+                raise error  # a strict rollback receiver failed
 
 
 _BULK_SIGNALS = {
@@ -114,7 +135,7 @@ _BULK_SIGNALS = {
 
 def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
     # Attached until uninstall once wanted (see sync_listeners): nothing to do when unwanted.
-    if not (changes.wanted() or any(signal.receivers for signal in _BULK_SIGNALS.values())):
+    if not (changes.tracking() or any(signal.receivers for signal in _BULK_SIGNALS.values())):
         return None
     executed = bulk.execute(orm_state)
     if executed is None:
@@ -159,19 +180,32 @@ def _session_listeners() -> list[tuple[str, t.Callable[..., None]]]:
     return listeners
 
 
-_WANTED_SESSION_LISTENERS: tuple[tuple[str, t.Callable[..., None], tuple[Signal, ...]], ...] = (
-    ("before_flush", _before_flush, (signals.before_flush,)),
-    ("after_flush", _after_flush, (signals.after_flush,)),
-    ("before_commit", _before_commit, (signals.before_commit, signals.before_models_committed)),
+def _flush_checks() -> bool:
+    """Whether a flush must be looked at first: a string sender to resolve, deletes' origins."""
+    return names_pending() or bool(signals.pre_delete.receivers or signals.post_delete.receivers)
+
+
+_WANTED_SESSION_LISTENERS: tuple[
+    tuple[str, t.Callable[..., None], tuple[Signal, ...], t.Callable[[], bool] | None], ...
+] = (
+    ("before_flush", _before_flush, (signals.before_flush,), _flush_checks),
+    ("after_flush", _after_flush, (signals.after_flush,), None),
+    (
+        "before_commit",
+        _before_commit,
+        (signals.before_commit, signals.before_models_committed),
+        None,
+    ),
 )
-"""The listeners attached once one of their signals has a receiver (see sync_listeners)."""
+"""The listeners attached once one of their signals has a receiver, or their check says so
+(see sync_listeners)."""
 
 _EVERY_SESSION_LISTENER: tuple[tuple[str, t.Callable[..., t.Any]], ...] = (
     ("after_begin", _after_begin),
     ("after_commit", _after_commit),
     ("after_transaction_end", _after_transaction_end),
     ("do_orm_execute", _do_orm_execute),
-    *((name, listener) for name, listener, _ in _WANTED_SESSION_LISTENERS),
+    *((name, listener) for name, listener, _, _ in _WANTED_SESSION_LISTENERS),
 )
 """Every session listener install() may have attached, for uninstall()."""
 
@@ -181,26 +215,31 @@ def sync_listeners(*args: object, **kwargs: object) -> None:
 
     The ``before_flush``, ``after_flush`` and ``before_commit`` listeners only send signals, so
     each is attached once one of its signals has a receiver (a ``before_flush`` listener also
-    makes SQLAlchemy look for dirty objects twice per flush). Any ``do_orm_execute`` listener
-    makes SQLAlchemy prepare every ORM execute twice (lazy loads and refreshes included), so it
-    is attached only once a bulk or change signal has a receiver, or an installation tracks
-    changes. The mapper listeners cost two calls per flushed row, so they are attached only
-    once a model signal has a receiver or changes are tracked. All of them stay until
-    uninstall: SQLAlchemy iterates listeners in place, so removing one while another thread's
-    (or task's) flush or execute runs them would break it. Called on install, uninstall, and
+    makes SQLAlchemy look for dirty objects twice per flush); ``before_flush`` also once a
+    string sender waits to be resolved or a delete signal has a receiver (deletes' origins).
+    Any ``do_orm_execute`` listener makes SQLAlchemy prepare every ORM execute twice (lazy loads
+    and refreshes included), so it is attached only once a bulk or change signal has a
+    receiver, or an installation tracks changes. The mapper listeners cost two calls per
+    flushed row, so they are attached only once a model signal has a receiver or changes are
+    tracked; the instance listeners (``init``, ``load``) once ``pre_init`` or ``post_init`` has
+    one. All of them stay until uninstall (the mapper and instance listeners until the last
+    one): SQLAlchemy iterates listeners in place, so removing one while another thread's (or
+    task's) flush or execute runs them would break it. Called on install, uninstall, and
     whenever one of those signals gains or loses a receiver.
     """
     with _lock:
+        changes.refresh()
         tracking = changes.wanted()
         wanted = tracking or any(signal.receivers for signal in _BULK_SIGNALS.values())
         for session_class in _installed:
             listening = sa_event.contains(session_class, "do_orm_execute", _do_orm_execute)
             if wanted and not listening:
                 sa_event.listen(session_class, "do_orm_execute", _do_orm_execute)
-            for name, listener, wanted_by in _WANTED_SESSION_LISTENERS:
-                if any(signal.receivers for signal in wanted_by) and not sa_event.contains(
-                    session_class, name, listener
-                ):
+            for name, listener, wanted_by, check in _WANTED_SESSION_LISTENERS:
+                if (
+                    any(signal.receivers for signal in wanted_by)
+                    or (check is not None and check())
+                ) and not sa_event.contains(session_class, name, listener):
                     sa_event.listen(session_class, name, listener)
         global _mapper_listening  # changed under _lock
         if not _installed:
@@ -208,12 +247,22 @@ def sync_listeners(*args: object, **kwargs: object) -> None:
                 for name, listener in _MAPPER_LISTENERS:
                     sa_event.remove(sa_orm.Mapper, name, listener)
                 _mapper_listening = False
-        elif not _mapper_listening and (
+            for name, listener, _ in instances.LISTENERS:
+                if sa_event.contains(sa_orm.Mapper, name, listener):
+                    sa_event.remove(sa_orm.Mapper, name, listener)
+            instances.unwrap()
+            return
+        if not _mapper_listening and (
             tracking or any(signal.receivers for signal in _MODEL_SIGNALS)
         ):
             for name, listener in _MAPPER_LISTENERS:
                 sa_event.listen(sa_orm.Mapper, name, listener)
             _mapper_listening = True
+        for name, listener, wanted_by in instances.LISTENERS:
+            if any(signal.receivers for signal in wanted_by) and not sa_event.contains(
+                sa_orm.Mapper, name, listener
+            ):
+                sa_event.listen(sa_orm.Mapper, name, listener)
 
 
 # Mapper-level listeners, attached to every mapper once a model signal has a receiver or changes
@@ -275,14 +324,16 @@ def _before_delete(
     mapper: sa_orm.Mapper[t.Any], connection: sa.Connection, target: object
 ) -> None:
     if signals.pre_delete.receivers:
-        _model_send(signals.pre_delete, mapper, target)
+        origin = deletes.origin_of(target, sa_orm.object_session(target))
+        _model_send(signals.pre_delete, mapper, target, origin=origin)
     if changes.wanted():
         changes.expect_deletes(connection, mapper)
 
 
 def _after_delete(mapper: sa_orm.Mapper[t.Any], connection: sa.Connection, target: object) -> None:
     if signals.post_delete.receivers:
-        _model_send(signals.post_delete, mapper, target)
+        origin = deletes.origin_of(target, sa_orm.object_session(target))
+        _model_send(signals.post_delete, mapper, target, origin=origin)
     if changes.wanted():
         changes.record_row("delete", mapper, target, connection)
 
@@ -301,12 +352,12 @@ _mapper_listening = False
 for _signal in (
     *_BULK_SIGNALS.values(),
     *_MODEL_SIGNALS,
+    *changes.SIGNALS,
+    signals.pre_init,
+    signals.post_init,
     signals.before_flush,
     signals.after_flush,
     signals.before_commit,
-    signals.before_models_committed,
-    signals.models_committed,
-    signals.committed,
 ):
     _signal.receiver_connected.connect(sync_listeners, weak=False)
     _signal.receiver_disconnected.connect(sync_listeners, weak=False)

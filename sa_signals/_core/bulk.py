@@ -18,7 +18,7 @@ from . import changes
 from .records import NOT_LOADED
 
 if t.TYPE_CHECKING:
-    from .records import Operation
+    from ..typing import Operation
 
 Row: t.TypeAlias = "dict[str, tuple[t.Any, t.Any]]"
 

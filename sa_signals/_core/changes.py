@@ -26,41 +26,59 @@ from .state import state_of
 from .work import Work
 
 if t.TYPE_CHECKING:
-    from .records import Operation
+    from ..typing import Operation
     from .state import Installation
     from .state import SessionState
 
+SIGNALS = (
+    signals.before_models_committed,
+    signals.models_committed,
+    signals.committed,
+    signals.models_rolled_back,
+    signals.rolled_back,
+)
+"""The change signals: a receiver of any of them makes the layer record writes."""
+
 _forced = 0
+_wanted = False
+_receiving = False
 
 
 def force_tracking(delta: int) -> None:
     """Count installations made with ``track_changes=True``."""
     global _forced  # changed under install()'s lock
     _forced += delta
+    refresh()
+
+
+def refresh() -> None:
+    """Recompute :func:`wanted`: called on install, uninstall, and whenever a change signal
+    gains or loses a receiver (see ``bridge.sync_listeners()``)."""
+    global _wanted, _receiving  # changed under install()'s lock
+    _receiving = any(signal.receivers for signal in SIGNALS)
+    _wanted = bool(_forced) or _receiving
 
 
 def wanted() -> bool:
-    """Whether anything may need change sets: a receiver of a change signal, or a forced install.
+    """Whether anything may need change sets, as of the last :func:`refresh`.
 
-    The cheap check made before anything else, on every flushed row.
+    The cheap check made before anything else, on every flushed row. A weak receiver collected
+    since leaves it True until the next refresh (records are then made for nobody):
+    :func:`tracking` is the exact answer.
     """
-    return bool(
-        _forced
-        or signals.models_committed.receivers
-        or signals.committed.receivers
-        or signals.before_models_committed.receivers
-    )
+    return _wanted
+
+
+def tracking() -> bool:
+    """Whether a change signal has a receiver, or an installation tracks changes."""
+    return bool(_forced) or any(signal.receivers for signal in SIGNALS)
 
 
 def _tracked(session: sa_orm.Session) -> Installation | None:
     installation = installation_for(session)
     if installation is None:
         return None
-    if installation.track_changes or (
-        signals.models_committed.receivers
-        or signals.committed.receivers
-        or signals.before_models_committed.receivers
-    ):
+    if installation.track_changes or _receiving:
         return installation
     return None
 
@@ -197,8 +215,9 @@ def settle(
     state: SessionState,
     savepoint: sa_orm.SessionTransaction,
     parent: sa_orm.SessionTransaction | None,
-) -> None:
-    """Hand the records of ``savepoint`` to ``parent``, or drop them when ``parent`` is None.
+) -> list[Record]:
+    """Hand the records of ``savepoint`` to ``parent``, or drop them when ``parent`` is None
+    and return them.
 
     Records are appended in time order and a savepoint's are all recorded after it began, so
     they are the tail of the list.
@@ -208,10 +227,12 @@ def settle(
     while index and events[index - 1].transaction is savepoint:
         index -= 1
     if parent is None:
+        dropped = events[index:]
         del events[index:]
-    else:
-        for event in events[index:]:
-            event.transaction = parent
+        return dropped
+    for event in events[index:]:
+        event.transaction = parent
+    return []
 
 
 def take(state: SessionState) -> list[Record]:
@@ -384,29 +405,21 @@ def commit_work(records: list[Record], session: object, installation: Installati
         return []
     robust = installation.robust
     sync = installation.aio is None
-    items = [
-        Work(
-            receiver,
-            robust,
-            (session,),
-            signals.models_committed,
-            is_coro and sync,
-            {"changes": list(changes)},
-        )
-        for receiver, is_coro in signals.models_committed.receivers_in_order(session)
-    ]
-    if signals.committed.receivers:
+    listed = signals.models_committed
+    items = []
+    for receiver, is_coro in listed.receivers_in_order(session):
+        own = listed.changes_for(receiver, changes)
+        if own:
+            items.append(
+                Work(receiver, robust, (session,), listed, is_coro and sync, {"changes": own})
+            )
+    each = signals.committed
+    if each.receivers:
         for change in changes:
             items.extend(
-                Work(
-                    receiver,
-                    robust,
-                    (change.model,),
-                    signals.committed,
-                    is_coro and sync,
-                    {"change": change},
-                )
-                for receiver, is_coro in signals.committed.receivers_in_order(change.model)
+                Work(receiver, robust, (change.model,), each, is_coro and sync, {"change": change})
+                for receiver, is_coro in each.receivers_in_order(change.model)
+                if each.wants(receiver, change.operation)
             )
     return items
 

@@ -2,10 +2,12 @@
 drops.
 
 After a real COMMIT the commit-time work runs, in this order: the ``after_commit`` receivers,
-``models_committed``, ``committed``, then the on_commit callbacks. A session joined into its
-caller's Connection transaction did not COMMIT: its work waits on that Connection
-(:mod:`.external`). A commit made by commit-time work itself sends no ``after_commit`` (nothing
-can loop), and its change sets go to the run's next round (:func:`.runner.later`).
+``models_committed``, ``committed``, then the on_commit callbacks. After a rollback,
+``after_rollback`` is sent, then what the transaction had flushed (:mod:`.rollbacks`). A
+session joined into its caller's Connection transaction did not COMMIT: its work waits on that
+Connection (:mod:`.external`). A commit made by commit-time work itself sends no
+``after_commit`` (nothing can loop), and its change sets go to the run's next round
+(:func:`.runner.later`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .. import signals
 from . import changes
 from . import external
 from . import queue
+from . import rollbacks
 from .runner import is_layer_session
 from .runner import later
 from .runner import run
@@ -61,6 +64,7 @@ def end_outermost(
         connections = state.connections
         if connections:
             state.connections = []
+        state.origins = None
         watched = bool(state.watches)
     has_receivers = bool(
         signals.after_commit.receivers if committed else signals.after_rollback.receivers
@@ -75,11 +79,16 @@ def end_outermost(
     if not committed:
         if watched and callbacks:
             observe(state, session, callbacks, "rolled back")  # type: ignore[arg-type]
-        if has_receivers and not is_layer_session(session):
+        sends_records = bool(records) and rollbacks.wanted()
+        if not (has_receivers or sends_records) or is_layer_session(session):
+            return None
+        if has_receivers:
             try:
                 send(signals.after_rollback, public, public, installation.robust, aio)
-            except Exception as exc:  # a strict receiver (install(robust=False)) raised
+            except Exception as exc:  # a strict receiver raised
                 return exc
+        if sends_records:
+            return rollbacks.send_rolled_back(records, session, installation, savepoint=False)
         return None
     # SessionTransaction.connections is new in SQLAlchemy 2.1.7.
     used = transaction.connections if _CONNECTIONS_KNOWN else connections  # type: ignore[attr-defined,unused-ignore]

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 
 from .._log import logger
+from .join import Join
 from .runner import run
 from .state import TRANSACTIONAL_ATTR
 
@@ -37,10 +38,10 @@ HELD_ATTR = "_sa_signals_held"
 """Connection attribute: the list of :class:`Held` work waiting on its outermost COMMIT."""
 
 
-class Held:
+class Held(Join):
     """Commit-time work waiting on the COMMIT of one or more Connections."""
 
-    __slots__ = ("dropped", "installation", "items", "origin", "savepoints", "waiting")
+    __slots__ = ("installation", "items", "origin", "savepoints")
 
     def __init__(
         self,
@@ -49,13 +50,12 @@ class Held:
         installation: Installation,
         connections: c.Collection[sa.Connection],
     ) -> None:
+        super().__init__(connections)
         self.items = items
         self.origin = origin
         self.installation = installation
-        self.waiting = set(connections)
         self.savepoints = {connection: _open_savepoints(connection) for connection in connections}
         """Per Connection, the names of its savepoints that were open when the work was held."""
-        self.dropped = False
 
 
 def _layout_known() -> bool:
@@ -182,11 +182,15 @@ def _committed(connection: sa.Connection) -> None:
     connection.__dict__[HELD_ATTR] = []
     first_error: Exception | None = None
     for held in waiting:
-        held.waiting.discard(connection)
-        if held.dropped or held.waiting:
+        if not held.arrive(connection):
             continue
-        held.dropped = True  # done: held by no Connection any more
-        error = run(held.items, held.origin, held.installation, away_from=connection)
+        error = run(
+            held.items,
+            held.origin,
+            held.installation,
+            away_from=connection,
+            raise_first=first_error is None,
+        )
         if error is not None and first_error is None:
             first_error = error
     if first_error is not None:

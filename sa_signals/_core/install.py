@@ -30,9 +30,14 @@ def install(target: InstallTarget, /, *, robust: bool = True, track_changes: boo
     the same target again does nothing. Give the ``scoped_session`` when there is one: its
     registry is where callbacks find their distinct session.
 
-    With ``robust=False``, receivers are not shielded: an exception from a receiver sent inside
-    the transaction propagates at once (vetoing the flush or commit), and one from an
-    ``after_commit`` receiver propagates out of ``commit()`` after the others ran.
+    ``robust`` decides for the receivers of the commit- and rollback-time signals
+    (``after_commit``, ``models_committed``, ``committed``, ``after_rollback``,
+    ``models_rolled_back``, ``rolled_back``) that were connected without a ``robust=`` of their
+    own: with True (the default) a failure is logged and sent on ``receiver_failed`` and the
+    others run; with False it is raised, out of ``commit()`` after the others ran, or out of
+    ``rollback()`` at once. Receivers of the signals sent inside the transaction (and
+    ``pre_init`` / ``post_init``) veto either way unless connected with ``robust=True``; see
+    ``docs/signals.md``.
 
     With ``track_changes=True``, the writes of every transaction are recorded for the change
     signals (``models_committed`` ...) even while they have no receivers; otherwise recording

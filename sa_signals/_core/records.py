@@ -11,11 +11,7 @@ if t.TYPE_CHECKING:
     import sqlalchemy as sa
     import sqlalchemy.orm as sa_orm
 
-Operation: t.TypeAlias = t.Literal["insert", "update", "delete"]
-"""What a :class:`Change` did to its row."""
-
-OPERATIONS: t.Final = frozenset({"insert", "update", "delete"})
-"""Every :data:`Operation`."""
+    from ..typing import Operation
 
 
 class _NotLoaded(enum.Enum):

@@ -71,9 +71,19 @@ class _Batch:
 class Run:
     """The commit-time work under way in one thread or task."""
 
-    __slots__ = ("batches", "live", "next_round", "round", "slot", "swaps", "task", "thread")
+    __slots__ = (
+        "batches",
+        "live",
+        "next_round",
+        "raises",
+        "round",
+        "slot",
+        "swaps",
+        "task",
+        "thread",
+    )
 
-    def __init__(self, first: _Batch) -> None:
+    def __init__(self, first: _Batch, raises: bool) -> None:
         self.batches = collections.deque((first,))
         """Batches to run, the running one first; a nested batch goes in front of it."""
         self.next_round: list[_Batch] = []
@@ -86,6 +96,9 @@ class Run:
         self.thread = _get_ident()
         self.task = _current_task()
         self.live = True
+        self.raises = raises
+        """Whether the next strict failure is returned, to be raised (not reported): true until
+        one was, so that every other failure is reported instead, each failure once."""
 
 
 _run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("sa_signals_run", default=None)
@@ -177,9 +190,13 @@ def run(
     installation: Installation,
     *,
     away_from: sa.Connection | None = None,
+    raise_first: bool = True,
 ) -> Exception | None:
     """Run ``items`` in order, each in its own distinct session; return the first error of a
-    non-robust item.
+    non-robust item, for the caller to raise.
+
+    A failure is reported (logged and sent on its failure signal) unless it is returned; with
+    ``raise_first=False`` (the caller raises another error already) nothing is returned.
 
     Inside a running item, the new items are queued to run right after it (depth first) instead
     of recursing, so callbacks registering callbacks cannot exhaust the stack; their errors are
@@ -192,7 +209,7 @@ def run(
         current.batches[0].interrupted = True
         current.batches.appendleft(batch)
         return None
-    state = Run(batch)
+    state = Run(batch, raise_first)
     token = _run.set(state)
     first_error: Exception | None = None
     try:
@@ -340,7 +357,7 @@ def _failed(
     state: Run, item: Item, slot: Slot, exc: Exception, was_open: bool
 ) -> Exception | None:
     """Close what the failed item made (and the committed session, if it began a transaction
-    there), report ``exc``; return it if the item is not robust."""
+    there); return ``exc`` to be raised, or report it (see :func:`_reported`)."""
     slot.release()
     origin = slot.origin
     if not was_open and is_closed_context_error(exc):
@@ -350,8 +367,7 @@ def _failed(
     with _outside(state, slot):
         if not was_open and origin.in_transaction():
             close_quietly(origin)
-        _report(item, slot, exc)
-    return exc if not robust_of(item) else None
+        return _reported(state, item, slot, exc)
 
 
 def _settle(
@@ -378,8 +394,16 @@ def _settle(
             raise left_open_error(func_of(item))
     except Exception as exc:
         with _outside(state, slot):
-            _report(item, slot, exc)
-        return exc if not robust_of(item) else None
+            return _reported(state, item, slot, exc)
+    return None
+
+
+def _reported(state: Run, item: Item, slot: Slot, exc: Exception) -> Exception | None:
+    """Return ``exc`` if it is the run's first strict failure, to be raised; else report it."""
+    if state.raises and not robust_of(item):
+        state.raises = False
+        return exc
+    _report(item, slot, exc)
     return None
 
 

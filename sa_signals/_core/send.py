@@ -11,10 +11,13 @@ from .failures import returned_coroutine_error
 from .state import installation_for
 
 if t.TYPE_CHECKING:
+    import collections.abc as c
+
     import sqlalchemy.orm as sa_orm
 
     from .._dispatch import Signal
     from .aio import AsyncSupport
+    from .records import Change
 
 
 def send(
@@ -29,21 +32,21 @@ def send(
     """Call the receivers of ``signal`` for ``sender`` in order, inside the transaction.
 
     A failing receiver is reported with ``origin`` (the session the user holds) and the others
-    still run; with ``robust=False`` its exception propagates at once, aborting the flush or
-    commit (a veto). Coroutine receivers are awaited for an async install.
+    still run, if it is robust (see :meth:`~sa_signals._dispatch.Signal.robust_for`, given the
+    installation's ``robust``); otherwise its exception propagates at once, aborting the flush
+    or commit (a veto), and is not reported. Coroutine receivers are awaited for an async
+    install.
     """
+    # Runs for every row of every flush: the call is inlined here, not shared with _deliver().
     for receiver, is_coroutine in signal.receivers_in_order(sender):
         try:
             if is_coroutine and aio is None:
                 raise _coroutine_receiver_error(signal, receiver)
             result = receiver(sender, **kwargs)
             if isinstance(result, types.CoroutineType):  # also a partial of an async function
-                if aio is None:
-                    result.close()  # never awaited: close it rather than leak a RuntimeWarning
-                    raise returned_coroutine_error(receiver)
-                aio.await_(result)
+                _await(result, receiver, aio)
         except Exception as exc:
-            if not robust:
+            if not signal.robust_for(receiver, robust):
                 raise
             report_receiver(signal, receiver, origin, exc, aio)
 
@@ -57,6 +60,85 @@ def send_session(signal: Signal, session: sa_orm.Session, /, **kwargs: t.Any) ->
     aio = installation.aio
     sender = session if aio is None else aio.public(session)
     send(signal, sender, sender, installation.robust, aio, **kwargs)
+
+
+def send_changes(
+    signal: Signal,
+    sender: object,
+    robust: bool,
+    aio: AsyncSupport | None,
+    changes: c.Sequence[Change],
+    /,
+    **kwargs: t.Any,
+) -> None:
+    """Send a list signal of ``changes`` (sender and origin: the session) as :func:`send`
+    does; each receiver gets a list of its own, of the operations it was connected ``on``, and
+    none if that is empty."""
+    for receiver, is_coroutine in signal.receivers_in_order(sender):
+        own = signal.changes_for(receiver, changes)
+        if own:
+            _deliver(
+                signal, receiver, is_coroutine, sender, sender, robust, aio, changes=own, **kwargs
+            )
+
+
+def send_change(
+    signal: Signal,
+    change: Change,
+    origin: object,
+    robust: bool,
+    aio: AsyncSupport | None,
+    /,
+    **kwargs: t.Any,
+) -> None:
+    """Send a per-change signal for ``change`` (sender: its mapped class) as :func:`send`
+    does, to the receivers connected ``on`` its operation."""
+    for receiver, is_coroutine in signal.receivers_in_order(change.model):
+        if not signal.wants(receiver, change.operation):
+            continue
+        _deliver(
+            signal,
+            receiver,
+            is_coroutine,
+            change.model,
+            origin,
+            robust,
+            aio,
+            change=change,
+            **kwargs,
+        )
+
+
+def _deliver(
+    signal: Signal,
+    receiver: c.Callable[..., object],
+    is_coroutine: bool,
+    sender: object,
+    origin: object,
+    robust: bool,
+    aio: AsyncSupport | None,
+    /,
+    **kwargs: t.Any,
+) -> None:
+    try:
+        if is_coroutine and aio is None:
+            raise _coroutine_receiver_error(signal, receiver)
+        result = receiver(sender, **kwargs)
+        if isinstance(result, types.CoroutineType):
+            _await(result, receiver, aio)
+    except Exception as exc:
+        if not signal.robust_for(receiver, robust):
+            raise
+        report_receiver(signal, receiver, origin, exc, aio)
+
+
+def _await(
+    result: types.CoroutineType[t.Any, t.Any, t.Any], receiver: object, aio: AsyncSupport | None
+) -> None:
+    if aio is None:
+        result.close()  # never awaited: close it rather than leak a RuntimeWarning
+        raise returned_coroutine_error(receiver)
+    aio.await_(result)
 
 
 def _coroutine_receiver_error(signal: Signal, receiver: object) -> CoroutineMisuseError:

@@ -215,6 +215,7 @@ class SessionState:
         "fields",
         "installation",
         "marks",
+        "origins",
         "plain",
         "queue",
         "session",
@@ -246,6 +247,8 @@ class SessionState:
         """The writes of the transaction, in the order they were made."""
         self.connections: list[sa.Connection] = []
         """The outermost transaction's connections, where SQLAlchemy does not keep them."""
+        self.origins: dict[int, tuple[object, object]] | None = None
+        """What the deletes of the flush under way started from (see :mod:`.deletes`)."""
 
 
 def state_of(session: sa_orm.Session) -> SessionState:

@@ -29,6 +29,7 @@ class Work:
     ) -> None:
         self.func = func
         self.robust = robust
+        """A callback's ``robust``; for a receiver, that of the installation that sent it."""
         self.args = args
         self.signal = signal
         """The signal whose receiver ``func`` is; None for an on_commit callback."""
@@ -50,5 +51,12 @@ def func_of(item: Item) -> c.Callable[..., object]:
 
 
 def robust_of(item: Item) -> bool:
-    """Whether a failure of ``item`` is only reported (not raised out of ``commit()``)."""
-    return item.robust if type(item) is Work else True
+    """Whether a failure of ``item`` is only reported (not raised out of ``commit()``).
+
+    A receiver's own ``robust=`` decides over its installation's (see
+    :meth:`~sa_signals._dispatch.Signal.robust_for`); asked only once it failed.
+    """
+    if type(item) is not Work:
+        return True
+    signal = item.signal
+    return item.robust if signal is None else signal.robust_for(item.func, item.robust)
