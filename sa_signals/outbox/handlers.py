@@ -61,7 +61,6 @@ def handler(name: c.Callable[P, R], /) -> Handler[P, R]: ...
 @t.overload
 def handler(
     name: str | None = None,
-    /,
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     retry: RetryPolicy | None = None,
@@ -71,7 +70,6 @@ def handler(
 
 def handler(
     name: str | c.Callable[P, R] | None = None,
-    /,
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     retry: RetryPolicy | None = None,
@@ -79,10 +77,10 @@ def handler(
 ) -> Handler[P, R] | c.Callable[[c.Callable[P, R]], Handler[P, R]]:
     """Register a function as an outbox handler, under ``name`` or its module and qualified name.
 
-    Used bare (``@handler``) or called (``@handler("emails.welcome", max_attempts=5)``). A row
-    whose handler raises runs again after ``retry`` (default :class:`Backoff`); after
-    ``max_attempts`` runs it is dead. With ``inline=False`` the committing process does not run
-    its rows itself: a worker does (woken at once on PostgreSQL).
+    Used bare (``@handler``) or called (``@handler("emails.welcome", max_attempts=5)``, or
+    ``@handler(name="emails.welcome")``). A row whose handler raises runs again after ``retry``
+    (default :class:`Backoff`); after ``max_attempts`` runs it is dead. With ``inline=False`` the
+    committing process does not run its rows itself: a worker does (woken at once on PostgreSQL).
     """
     if callable(name):
         return _register(name, None, max_attempts, retry, inline)

@@ -50,6 +50,19 @@ def test_a_local_function_needs_a_name():
         handlers.unregister("tests.local")
 
 
+def test_name_may_be_given_by_keyword():
+    """@handler(name=...) registers under that name, as @handler("...") does."""
+
+    def local() -> None: ...
+
+    named = outbox.handler(name="tests.by_keyword", max_attempts=2)(local)
+    try:
+        assert handlers.registered()["tests.by_keyword"] is named
+        assert named.max_attempts == 2
+    finally:
+        handlers.unregister("tests.by_keyword")
+
+
 def test_max_attempts_must_be_positive():
     """max_attempts below 1 is refused."""
     with pytest.raises(ValueError, match="at least 1"):
