@@ -1271,6 +1271,32 @@ class TestOnFilters:
             "all": ["insert", "update", "delete"],
         }
 
+    @pytest.mark.flavours("async")
+    def test_coroutine_receivers_get_their_operations(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector
+    ) -> None:
+        """For an AsyncSession, coroutine receivers of committed and rolled_back are awaited
+        for their on= operations only."""
+        received: list[tuple[str, str]] = []
+
+        def receiver(kind: str) -> t.Any:
+            async def receive(sender: type, *, change: Change, **kwargs: object) -> None:
+                await asyncio.sleep(0)
+                received.append((kind, change.operation))
+
+            return receive
+
+        connect(signals.committed, receiver("committed"), on="insert")
+        connect(signals.rolled_back, receiver("rolled back"), Item, on=("update", "delete"))
+        item = Item(name="a")
+        any_session.add(item)
+        flavour.aw(any_session.commit())
+        item.value = 5
+        any_session.add(Item(name="b"))
+        flavour.aw(any_session.flush())
+        flavour.aw(any_session.rollback())
+        assert received == [("committed", "insert"), ("rolled back", "update")]
+
     @pytest.mark.parametrize(
         "name", ["before_models_committed", "models_committed", "models_rolled_back"]
     )

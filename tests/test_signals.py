@@ -1038,6 +1038,37 @@ class TestStringSenders:
         assert calls == []
         assert not _dispatch.names_pending()
 
+    @pytest.mark.flavours("async")
+    def test_named_sender_of_an_async_session(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector
+    ) -> None:
+        """A coroutine receiver connected by name is awaited for its class's objects flushed by
+        an AsyncSession, and for no other class."""
+        names: list[str] = []
+
+        async def record(sender: type, *, instance: Item, **kwargs: object) -> None:
+            await asyncio.sleep(0)
+            names.append(instance.name)
+
+        connect(signals.post_save, record, "models.Item")
+        any_session.add_all([Item(name="a"), Audit(message="not an item")])
+        flavour.aw(any_session.commit())
+        assert names == ["a"]
+        assert not _dispatch.names_pending()
+
+    @pytest.mark.flavours("async")
+    def test_unknown_name_fails_the_first_async_flush(
+        self, flavour: Flavour, any_session: t.Any, connect: Connector
+    ) -> None:
+        """A name no mapped class has fails an AsyncSession's flush, naming it."""
+        receiver = connect(signals.post_save, fail, "Itme")
+        any_session.add(Item(name="a"))
+        with pytest.raises(sa_signals.SenderNameError, match="no mapped class is named 'Itme'"):
+            flavour.aw(any_session.flush())
+        flavour.aw(any_session.rollback())
+        assert signals.post_save.disconnect(receiver, sender="Itme")
+        assert not _dispatch.names_pending()
+
     def test_ambiguous_name_refused_at_connect(self) -> None:
         """A name two mapped classes have is refused, listing them."""
         first, second = sa_orm.registry(), sa_orm.registry()
