@@ -162,7 +162,7 @@ def kill_producers(url: str, kills: int, seed: int) -> collections.Counter[str]:
 
 
 def pending(url: str) -> int:
-    """Rows not done and not dead... and not dead: pending ones."""
+    """Return how many rows are still pending (dead ones aside)."""
     engine = make_engine(url)
     with engine.connect() as connection:
         found = connection.scalar(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 import urllib.request
 
@@ -31,7 +32,7 @@ def eventually_priced(url: str, price: int) -> bool:
     for _ in range(int(WAIT * 20)):
         if get(url)["price"] == price:
             return True
-        __import__("time").sleep(0.05)
+        time.sleep(0.05)
     return False
 
 
