@@ -252,7 +252,8 @@ def sa_signals_outbox_drain(
     """Return a function that runs every due outbox row now and returns how many ran.
 
     It drains ``sa_signals_session_factory`` (an awaitable for an async one): rows committed by
-    the code under test whose run after the commit failed, was delayed or left to workers.
+    the code under test and left to workers, or whose retry after a failed run is due (a
+    delayed row waits for its time).
     """
     from .outbox import drain  # imported on use: the outbox is optional
 
