@@ -38,8 +38,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 WAIT: t.Final = 20.0
 """Seconds a test waits for something that must happen (never asserted on)."""
 
-REDIS_PORT: t.Final = 6391
-"""The port of the private Redis server that tests kill and restart."""
+
+def free_port() -> int:
+    """Return a loopback TCP port that nothing listens on now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def transport_params() -> list[t.Any]:
@@ -168,6 +172,10 @@ class RedisServer:
         )
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
+            # Answered by another process's server if ours could not bind the port: check ours.
+            if self.process.poll() is not None:
+                msg = f"the private redis-server exited: is port {self.port} taken?"
+                raise RuntimeError(msg)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -184,8 +192,8 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: pathlib.Path) -> c.Iterator[RedisServer]:
-    """A private Redis server, killed at the end of the test."""
-    server = RedisServer(REDIS_PORT, tmp_path)
+    """A private Redis server on a free port, killed at the end of the test."""
+    server = RedisServer(free_port(), tmp_path)
     server.start()
     yield server
     if server.process is not None:
