@@ -21,9 +21,17 @@ EVENT_SIGNALS: tuple[Signal, ...] = tuple(
     value
     for value in vars(signals).values()
     if isinstance(value, Signal)
-    and value not in (signals.on_commit_failed, signals.receiver_failed)
+    and value
+    not in (
+        signals.on_commit_failed,
+        signals.receiver_failed,
+        # Sent by fanout.listen() and the outbox's runs, whatever install() did.
+        signals.remote_committed,
+        signals.remote_gap,
+        signals.outbox_failed,
+    )
 )
-"""The signals that report sessions' events: all but the failure signals."""
+"""The signals that report sessions' events: all but the failure, fan-out and outbox signals."""
 
 
 def warn_if_nothing_installed(unit: object) -> None:

@@ -100,6 +100,17 @@ class TestQuiet:
         with silent(), sa_signals.session_scope(sa_orm.sessionmaker(engine)):
             pass
 
+    def test_receivers_of_signals_no_session_sends(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """The fan-out's and the outbox's signals are not sent by sessions' events: their
+        receivers (a process that only listens, say) wait for nothing install() does, and
+        nothing is said."""
+        for signal in (signals.remote_committed, signals.remote_gap, signals.outbox_failed):
+            connect(signal, on_post_save)
+        with silent(), sa_signals.session_scope(sa_orm.sessionmaker(engine)):
+            pass
+
     def test_no_receiver_waiting(self, engine: sa.Engine, connect: Connector) -> None:
         """Without receivers, or with receivers of the failure signals only, nothing is said."""
         connect(signals.on_commit_failed, on_post_save)
