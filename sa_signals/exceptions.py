@@ -66,7 +66,8 @@ class SaSignalsWarning(UserWarning):
 
 
 class NotInstalledWarning(SaSignalsWarning):
-    """A unit of work began while signals have receivers but no session factory is installed.
+    """A unit of work or a session's transaction began while signals have receivers but no
+    session factory is installed.
 
     Nothing can send those signals: ``sa_signals.install()`` was forgotten, or comes too late.
     """

@@ -1,4 +1,5 @@
-"""The warning of a forgotten install(): when a unit of work begins, never in start-up order."""
+"""The warning of a forgotten install(): when a unit of work or a session's transaction begins,
+never in start-up order."""
 
 from __future__ import annotations
 
@@ -46,6 +47,30 @@ class TestWarns:
             pass
         assert r"Call sa_signals.install()" in str(got[0].message)
         assert got[0].filename == __file__
+
+    def test_a_plain_session_with_nothing_installed(self, engine: sa.Engine) -> None:
+        """A session used without a scope, as in `with Session.begin():`, warns at the line
+        that began its transaction, once: the first transaction after the connect."""
+        maker = sa_orm.sessionmaker(engine)
+        with (
+            pytest.warns(sa_signals.NotInstalledWarning, match=r"receivers of post_save") as got,
+            maker.begin() as session,
+        ):
+            session.execute(sa.text("SELECT 1"))
+        with silent(), maker.begin() as session:
+            session.execute(sa.text("SELECT 1"))
+        assert len(got) == 1
+        assert r"Call sa_signals.install()" in str(got[0].message)
+        assert got[0].filename == __file__
+
+    async def test_a_plain_async_session_with_nothing_installed(
+        self, arunner: asyncio.Runner, aengine: sa_asyncio.AsyncEngine
+    ) -> None:
+        """An AsyncSession used without a scope warns alike."""
+        maker = sa_asyncio.async_sessionmaker(aengine)
+        with pytest.warns(sa_signals.NotInstalledWarning, match=r"receivers of post_save"):
+            async with maker.begin() as session:
+                await session.execute(sa.text("SELECT 1"))
 
     def test_a_unit_of_a_scope_with_nothing_installed(self, engine: sa.Engine) -> None:
         """A contrib Scope's unit of work (a request of the WSGI middleware) warns too."""
@@ -97,8 +122,24 @@ class TestQuiet:
         self, engine: sa.Engine, Session: sa_orm.scoped_session[sa_orm.Session]
     ) -> None:
         """With a factory installed, one left out may be deliberate: nothing is said."""
-        with silent(), sa_signals.session_scope(sa_orm.sessionmaker(engine)):
+        maker = sa_orm.sessionmaker(engine)
+        with silent(), sa_signals.session_scope(maker):
             pass
+        with silent(), maker.begin() as session:
+            session.execute(sa.text("SELECT 1"))
+
+    def test_installed_before_the_first_transaction(
+        self, engine: sa.Engine, connect: Connector
+    ) -> None:
+        """Receivers connected, then install(), then sessions of any factory: nothing is said."""
+        connect(signals.post_save, on_post_save)
+        Session = sa_orm.scoped_session(sa_orm.sessionmaker(engine))
+        sa_signals.install(Session)
+        try:
+            with silent(), sa_orm.Session(engine) as session, session.begin():
+                session.execute(sa.text("SELECT 1"))
+        finally:
+            sa_signals.uninstall(Session)
 
     def test_receivers_of_signals_no_session_sends(
         self, engine: sa.Engine, connect: Connector

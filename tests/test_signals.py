@@ -422,11 +422,13 @@ class TestModelSignals:
     def test_uninstalled_sessions_send_nothing(
         self, engine: sa.Engine, connect: Connector
     ) -> None:
-        """Sessions of factories that were not installed send no signals."""
+        """Sessions of factories that were not installed send no signals (and, with nothing
+        installed, warn that they do not)."""
         post = connect.record(signals.post_save)
         with sa_orm.Session(engine) as session:
             session.add(Item(name="a"))
-            session.commit()
+            with pytest.warns(sa_signals.NotInstalledWarning, match="receivers of post_save"):
+                session.commit()
         assert post == []
 
 
@@ -1154,13 +1156,14 @@ class TestInitSignals:
     def test_nothing_sent_or_attached_without_an_installation(
         self, engine: sa.Engine, connect: Connector
     ) -> None:
-        """With no installation, construction and loads send nothing, and the constructors and
-        listeners are SQLAlchemy's own."""
+        """With no installation, construction and loads send nothing (a warning says so), and
+        the constructors and listeners are SQLAlchemy's own."""
         calls = connect.record(signals.post_init)
         connect(signals.pre_init, fail)
         with sa_orm.Session(engine) as session:
             session.add(Item(name="a"))
-            session.commit()
+            with pytest.warns(sa_signals.NotInstalledWarning, match="of pre_init, post_init"):
+                session.commit()
             session.expunge_all()
             session.scalars(sa.select(Item)).all()
         assert calls == []
