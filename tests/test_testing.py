@@ -365,6 +365,45 @@ class TestCaptureOnCommit:
             sa_signals.uninstall(maker)
         recorder.assert_done(["branch", "leaf", "at once", "at once leaf"])
 
+    def test_execute_in_the_test_suite_pattern_raises_a_strict_failure_of_what_callbacks_register(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
+        """A strict callback registered by an executed callback, whose session joins the test's
+        Connection, raises at the block's end once every other callback ran."""
+        connection = flavour.aw(AnySession.session_factory.kw["bind"].connect())
+        flavour.aw(connection.begin())
+        maker = type(AnySession.session_factory)(
+            bind=connection, join_transaction_mode="create_savepoint"
+        )
+        sa_signals.install(maker)
+        failing = recorder.fail("leaf")
+
+        def branch() -> None:
+            recorder.done.append("branch")
+            distinct = (
+                sa_signals.current_async_session()
+                if flavour.is_async
+                else sa_signals.current_session()
+            )
+            sa_signals.on_commit(failing, distinct, robust=False)
+
+        session = maker()
+        try:
+            with (
+                pytest.raises(RuntimeError, match="callback leaf failed"),
+                flavour.enter(testing.capture_on_commit(session, execute=True)) as callbacks,
+            ):
+                sa_signals.on_commit(branch, session)
+                sa_signals.on_commit(recorder.do("last"), session)
+                flavour.aw(session.commit())
+            recorder.assert_done(["branch", "leaf", "last"])
+            assert callbacks[:2] == [branch, failing]
+        finally:
+            flavour.aw(session.close())
+            flavour.aw(connection.rollback())
+            flavour.aw(connection.close())
+            sa_signals.uninstall(maker)
+
     @pytest.mark.parametrize("execute", [False, True])
     def test_lists_callbacks_run_at_once(
         self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, execute: bool

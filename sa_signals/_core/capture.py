@@ -16,6 +16,7 @@ import types
 import typing as t
 
 from .failures import WRAPPED_CALLBACK_ATTR
+from .runner import active_run
 from .runner import run
 from .state import state_of
 from .state import Watch
@@ -85,12 +86,11 @@ class Capture:
             return items
         if outcome == "committed":
             return items[:start] + [self._recording(item) for item in mine]
-        if any(executed is state for executed in self._executed):
-            # Held by the session of an executed callback: run right after that callback (a
-            # nested batch of the run under way), as if its session had committed.
-            error = run([self._recording(item) for item in mine], session, self.installation)
-            if error is not None:
-                raise error
+        if active_run() is not None and any(executed is state for executed in self._executed):
+            # Held by the session of an executed callback: run right after that callback, as
+            # if its session had committed (a nested batch of the run under way, whose errors
+            # that run raises or reports).
+            run([self._recording(item) for item in mine], session, self.installation)
             return items[:start]
         self._taken.append((session, mine))  # held: it runs when the block ends
         return items[:start]
