@@ -18,6 +18,7 @@ from ._core.queue import push
 from ._core.runner import run
 from ._core.state import async_api
 from ._core.state import installation_for
+from ._core.state import STATE_ATTR
 from ._core.state import state_of
 from ._core.state import TRANSACTIONAL_ATTR
 from ._core.work import Work
@@ -132,7 +133,12 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
                 " `await sa_signals.on_commit_async(callback, session)`."
             )
             raise CoroutineMisuseError(msg)
-        error = run((item,), session, installation)
+        items = [item]
+        # A capture watching the session, or watching every new one, lists what runs at once.
+        watched = state_of(session) if installation.observers else session.__dict__.get(STATE_ATTR)
+        if watched is not None and watched.watches:
+            items = observe(watched, session, items, "committed")
+        error = run(items, session, installation)
         if error is not None:
             raise error
         return

@@ -7,15 +7,15 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import sys
 import threading
 import typing as t
 
 import sqlalchemy.orm as sa_orm
 
+from ._core.runner import current_task
+from ._core.slot import registry_holding
 from ._core.state import async_api
 from ._core.state import is_async_factory
-from ._core.state import registry_holding
 from ._log import logger
 from ._not_installed import warn_if_nothing_installed
 
@@ -187,12 +187,7 @@ inherits them: :attr:`_Unit.owner` tells whose they are."""
 
 def _owner() -> tuple[int, object]:
     """Return the thread and the asyncio task the code runs in."""
-    # asyncio is only looked up: importing it would slow the runner of every sync program, and
-    # a program that never imported it runs no task.
-    aio = sys.modules.get("asyncio")
-    loop = None if aio is None else aio._get_running_loop()
-    task = None if loop is None else aio.current_task(loop)  # type: ignore[union-attr]
-    return threading.get_ident(), task
+    return threading.get_ident(), current_task()
 
 
 def _enclosing(factory: object, registry: t.Any) -> t.Any:

@@ -73,14 +73,16 @@ def capture_on_commit(
 
     The yielded list is filled as the block runs and when it ends, in order, with every
     callback registered in the block whose transaction committed (the callback ran), waits on
-    a Connection's COMMIT (a session joined into the test's outer transaction) or is still
-    open; never one of a transaction or savepoint that rolled back.
+    a Connection's COMMIT (a session joined into the test's outer transaction), is still open,
+    or ran at once (registered outside a transaction); never one of a transaction or savepoint
+    that rolled back.
 
     With ``execute=False`` the callbacks are left to run, wait or stay queued as they would.
     With ``execute=True`` each of them runs by the end of the block, once: at its commit if it
     really committed, else when the block ends without an exception (taken out of the queue
     or the Connection's wait), as after a commit: each in a distinct session, robust or strict
-    as registered. Callbacks they register run too and are listed, in run order. For an
+    as registered. Callbacks they register run too and are listed, in run order, also those
+    their distinct sessions would hold for the test's Connection. For an
     ``AsyncSession`` or async factory use ``async with``: coroutine callbacks are awaited, each
     in a distinct ``AsyncSession``.
     """
@@ -123,14 +125,18 @@ class OnCommitCapture:
         tb: types.TracebackType | None,
     ) -> None:
         aio = self._installation.aio
+        capture = self._active.pop()
         if self._execute and exc_type is None and aio is not None and not aio.can_await():
-            self._active.pop().finish(False)
+            capture.finish(False)
             msg = (
                 "capture_on_commit(execute=True) on an AsyncSession runs its callbacks when"
                 " the block ends, which needs `async with`."
             )
             raise TypeError(msg)
-        self._run(self._active.pop().finish(exc_type is None))
+        try:
+            self._run(capture.finish(exc_type is None))
+        finally:
+            capture.close()
 
     async def __aenter__(self) -> list[Callback]:
         return self.__enter__()
@@ -141,10 +147,14 @@ class OnCommitCapture:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        to_run = self._active.pop().finish(exc_type is None)
-        if to_run:
-            # The runner awaits coroutine callbacks through SQLAlchemy's greenlet.
-            await sa_concurrency.greenlet_spawn(self._run, to_run)
+        capture = self._active.pop()
+        try:
+            to_run = capture.finish(exc_type is None)
+            if to_run:
+                # The runner awaits coroutine callbacks through SQLAlchemy's greenlet.
+                await sa_concurrency.greenlet_spawn(self._run, to_run)
+        finally:
+            capture.close()
 
     def _run(self, to_run: list[tuple[sa_orm.Session, list[Item]]]) -> None:
         first_error: Exception | None = None

@@ -651,18 +651,21 @@ def end_transaction(session: sa_orm.Session) -> None:
 
 class TestWhatReallyChanged:
     def test_delete_that_matched_no_row_is_not_reported(
-        self, session: sa_orm.Session, engine: sa.Engine, committed: Calls
+        self, flavour: Flavour, any_session: t.Any, engine: sa.Engine, committed: Calls
     ) -> None:
         """Deleting through a stale object a row already gone reports no delete."""
-        item = add_item(session)
-        end_transaction(session)
+        item = Item(name="a")
+        any_session.add(item)
+        own = any_session.sync_session if flavour.is_async else any_session
+        own.expire_on_commit = False  # the object stays loaded, as one of a past transaction
+        flavour.aw(any_session.commit())
         with engine.begin() as connection:
             connection.execute(sa.delete(Item).where(Item.id == item.id))
         committed.clear()
-        session.delete(item)
+        flavour.aw(any_session.delete(item))
         with pytest.warns(sa_exc.SAWarning, match="0 were matched"):
-            session.flush()
-        session.commit()
+            flavour.aw(any_session.flush())
+        flavour.aw(any_session.commit())
         assert committed == []
 
     def test_a_row_deleted_twice_is_reported_once(self, Session: Scoped, committed: Calls) -> None:

@@ -18,6 +18,7 @@ import sqlalchemy.orm as sa_orm
 
 import sa_signals
 from sa_signals import signals
+from sa_signals._core import external
 from tests.conftest import count
 from tests.models import Audit
 from tests.models import customers
@@ -876,6 +877,36 @@ class TestExternalTransaction:
             flavour.aw(connection.commit())
             assert seen == [1]
             assert count(engine, Audit) == 1
+
+    @pytest.mark.parametrize("joined", ["conditional_savepoint"], indirect=True)
+    def test_where_the_commit_cannot_be_followed_nothing_runs_early(
+        self,
+        flavour: Flavour,
+        joined: t.Any,
+        recorder: Recorder,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """On a SQLAlchemy whose Connection layout is unknown, a registration before the
+        session began is refused, naming the fix; the callbacks of its transaction are dropped
+        and logged, never run early."""
+        monkeypatch.setattr(external, "_LAYOUT_KNOWN", False)
+        maker, bind = joined
+        with outer(flavour, bind) as connection:
+            session = maker(bind=connection)
+            with pytest.raises(
+                sa_signals.ExternalTransactionError, match="bind the session to the Engine"
+            ):
+                sa_signals.on_commit(recorder.do(1), session)
+            session.add(Item(name="a"))
+            sa_signals.on_commit(recorder.do(2), session)
+            with caplog.at_level(logging.ERROR, logger="sa_signals"):
+                flavour.aw(session.commit())
+            flavour.aw(session.close())
+            flavour.aw(connection.commit())
+        recorder.assert_done([])
+        assert "1 commit-time call(s)" in caplog.records[0].getMessage()
+        assert "were dropped" in caplog.records[0].getMessage()
 
     @pytest.mark.parametrize("joined", ["create_savepoint"], indirect=True)
     def test_after_commit_and_models_committed_wait_too(

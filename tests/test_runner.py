@@ -290,24 +290,38 @@ async def commit_with_a_callback(maker: t.Any, ran: list[tuple[str, object]]) ->
 class TestWorkThatOutlivesACallback:
     """Tasks, threads and copied contexts started by a callback commit as if none ran."""
 
+    @pytest.mark.parametrize("coroutine", [False, True], ids=["plain", "coroutine"])
     async def test_task_committing_after_the_callback_returned(
-        self, AsyncScoped: t.Any, arunner: t.Any
+        self, AsyncScoped: t.Any, arunner: t.Any, connect: Connector, coroutine: bool
     ) -> None:
-        """A task a callback started commits later: its callbacks run once, in its own task,
-        before its commit() returns, and commit() raises nothing."""
+        """A task a callback started commits later: its callbacks and change signals run once,
+        in its own task, before its commit() returns, and commit() raises nothing."""
         maker = AsyncScoped.session_factory
         jobs: list[asyncio.Task[None]] = []
         ran: list[tuple[str, object]] = []
 
+        def committed(sender: object, *, change: t.Any) -> None:
+            ran.append((f"committed {change.changes['name'][1]}", asyncio.current_task()))
+
+        connect(signals.committed, committed)
+
         def spawn() -> None:
             jobs.append(asyncio.create_task(commit_with_a_callback(maker, ran)))
 
+        async def aspawn() -> None:
+            spawn()
+
         async with maker() as session:
             session.add(Item(name="a"))
-            sa_signals.on_commit(spawn, session)
+            sa_signals.on_commit(aspawn if coroutine else spawn, session)
             await session.commit()
         await jobs[0]
-        assert ran == [("job", jobs[0]), ("returned", jobs[0])]
+        assert ran == [
+            ("committed a", asyncio.current_task()),
+            ("committed job", jobs[0]),
+            ("job", jobs[0]),
+            ("returned", jobs[0]),
+        ]
 
     async def test_task_committing_while_the_callback_awaits(
         self, AsyncScoped: t.Any, arunner: t.Any

@@ -310,6 +310,117 @@ class TestCaptureOnCommit:
             flavour.aw(connection.close())
         recorder.assert_done([1, 2] if execute else [])
 
+    @pytest.mark.parametrize("factory", [False, True])
+    def test_execute_in_the_test_suite_pattern_runs_what_callbacks_register(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, factory: bool
+    ) -> None:
+        """Sessions joined into the test's outer transaction, the executed callbacks' own
+        included: what those callbacks register, in a transaction or at once, runs right after
+        each and is listed, in run order; the outer rollback runs nothing more."""
+        connection = flavour.aw(AnySession.session_factory.kw["bind"].connect())
+        flavour.aw(connection.begin())
+        maker = type(AnySession.session_factory)(
+            bind=connection, join_transaction_mode="create_savepoint"
+        )
+        sa_signals.install(maker)
+        leaf, at_once_leaf = recorder.do("leaf"), recorder.do("at once leaf")
+
+        def branch() -> t.Any:
+            recorder.done.append("branch")
+            distinct = (
+                sa_signals.current_async_session()
+                if flavour.is_async
+                else sa_signals.current_session()
+            )
+            distinct.add(Audit(message="branch"))  # committed when the callback returns
+            sa_signals.on_commit(leaf, distinct)
+            return asyncio.sleep(0) if flavour.is_async else None
+
+        def at_once() -> None:
+            recorder.done.append("at once")
+            distinct = (
+                sa_signals.current_async_session()
+                if flavour.is_async
+                else sa_signals.current_session()
+            )
+            sa_signals.on_commit(at_once_leaf, distinct)  # no transaction: waits on the test's
+
+        session = maker()
+        try:
+            target = maker if factory else session
+            with flavour.enter(testing.capture_on_commit(target, execute=True)) as callbacks:
+                code_under_test = maker() if factory else session
+                code_under_test.add(Item(name="a"))
+                sa_signals.on_commit(branch, code_under_test)
+                sa_signals.on_commit(at_once, code_under_test)
+                flavour.aw(code_under_test.commit())
+                flavour.aw(code_under_test.close())
+                recorder.assert_done([])
+            recorder.assert_done(["branch", "leaf", "at once", "at once leaf"])
+            assert callbacks == [branch, leaf, at_once, at_once_leaf]
+        finally:
+            flavour.aw(session.close())
+            flavour.aw(connection.rollback())
+            flavour.aw(connection.close())
+            sa_signals.uninstall(maker)
+        recorder.assert_done(["branch", "leaf", "at once", "at once leaf"])
+
+    def test_execute_in_the_test_suite_pattern_raises_a_strict_failure_of_what_callbacks_register(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder
+    ) -> None:
+        """A strict callback registered by an executed callback, whose session joins the test's
+        Connection, raises at the block's end once every other callback ran."""
+        connection = flavour.aw(AnySession.session_factory.kw["bind"].connect())
+        flavour.aw(connection.begin())
+        maker = type(AnySession.session_factory)(
+            bind=connection, join_transaction_mode="create_savepoint"
+        )
+        sa_signals.install(maker)
+        failing = recorder.fail("leaf")
+
+        def branch() -> None:
+            recorder.done.append("branch")
+            distinct = (
+                sa_signals.current_async_session()
+                if flavour.is_async
+                else sa_signals.current_session()
+            )
+            sa_signals.on_commit(failing, distinct, robust=False)
+
+        session = maker()
+        try:
+            with (
+                pytest.raises(RuntimeError, match="callback leaf failed"),
+                flavour.enter(testing.capture_on_commit(session, execute=True)) as callbacks,
+            ):
+                sa_signals.on_commit(branch, session)
+                sa_signals.on_commit(recorder.do("last"), session)
+                flavour.aw(session.commit())
+            recorder.assert_done(["branch", "leaf", "last"])
+            assert callbacks[:2] == [branch, failing]
+        finally:
+            flavour.aw(session.close())
+            flavour.aw(connection.rollback())
+            flavour.aw(connection.close())
+            sa_signals.uninstall(maker)
+
+    @pytest.mark.parametrize("execute", [False, True])
+    def test_lists_callbacks_run_at_once(
+        self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, execute: bool
+    ) -> None:
+        """A callback registered while no transaction is open runs at once, and is listed; one
+        an executed callback registers so runs right after it, and is listed too."""
+        leaf = recorder.do("leaf")
+
+        def branch() -> None:
+            recorder.done.append("branch")
+            sa_signals.on_commit(leaf, AnySession)  # the distinct session: no transaction
+
+        with flavour.enter(testing.capture_on_commit(AnySession, execute=execute)) as callbacks:
+            sa_signals.on_commit(branch, AnySession)
+        recorder.assert_done(["branch", "leaf"])
+        assert callbacks == [branch, leaf]
+
     @pytest.mark.parametrize("execute", [False, True])
     def test_a_sessionmaker_captures_every_session_it_makes(
         self, flavour: Flavour, AnySession: t.Any, recorder: Recorder, execute: bool

@@ -6,7 +6,8 @@ whose state is made during the block, or both. It lists the callbacks that the b
 transactions committed (they ran), handed to a caller's Connection (held) or left queued, never
 those rolled back. With ``execute``, it runs them all by the block's end, each once: committed
 ones at their commit, held and queued ones when the block ends; what they register is run and
-listed too, in run order.
+listed too, in run order (right after each, as callbacks registering callbacks run), also where
+their own sessions are joined into the test's Connection.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import types
 import typing as t
 
 from .failures import WRAPPED_CALLBACK_ATTR
+from .runner import active_run
+from .runner import run
 from .state import state_of
 from .state import Watch
 from .work import func_of
@@ -43,6 +46,11 @@ class Capture:
         self._watched: list[tuple[SessionState, sa_orm.Session]] = []
         self._taken: list[tuple[sa_orm.Session, list[Item]]] = []
         self._factory = False
+        self._running = 0
+        """How many callbacks this capture executes are under way."""
+        self._executed: list[SessionState] = []
+        """The states of sessions made by callbacks this capture executes: what they hold on a
+        Connection counts as committed, like the callback that made them."""
 
     def begin(self, session: sa_orm.Session | None, *, factory: bool) -> None:
         """Watch ``session`` from where its queue stands, and with ``factory`` every session
@@ -60,6 +68,8 @@ class Capture:
             return
         state.watches.append(Watch(self, start))
         self._watched.append((state, session))
+        if self._running:
+            self._executed.append(state)
 
     def ended(
         self, state: SessionState, session: sa_orm.Session, items: list[Item], outcome: Outcome
@@ -76,6 +86,12 @@ class Capture:
             return items
         if outcome == "committed":
             return items[:start] + [self._recording(item) for item in mine]
+        if active_run() is not None and any(executed is state for executed in self._executed):
+            # Held by the session of an executed callback: run right after that callback, as
+            # if its session had committed (a nested batch of the run under way, whose errors
+            # that run raises or reports).
+            run([self._recording(item) for item in mine], session, self.installation)
+            return items[:start]
         self._taken.append((session, mine))  # held: it runs when the block ends
         return items[:start]
 
@@ -108,6 +124,13 @@ class Capture:
         self._watched = []
         return [(session, [self._recording(item) for item in items]) for session, items in to_run]
 
+    def close(self) -> None:
+        """Stop watching the sessions that callbacks executed after :meth:`finish` made."""
+        for state, _ in self._watched:
+            state.watches[:] = [watch for watch in state.watches if watch.observer is not self]
+        self._watched = []
+        self._executed = []
+
     def _recording(self, item: Item) -> Item:
         """Wrap ``item`` so that it is listed when it runs, with what it registers meanwhile."""
         func = func_of(item)
@@ -115,24 +138,31 @@ class Capture:
 
         def recording() -> object:
             self.callbacks.append(func)
-            if self in observers:  # a factory capture watches new sessions anyway
-                return item()
-            observers.append(self)
+            # A factory capture watches new sessions anyway; else only while the item runs.
+            added = self not in observers
+            if added:
+                observers.append(self)
+            self._running += 1
             try:
                 result = item()
             except BaseException:
-                observers.remove(self)
+                self._leave(added)
                 raise
             if isinstance(result, types.CoroutineType):
-                return self._awaiting(result)
-            observers.remove(self)
+                return self._awaiting(result, added)
+            self._leave(added)
             return result
 
         setattr(recording, WRAPPED_CALLBACK_ATTR, func)
         return recording if robust_of(item) else Work(recording, False)
 
-    async def _awaiting(self, coroutine: c.Coroutine[t.Any, t.Any, object]) -> object:
+    def _leave(self, added: bool) -> None:
+        self._running -= 1
+        if added:
+            self.installation.observers.remove(self)
+
+    async def _awaiting(self, coroutine: c.Coroutine[t.Any, t.Any, object], added: bool) -> object:
         try:
             return await coroutine
         finally:
-            self.installation.observers.remove(self)
+            self._leave(added)

@@ -157,11 +157,6 @@ def hold(
         waiting.append(held)
 
 
-def held_on(connection: sa.Connection) -> list[Held]:
-    """Return the work waiting on ``connection``, oldest first."""
-    return [held for held in connection.__dict__.get(HELD_ATTR, ()) if not held.dropped]
-
-
 def _follow(connection: sa.Connection) -> None:
     """Wrap the COMMIT of ``connection`` and listen to its rollbacks, once per Connection."""
     original = connection._commit_impl

@@ -94,7 +94,7 @@ class Run:
         self.swaps: dict[int, RegistrySwap] = {}
         """One swap per scoped registry, by identity, for the whole run."""
         self.thread = _get_ident()
-        self.task = _current_task()
+        self.task = current_task()
         self.live = True
         self.raises = raises
         """Whether the next strict failure is returned, to be raised (not reported): true until
@@ -104,8 +104,12 @@ class Run:
 _run: contextvars.ContextVar[Run | None] = contextvars.ContextVar("sa_signals_run", default=None)
 
 
-def _current_task() -> object:
-    # asyncio is only looked up: a program that never imported it runs no task.
+def current_task() -> object:
+    """Return the asyncio task the caller runs in, or None outside one.
+
+    asyncio is only looked up: importing it would slow every sync program, and a program that
+    never imported it runs no task.
+    """
     aio = sys.modules.get("asyncio")
     if aio is None:
         return None
@@ -120,12 +124,7 @@ def active_run() -> Run | None:
     ``contextvars.copy_context()``) still holds it; there, and once it ended, it does not count.
     """
     run = _run.get()
-    if (
-        run is None
-        or not run.live
-        or run.thread != _get_ident()
-        or run.task is not _current_task()
-    ):
+    if run is None or not run.live or run.thread != _get_ident() or run.task is not current_task():
         return None
     return run
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc as c
+import contextlib
 import sys
 import threading
 import types
@@ -87,6 +89,18 @@ class RegistrySwap:
         else:
             self.registry.clear()
         self.previous = None
+
+
+@contextlib.contextmanager
+def registry_holding(registry: t.Any, session: object) -> c.Iterator[None]:
+    """Set ``session`` into a scoped ``registry`` for the block; put back what it held after."""
+    swap = RegistrySwap(registry)
+    swap.empty()
+    registry.set(session)
+    try:
+        yield
+    finally:
+        swap.restore()
 
 
 class Slot:

@@ -6,7 +6,6 @@ Plain bookkeeping: nothing here runs, sends or listens.
 from __future__ import annotations
 
 import collections.abc as c
-import contextlib
 import sys
 import typing as t
 
@@ -266,18 +265,3 @@ def state_of(session: sa_orm.Session) -> SessionState:
 def current_transaction(session: sa_orm.Session) -> sa_orm.SessionTransaction | None:
     """Return the innermost savepoint of ``session``, else its outermost transaction."""
     return session.get_nested_transaction() or session.get_transaction()
-
-
-@contextlib.contextmanager
-def registry_holding(registry: t.Any, session: object) -> c.Iterator[None]:
-    """Set ``session`` into a scoped ``registry`` for the block; put back what it held after."""
-    had_previous = registry.has()
-    previous = registry() if had_previous else None
-    registry.set(session)
-    try:
-        yield
-    finally:
-        if had_previous:
-            registry.set(previous)
-        else:
-            registry.clear()
