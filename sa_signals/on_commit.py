@@ -61,10 +61,10 @@ def on_commit(
     # on_commit() queued on last, whose innermost transaction is the same as then. The full
     # path (_register) checks everything else, and lets this one take the next registrations
     # (see _core.queue.last). It reads no Session attribute: _transaction comes from the
-    # session's __dict__, a cheaper lookup.
+    # session's __dict__, a cheaper lookup. An AsyncSession stands for its sync session.
     state = _queue.last
     if (
-        target is state.session
+        (target is state.session or target is state.public)
         and state.fields["_transaction"] is state.current
         and robust is True
         and (
@@ -141,7 +141,7 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
     push(state, session.get_nested_transaction(), item)
     if not is_coroutine:
         state.plain = callback
-    _queue.remember(state, session)
+    _queue.remember(state, session, aio)
 
 
 def _strict(callback: Callback, robust: object) -> Item:

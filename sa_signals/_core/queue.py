@@ -17,6 +17,7 @@ from .state import TRANSACTION_FIELDS_KNOWN
 if t.TYPE_CHECKING:
     import sqlalchemy.orm as sa_orm
 
+    from .aio import AsyncSupport
     from .state import Item
 
 _FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
@@ -76,12 +77,16 @@ def take(state: SessionState) -> list[Item]:
     return queue
 
 
-def remember(state: SessionState, session: sa_orm.Session) -> None:
+def remember(
+    state: SessionState, session: sa_orm.Session, aio: AsyncSupport | None = None
+) -> None:
     """Let ``on_commit()``'s fast path append to ``state`` while the innermost transaction of
-    ``session`` (a savepoint, a flush's, or the outermost) stays the one it is now."""
+    ``session`` (a savepoint, a flush's, or the outermost) stays the one it is now; given
+    ``session`` itself, or for an async install (``aio``) its ``AsyncSession``."""
     global last  # one reference, replaced whole: a thread reads the old or the new one
     if _FIELDS_KNOWN:
         state.session = session
+        state.public = NOBODY if aio is None else aio.public(session)
         state.fields = session.__dict__
         state.current = session._transaction
         last = state
@@ -91,7 +96,7 @@ def forget(state: SessionState) -> None:
     """End the fast path of ``state``: its transaction ended. Nothing of it is kept: neither the
     session nor, if it was the last one used, the state itself."""
     global last
-    state.session = NOBODY
+    state.session = state.public = NOBODY
     state.fields = NO_FIELDS
     state.current = NO_TRANSACTION
     if last is state:

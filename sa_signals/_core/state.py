@@ -217,6 +217,7 @@ class SessionState:
         "marks",
         "origins",
         "plain",
+        "public",
         "queue",
         "session",
         "watches",
@@ -227,6 +228,9 @@ class SessionState:
         """The installation covering the session when the state was made."""
         self.session: object = NOBODY
         """The session, while ``on_commit()``'s fast path may append to :attr:`queue`."""
+        self.public: object = NOBODY
+        """Meanwhile, the ``AsyncSession`` of an async install's session: the fast path takes
+        it as well (its ``sync_session`` never changes)."""
         self.current: object = NO_TRANSACTION
         """The session's innermost transaction (``Session._transaction``) when a callback was
         last queued by the full path: while it stays innermost, the fast path appends."""
