@@ -36,6 +36,20 @@ def _local_layout_known() -> bool:
 _LOCAL_LAYOUT_KNOWN = _local_layout_known()
 
 
+def _scoped_layout_known() -> bool:
+    # ScopedRegistry keeps its objects in a dict, under what its scopefunc returns; checked
+    # once here, so that a different layout falls back to the registry's own has().
+    probe: sa_util.ScopedRegistry[object] = sa_util.ScopedRegistry(object, lambda: "key")
+    objects = getattr(probe, "registry", None)
+    if not isinstance(objects, dict) or objects:
+        return False
+    made = probe()
+    return objects.get("key") is made and probe.has()
+
+
+_SCOPED_LAYOUT_KNOWN = _scoped_layout_known()
+
+
 def _thread_local_of(registry: object) -> threading.local | None:
     """Return the ``threading.local`` a ``scoped_session``'s thread-local registry uses.
 
@@ -49,6 +63,20 @@ def _thread_local_of(registry: object) -> threading.local | None:
     return None
 
 
+def _by_task_of(registry: object) -> dict[object, object] | None:
+    """Return the dict of an ``async_scoped_session``'s registry scoped by asyncio task.
+
+    Its key is the same for all the items of a run (one task), so looking it up in the dict
+    tells whether the registry holds a session without a call of the ``scopefunc`` per item.
+    """
+    if _SCOPED_LAYOUT_KNOWN and type(registry) is sa_util.ScopedRegistry:
+        aio = sys.modules.get("asyncio")
+        objects = getattr(registry, "registry", None)
+        if aio is not None and registry.scopefunc is aio.current_task and type(objects) is dict:
+            return objects
+    return None
+
+
 class RegistrySwap:
     """A scoped registry emptied for the items of one run and put back as it was afterwards.
 
@@ -57,11 +85,12 @@ class RegistrySwap:
     installation runs, and at the end of the run, so nothing outside the items sees it empty.
     """
 
-    __slots__ = ("active", "had_previous", "local", "previous", "registry")
+    __slots__ = ("active", "by_task", "had_previous", "local", "previous", "registry")
 
     def __init__(self, registry: t.Any) -> None:
         self.registry = registry
         self.local = _thread_local_of(registry)
+        self.by_task = None if self.local is not None else _by_task_of(registry)
         self.active = False
         self.had_previous = False
         self.previous: object = None
@@ -101,6 +130,7 @@ class Slot:
     __slots__ = (
         "aio",
         "bind",
+        "by_task",
         "installation",
         "local",
         "origin",
@@ -131,12 +161,14 @@ class Slot:
         self.scoped: t.Any = None
         self.registry: t.Any = None
         self.local: threading.local | None = None
+        self.by_task: dict[object, object] | None = None
         if swap is not None:
             # Pinned for the whole batch, like the swap.
             aio = self.aio
             self.scoped = installation.scoped if aio is None else aio.scoped
             self.registry = swap.registry
             self.local = swap.local
+            self.by_task = swap.by_task
 
     def get(self) -> sa_orm.Session:
         """Return the distinct ``Session`` (the sync one of an ``AsyncSession``)."""
