@@ -11,6 +11,7 @@ import asyncio
 import collections.abc as c
 import contextlib
 import cProfile
+import os
 import pstats
 import sys
 import typing as t
@@ -18,7 +19,7 @@ import typing as t
 from benchmarks.instructions import make_system
 
 WARM_UP = 50
-TRANSACTIONS = 2000
+TRANSACTIONS = int(os.environ.get("SA_SIGNALS_PROFILE_TRANSACTIONS", "2000"))
 
 
 def main(argv: list[str]) -> int:

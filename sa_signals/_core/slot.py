@@ -225,6 +225,10 @@ class Slot:
             if made.in_transaction():
                 if aio is None:
                     made.commit()
+                elif aio.can_await():
+                    # AsyncSession.commit() runs this in a greenlet of its own; in SQLAlchemy's
+                    # greenlet already, its I/O is awaited from here, without the switches.
+                    made.sync_session.commit()
                 else:
                     try:
                         aio.await_(made.commit())
@@ -248,12 +252,11 @@ class Slot:
     def _close(self, made: t.Any) -> None:
         # Empties the registry again for the next item; the slot serves a whole batch.
         try:
-            aio = self.aio
-            if aio is None:
+            if self.aio is None:
                 made.close()
-            elif aio.can_await():
-                aio.await_(made.close())
             else:
+                # What AsyncSession.close() runs in a greenlet of its own: in SQLAlchemy's
+                # greenlet already, its I/O is awaited from here, without the switches.
                 made.sync_session.close()
         except Exception:
             logger.exception("closing the distinct session %r failed", made)
