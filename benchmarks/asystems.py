@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc as c
+import functools
 import typing as t
 
 import sqlalchemy as sa
@@ -30,6 +31,10 @@ await_: c.Callable[[c.Awaitable[t.Any]], t.Any] = getattr(
     sa_concurrency, "await_", None
 ) or getattr(sa_concurrency, "await_only")  # noqa: B009 - the SQLAlchemy 2.0 name
 """SQLAlchemy's bridge from its greenlet to the awaiting task (named ``await_only`` in 2.0)."""
+
+
+async def anoop() -> None:
+    """An on_commit callback that is a coroutine function and does nothing."""
 
 
 class AsyncSystem(systems.SqlAlchemySystem):
@@ -81,6 +86,12 @@ class AsyncSystem(systems.SqlAlchemySystem):
         self.after_commit(session, objects)
 
     # The workloads; transaction() of the sync system returns these, bound to its arguments.
+
+    def transaction(self, workload: str) -> c.Callable[[], t.Any]:
+        """Return a function that returns the coroutine of one transaction of ``workload``."""
+        if workload == "A-acb":
+            return functools.partial(self._insert, self.amplification, anoop, False, False)
+        return super().transaction(workload)
 
     def query_callback(self) -> c.Callable[[], t.Any]:
         """A coroutine callback that runs one query in a session of its own."""

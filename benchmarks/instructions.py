@@ -27,16 +27,22 @@ import tempfile
 import typing as t
 
 from benchmarks import django_system
+from benchmarks.run import ALL_WORKLOADS
 from benchmarks.run import ASYNC_DATABASES
+from benchmarks.run import ASYNC_WORKLOADS
 from benchmarks.run import DATABASES
-from benchmarks.run import WORKLOADS
 from benchmarks.systems import sqlite_engine
 from benchmarks.systems import SYSTEMS
 
 AMPLIFICATION = 300
 """Calls per transaction of the amplified workloads, as in a full ``python -m benchmarks``."""
 
-CALLS = {"A-cb": AMPLIFICATION, "A-recv": AMPLIFICATION, "A-query": AMPLIFICATION // 10}
+CALLS = {
+    "A-cb": AMPLIFICATION,
+    "A-acb": AMPLIFICATION,
+    "A-recv": AMPLIFICATION,
+    "A-query": AMPLIFICATION // 10,
+}
 """Calls per transaction of each amplified workload, for the per-call figures."""
 
 WARM_UP = 20
@@ -222,7 +228,7 @@ def report(results: dict[Key, list[float] | None], systems: list[str]) -> None:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__)
-    parser.add_argument("--workload", action="append", choices=list(WORKLOADS))
+    parser.add_argument("--workload", action="append", choices=list(ALL_WORKLOADS))
     parser.add_argument(
         "--db", action="append", choices=["sqlite-memory", "sqlite-file", "aiosqlite-memory"]
     )
@@ -255,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         for db in args.db
         for w in args.workload
         for s in args.system
-        if not (s == "django" and db in ASYNC_DATABASES)  # Django runs on SQLite only
+        # Django runs on SQLite only, coroutine callbacks on the async systems only.
+        if not (s == "django" and db in ASYNC_DATABASES)
+        and not (w in ASYNC_WORKLOADS and db not in ASYNC_DATABASES)
     ]
     print(
         f"sa_signals instructions: {args.transactions} transactions after {WARM_UP} of warm-up,"

@@ -43,6 +43,11 @@ WORKLOADS = {
 }
 """Workload names and what one transaction of each does (A-* are the amplified ones)."""
 
+ASYNC_WORKLOADS = {"A-acb": "W1 + {n} coroutine callbacks"}
+"""Workloads of the async systems only: a coroutine function is a callback only there."""
+
+ALL_WORKLOADS = WORKLOADS | ASYNC_WORKLOADS
+
 DATABASES = {
     "sqlite-memory": "SQLite :memory:",
     "sqlite-file": "SQLite file (WAL, synchronous=NORMAL)",
@@ -98,7 +103,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         help="PostgreSQL URL (default: $SA_SIGNALS_BENCH_POSTGRESQL_URL)",
     )
     parser.add_argument(
-        "--workload", action="append", choices=list(WORKLOADS), help="workloads to run"
+        "--workload", action="append", choices=list(ALL_WORKLOADS), help="workloads to run"
     )
     parser.add_argument(
         "--clock",
@@ -233,7 +238,7 @@ def us(seconds: float) -> str:
 
 def describe(workload: str, settings: Settings) -> str:
     n = settings.amplification
-    return WORKLOADS[workload].format(n=n, r=n // ROWS, q=n // 10)
+    return ALL_WORKLOADS[workload].format(n=n, r=n // ROWS, q=n // 10)
 
 
 def report_table(
@@ -265,6 +270,7 @@ def per_call(
     """Microseconds per call: median of (amplified - W1) per round / calls per transaction."""
     calls = {
         "A-cb": ("per on_commit callback (no DB)", settings.amplification),
+        "A-acb": ("per coroutine callback (no DB)", settings.amplification),
         "A-recv": ("per post_save receiver call", settings.amplification),
         "A-query": ("per callback doing one query", settings.amplification // 10),
     }
@@ -424,7 +430,7 @@ def report_targets(
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse(argv)
     rng = random.Random(42)
-    workloads = args.workload or list(WORKLOADS)
+    workloads = args.workload or list(ALL_WORKLOADS)
     print(
         f"sa_signals benchmarks: Python {sys.version.split()[0]}, SQLAlchemy {sa.__version__}",
         end="",
@@ -470,6 +476,8 @@ def _run_database(
     results: dict[str, dict[str, dict[str, Samples | None]]],
 ) -> dict[str, dict[str, float]]:
     """Measure every workload on ``db``, print its tables, return its per-call figures."""
+    if db not in ASYNC_DATABASES:
+        workloads = [workload for workload in workloads if workload not in ASYNC_WORKLOADS]
     if db in ("postgresql", "asyncpg"):
         settings = settings._replace(clock="wall")
     elif db == "aiosqlite-memory":

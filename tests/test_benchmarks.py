@@ -32,7 +32,7 @@ def rows(output: str, title: str) -> dict[tuple[str, str], str]:
     found = {}
     for line in section.splitlines():
         for label in run.SYSTEM_LABELS:
-            if line.split(" ", 1)[0] in run.WORKLOADS and f" {label} " in line:
+            if line.split(" ", 1)[0] in run.ALL_WORKLOADS and f" {label} " in line:
                 found[(line.split()[0], label)] = line.split(label)[1]
     return found
 
@@ -86,7 +86,8 @@ class TestAsyncio:
         """The async table has a median, a p90 and a ratio for every workload and system."""
         output = quick_run(capsys, "--db", "aiosqlite-memory")
         table = rows(output, run.DATABASES["aiosqlite-memory"])
-        assert set(table) == {(w, label) for w in run.WORKLOADS for label in run.SYSTEM_LABELS[:3]}
+        labels = run.SYSTEM_LABELS[:3]
+        assert set(table) == {(w, label) for w in run.ALL_WORKLOADS for label in labels}
         for (_, label), cells in table.items():
             assert len(cells.split()) == 3
             assert all(re.fullmatch(NUMBER, cell) for cell in cells.split()), cells
@@ -94,6 +95,7 @@ class TestAsyncio:
                 assert cells.split()[2] == "1.000"
         per_call = output.split(run.DATABASES["aiosqlite-memory"])[1].split("Memory:")[0]
         assert "per callback doing one query" in per_call
+        assert "per coroutine callback (no DB)" in per_call
 
     @pytest.mark.backends("postgresql")
     def test_runs_on_asyncpg(self, capsys: pytest.CaptureFixture[str], backend: str) -> None:
@@ -103,7 +105,7 @@ class TestAsyncio:
         table = rows(output, run.DATABASES["asyncpg"])
         assert set(table) == {("W2", label) for label in run.SYSTEM_LABELS[:3]}
 
-    @pytest.mark.parametrize("workload", list(run.WORKLOADS))
+    @pytest.mark.parametrize("workload", list(run.ALL_WORKLOADS))
     def test_every_system_does_the_same_work(
         self, workload: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -120,7 +122,11 @@ class TestAsyncio:
         def read_changes(sender: object, *, changes: t.Any, **kwargs: object) -> None:
             calls["change"] += len(changes)
 
+        async def anoop() -> None:
+            calls["coroutine"] += 1
+
         monkeypatch.setattr(systems, "noop", lambda: calls.update(["callback"]))
+        monkeypatch.setattr(asystems, "anoop", anoop)
         monkeypatch.setattr(systems, "make_receiver", make_receiver)
         monkeypatch.setattr(systems, "read_changes", read_changes)
         done = set()
