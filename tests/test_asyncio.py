@@ -321,6 +321,40 @@ class TestOnCommitAsync:
         await session.commit()
         assert seen == [1]
 
+    async def test_callbacks_registered_in_turn_run_in_order(
+        self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT
+    ) -> None:
+        """Coroutine and plain callbacks registered one after another, through the session or
+        its scoped session, each run once and are awaited, in order; a savepoint's are dropped
+        with it."""
+        seen: list[str] = []
+
+        async def first() -> None:
+            await asyncio.sleep(0)
+            seen.append("first")
+
+        async def second() -> None:
+            seen.append("second")
+
+        def plain() -> None:
+            seen.append("plain")
+
+        async def dropped() -> None:  # pragma: no cover - rolled back
+            seen.append("dropped")
+
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        for callback in (first, plain, first, second, second, plain):
+            sa_signals.on_commit(callback, session)
+        sa_signals.on_commit(second, AsyncScoped)
+        savepoint = await session.begin_nested()
+        sa_signals.on_commit(dropped, session)
+        sa_signals.on_commit(dropped, session)
+        await savepoint.rollback()
+        sa_signals.on_commit(first, session)
+        await session.commit()
+        assert seen == ["first", "plain", "first", "second", "second", "plain", "second", "first"]
+
     async def test_on_commit_async_refuses_sync_sessions(self, arunner: asyncio.Runner) -> None:
         """The awaitable form is for async sessions only."""
         with pytest.raises(TypeError, match="needs an AsyncSession"):

@@ -6,6 +6,7 @@ was the innermost one, so they are the queue's tail from its mark (``SessionStat
 
 from __future__ import annotations
 
+import inspect
 import typing as t
 
 from .state import NO_FIELDS
@@ -86,7 +87,10 @@ def remember(
     global last  # one reference, replaced whole: a thread reads the old or the new one
     if _FIELDS_KNOWN:
         state.session = session
-        state.public = NOBODY if aio is None else aio.public(session)
+        if aio is None:
+            state.public, state.refused = NOBODY, inspect.CO_COROUTINE
+        else:
+            state.public, state.refused = aio.public(session), 0
         state.fields = session.__dict__
         state.current = session._transaction
         last = state

@@ -342,7 +342,7 @@ def _storage(slot: Slot) -> tuple[c.Container[object], object]:
     if slot.local is not None:  # a thread-local registry's
         return slot.local.__dict__, "value"
     if slot.by_task is not None:  # an async_scoped_session's, keyed by this task
-        return slot.by_task, slot.registry.scopefunc()
+        return slot.by_task, slot.key
     return _Made(slot), "value"
 
 

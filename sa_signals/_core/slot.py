@@ -132,6 +132,7 @@ class Slot:
         "bind",
         "by_task",
         "installation",
+        "key",
         "local",
         "origin",
         "registry",
@@ -162,6 +163,8 @@ class Slot:
         self.registry: t.Any = None
         self.local: threading.local | None = None
         self.by_task: dict[object, object] | None = None
+        self.key: object = None
+        """The key of this task in :attr:`by_task`: a slot serves the items of one run."""
         if swap is not None:
             # Pinned for the whole batch, like the swap.
             aio = self.aio
@@ -169,6 +172,8 @@ class Slot:
             self.registry = swap.registry
             self.local = swap.local
             self.by_task = swap.by_task
+            if self.by_task is not None:
+                self.key = self.registry.scopefunc()
 
     def get(self) -> sa_orm.Session:
         """Return the distinct ``Session`` (the sync one of an ``AsyncSession``)."""
@@ -201,6 +206,9 @@ class Slot:
         local = self.local
         if local is not None:
             return local.__dict__.get("value")
+        by_task = self.by_task
+        if by_task is not None:
+            return by_task.get(self.key)
         return registry() if registry.has() else None
 
     def holds(self, session: sa_orm.Session) -> bool:

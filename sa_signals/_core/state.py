@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections.abc as c
 import contextlib
+import inspect
 import sys
 import typing as t
 
@@ -219,6 +220,7 @@ class SessionState:
         "plain",
         "public",
         "queue",
+        "refused",
         "session",
         "watches",
     )
@@ -231,6 +233,9 @@ class SessionState:
         self.public: object = NOBODY
         """Meanwhile, the ``AsyncSession`` of an async install's session: the fast path takes
         it as well (its ``sync_session`` never changes)."""
+        self.refused = inspect.CO_COROUTINE
+        """Meanwhile, the code flags of the functions the fast path leaves to the full path:
+        coroutine functions, unless the session is an async install's, which awaits them."""
         self.current: object = NO_TRANSACTION
         """The session's innermost transaction (``Session._transaction``) when a callback was
         last queued by the full path: while it stays innermost, the fast path appends."""
