@@ -205,7 +205,7 @@ def report(results: dict[Key, list[float] | None], systems: list[str]) -> None:
         print(f"\n== {DATABASES[db]}: callgrind instructions per transaction")
         print(f"{'workload':<8} {'system':<16} {'instructions':>12} {'spread':>7}", end="")
         print(f" {'x bare':>7} {'per call':>9}")
-        for workload in dict.fromkeys(key[1] for key in results):
+        for workload in dict.fromkeys(key[1] for key in results if key[0] == db):
             bare = medians.get((db, workload, "bare"))
             for system in systems:
                 key = (db, workload, system)
