@@ -422,6 +422,36 @@ class TestOnCommitAsync:
         finally:
             sa_signals.uninstall(maker)
 
+    async def test_other_scopefunc_reaches_the_distinct_session(
+        self, arunner: asyncio.Runner, aengine: sa_asyncio.AsyncEngine
+    ) -> None:
+        """Scoped by another function than the current task, the registry still gives each
+        callback its own session, committed after it, and gives the committed one back."""
+        scope: contextvars.ContextVar[str] = contextvars.ContextVar("scope", default="request")
+        scoped = sa_asyncio.async_scoped_session(
+            sa_asyncio.async_sessionmaker(aengine), scopefunc=scope.get
+        )
+        sa_signals.install(scoped)
+        try:
+            session = scoped()
+            seen: list[bool] = []
+
+            async def writes() -> None:
+                seen.append(scoped() is not session)
+                scoped().add(Audit(message="scoped"))
+
+            session.add(Item(name="a"))
+            sa_signals.on_commit(lambda: seen.append(False), session)
+            sa_signals.on_commit(writes, session)
+            sa_signals.on_commit(writes, session)
+            await session.commit()
+            assert seen == [False, True, True]
+            assert scoped() is session
+            assert await acount(aengine, Audit) == 2
+        finally:
+            sa_signals.uninstall(scoped)
+            await scoped.remove()
+
     async def test_failing_coroutine_rolls_back_and_reports_the_async_session(
         self,
         arunner: asyncio.Runner,
