@@ -11,7 +11,10 @@ Each figure comes from runs of this module's worker (``--worker``) under ``valgr
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections.abc as c
 import concurrent.futures
+import contextlib
 import gc
 import os
 import pathlib
@@ -24,15 +27,22 @@ import tempfile
 import typing as t
 
 from benchmarks import django_system
+from benchmarks.run import ALL_WORKLOADS
+from benchmarks.run import ASYNC_DATABASES
+from benchmarks.run import ASYNC_WORKLOADS
 from benchmarks.run import DATABASES
-from benchmarks.run import WORKLOADS
 from benchmarks.systems import sqlite_engine
 from benchmarks.systems import SYSTEMS
 
 AMPLIFICATION = 300
 """Calls per transaction of the amplified workloads, as in a full ``python -m benchmarks``."""
 
-CALLS = {"A-cb": AMPLIFICATION, "A-recv": AMPLIFICATION, "A-query": AMPLIFICATION // 10}
+CALLS = {
+    "A-cb": AMPLIFICATION,
+    "A-acb": AMPLIFICATION,
+    "A-recv": AMPLIFICATION,
+    "A-query": AMPLIFICATION // 10,
+}
 """Calls per transaction of each amplified workload, for the per-call figures."""
 
 WARM_UP = 20
@@ -55,8 +65,13 @@ Key = tuple[str, str, str]
 """(database, workload, system)."""
 
 
-def make_system(name: str, db: str, directory: str) -> t.Any:
+def make_system(name: str, db: str, directory: str, runner: asyncio.Runner | None = None) -> t.Any:
     """Build system ``name`` on ``db``, as ``benchmarks.run.make_systems`` does."""
+    if runner is not None:
+        from benchmarks import asystems
+
+        system_class = next(cls for cls in asystems.SYSTEMS if cls.prefix == name)
+        return system_class(asystems.make_engine(db), AMPLIFICATION, runner)
     if name == "django":
         return django_system.DjangoSystem(db.removeprefix("sqlite-"), AMPLIFICATION)
     system_class = next(cls for cls in SYSTEMS if cls.prefix == name)
@@ -71,40 +86,66 @@ def work(
     """Run ``count`` transactions of ``workload`` after a warm-up, as ``measure()`` runs a batch.
 
     With ``counted``, callgrind's instrumentation is switched on for those transactions and the
-    process exits right after them.
+    process exits right after them. An async system runs them all in one task of its event loop.
     """
-    system = make_system(name, db, directory)
-    try:
-        if not system.setup(workload):
-            print(UNSUPPORTED)
-            return
-        transaction = system.transaction(workload)
-        system.enter()
-        system.before_batch(workload)
+    runner = asyncio.Runner() if db in ASYNC_DATABASES else None
+    with runner or contextlib.nullcontext():
+        system = make_system(name, db, directory, runner)
         try:
-            for _ in range(WARM_UP):
-                transaction()
-            # As the harness does: the long-lived objects stay out of the collector's way.
-            gc.collect()
-            gc.freeze()
-            if counted:
-                # vgdb reaches this process while it waits for vgdb: the return from that wait
-                # (about 25,000 instructions) is all that is counted besides the transactions.
-                command = ["vgdb", f"--pid={os.getpid()}", "instrumentation", "on"]
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            for _ in range(count):
-                transaction()
-            if counted:
-                # The clean-up and the interpreter's finalization would be counted too; the
-                # parent removes the temporary directory.
-                os._exit(0)
+            if not system.setup(workload):
+                print(UNSUPPORTED)
+                return
+            transaction = system.transaction(workload)
+            system.enter()
+            system.before_batch(workload)
+            try:
+                if runner is None:
+                    _run(transaction, count, counted)
+                else:
+                    runner.run(_arun(transaction, count, counted))
+            finally:
+                gc.unfreeze()
+                system.after_batch(workload)
+                system.exit()
         finally:
-            gc.unfreeze()
-            system.after_batch(workload)
-            system.exit()
-    finally:
-        system.teardown(workload)
-        system.close()
+            system.teardown(workload)
+            system.close()
+
+
+def _run(transaction: c.Callable[[], None], count: int, counted: bool) -> None:
+    for _ in range(WARM_UP):
+        transaction()
+    _start(counted)
+    for _ in range(count):
+        transaction()
+    _stop(counted)
+
+
+async def _arun(transaction: c.Callable[[], c.Awaitable[None]], count: int, counted: bool) -> None:
+    for _ in range(WARM_UP):
+        await transaction()
+    _start(counted)
+    for _ in range(count):
+        await transaction()
+    _stop(counted)
+
+
+def _start(counted: bool) -> None:
+    # As the harness does: the long-lived objects stay out of the collector's way.
+    gc.collect()
+    gc.freeze()
+    if counted:
+        # vgdb reaches this process while it waits for vgdb: the return from that wait
+        # (about 25,000 instructions) is all that is counted besides the transactions.
+        command = ["vgdb", f"--pid={os.getpid()}", "instrumentation", "on"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def _stop(counted: bool) -> None:
+    if counted:
+        # The clean-up and the interpreter's finalization would be counted too; the parent
+        # removes the temporary directory.
+        os._exit(0)
 
 
 def count(key: Key, transactions: int, layout: int) -> int | None:
@@ -164,7 +205,7 @@ def report(results: dict[Key, list[float] | None], systems: list[str]) -> None:
         print(f"\n== {DATABASES[db]}: callgrind instructions per transaction")
         print(f"{'workload':<8} {'system':<16} {'instructions':>12} {'spread':>7}", end="")
         print(f" {'x bare':>7} {'per call':>9}")
-        for workload in dict.fromkeys(key[1] for key in results):
+        for workload in dict.fromkeys(key[1] for key in results if key[0] == db):
             bare = medians.get((db, workload, "bare"))
             for system in systems:
                 key = (db, workload, system)
@@ -187,8 +228,10 @@ def report(results: dict[Key, list[float] | None], systems: list[str]) -> None:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__)
-    parser.add_argument("--workload", action="append", choices=list(WORKLOADS))
-    parser.add_argument("--db", action="append", choices=["sqlite-memory", "sqlite-file"])
+    parser.add_argument("--workload", action="append", choices=list(ALL_WORKLOADS))
+    parser.add_argument(
+        "--db", action="append", choices=["sqlite-memory", "sqlite-file", "aiosqlite-memory"]
+    )
     systems = [name for name in LABELS if name != "django" or django_system.AVAILABLE]
     parser.add_argument("--system", action="append", choices=systems)
     parser.add_argument("--transactions", type=int, default=50, help="counted per run (50)")
@@ -213,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             msg = f"{tool} was not found on PATH: install valgrind (apt-get install valgrind)"
             raise SystemExit(msg)
-    keys = [(db, w, s) for db in args.db for w in args.workload for s in args.system]
+    keys = [
+        (db, w, s)
+        for db in args.db
+        for w in args.workload
+        for s in args.system
+        # Django runs on SQLite only, coroutine callbacks on the async systems only.
+        if not (s == "django" and db in ASYNC_DATABASES)
+        and not (w in ASYNC_WORKLOADS and db not in ASYNC_DATABASES)
+    ]
     print(
         f"sa_signals instructions: {args.transactions} transactions after {WARM_UP} of warm-up,"
         f" median of {args.layouts} memory layouts (spread: (max - min) / median over them);"

@@ -1,12 +1,15 @@
 """Run every workload on every system, interleaved, and print medians, p90 and ratios.
 
 Usage: ``python -m benchmarks [--quick] [--postgresql URL] [--db NAME ...]``; see
-``benchmarks/README.md``.
+``benchmarks/README.md``. The ``aiosqlite-memory`` and ``asyncpg`` databases run the async twins
+of the SQLAlchemy systems (:mod:`benchmarks.asystems`) in one event loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -41,11 +44,21 @@ WORKLOADS = {
 }
 """Workload names and what one transaction of each does (A-* are the amplified ones)."""
 
+ASYNC_WORKLOADS = {"A-acb": "W1 + {n} coroutine callbacks"}
+"""Workloads of the async systems only: a coroutine function is a callback only there."""
+
+ALL_WORKLOADS = WORKLOADS | ASYNC_WORKLOADS
+
 DATABASES = {
     "sqlite-memory": "SQLite :memory:",
     "sqlite-file": "SQLite file (WAL, synchronous=NORMAL)",
     "postgresql": "PostgreSQL",
+    "aiosqlite-memory": "asyncio, aiosqlite :memory:",
+    "asyncpg": "asyncio, PostgreSQL (asyncpg)",
 }
+
+ASYNC_DATABASES = ("aiosqlite-memory", "asyncpg")
+"""The databases the async systems run on, with ``AsyncSession``s."""
 
 SYSTEM_LABELS = ["bare SQLAlchemy", "hand-rolled", "sa_signals", "Django ORM"]
 
@@ -60,9 +73,14 @@ class Settings(t.NamedTuple):
     clock: str = "cpu"
 
 
-CLOCKS: dict[str, t.Callable[[], float]] = {"cpu": time.thread_time, "wall": time.perf_counter}
+CLOCKS: dict[str, t.Callable[[], float]] = {
+    "cpu": time.thread_time,
+    "process": time.process_time,
+    "wall": time.perf_counter,
+}
 """``cpu``: this thread's CPU time, blind to other processes competing for the machine (SQLite
-runs in-process, so it is all of a transaction's work); ``wall``: elapsed time."""
+runs in-process, so it is all of a transaction's work); ``process``: the CPU time of all this
+process's threads (aiosqlite runs SQLite in a thread of its own); ``wall``: elapsed time."""
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
@@ -77,7 +95,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         "--db",
         action="append",
         choices=list(DATABASES),
-        help="databases to run (default: both SQLite ones, and PostgreSQL when a URL is given)",
+        help="databases to run (default: both SQLite ones, and PostgreSQL when a URL is given);"
+        " aiosqlite-memory and asyncpg run the asyncio systems",
     )
     parser.add_argument(
         "--postgresql",
@@ -85,13 +104,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         help="PostgreSQL URL (default: $SA_SIGNALS_BENCH_POSTGRESQL_URL)",
     )
     parser.add_argument(
-        "--workload", action="append", choices=list(WORKLOADS), help="workloads to run"
+        "--workload", action="append", choices=list(ALL_WORKLOADS), help="workloads to run"
     )
     parser.add_argument(
         "--clock",
         choices=list(CLOCKS),
-        help="cpu (default on SQLite) or wall (always used on PostgreSQL, whose server works in"
-        " another process)",
+        help="cpu (default on SQLite), process (always used on aiosqlite, whose thread runs"
+        " SQLite) or wall (always used on PostgreSQL, whose server works in another process)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -106,12 +125,20 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     )
     if not args.db:
         args.db = ["sqlite-memory", "sqlite-file"] + (["postgresql"] if args.postgresql else [])
-    if "postgresql" in args.db and not args.postgresql:
-        parser.error("--db postgresql needs --postgresql URL")
+    for db in ("postgresql", "asyncpg"):
+        if db in args.db and not args.postgresql:
+            parser.error(f"--db {db} needs --postgresql URL")
     return args, settings
 
 
-def make_systems(db: str, url: str | None, directory: str, settings: Settings) -> list[t.Any]:
+def make_systems(
+    db: str, url: str | None, directory: str, settings: Settings, runner: asyncio.Runner | None
+) -> list[t.Any]:
+    if runner is not None:
+        # Imported only here: the sync runs never import sqlalchemy.ext.asyncio.
+        from benchmarks import asystems
+
+        return asystems.make_systems(db, url, settings.amplification, runner)
     systems: list[t.Any] = []
     for system_class in SYSTEMS:
         if db == "sqlite-memory":
@@ -128,8 +155,16 @@ def make_systems(db: str, url: str | None, directory: str, settings: Settings) -
     return systems
 
 
+Batch = t.Callable[[t.Callable[[], t.Any], Settings], float]
+"""Runs a batch of transactions; returns seconds per transaction."""
+
+
 def measure(
-    systems: list[t.Any], workload: str, settings: Settings, rng: random.Random
+    systems: list[t.Any],
+    workload: str,
+    settings: Settings,
+    rng: random.Random,
+    batch: Batch | None = None,
 ) -> tuple[dict[str, Samples | None], dict[str, Samples]]:
     """Time ``workload`` on every system, interleaving their batches; seconds per transaction.
 
@@ -137,6 +172,7 @@ def measure(
     batches; the second result holds the per-round differences (amplified - W1), so that the
     per-call figures do not carry the drift of a noisy machine.
     """
+    _batch = batch or _run_batch
     samples: dict[str, Samples | None] = {}
     deltas: dict[str, Samples] = {}
     active = []
@@ -175,7 +211,7 @@ def measure(
     return samples, deltas
 
 
-def _batch(transaction: t.Callable[[], None], settings: Settings) -> float:
+def _run_batch(transaction: t.Callable[[], None], settings: Settings) -> float:
     clock, count = CLOCKS[settings.clock], settings.batch
     start = clock()
     for _ in range(count):
@@ -203,7 +239,7 @@ def us(seconds: float) -> str:
 
 def describe(workload: str, settings: Settings) -> str:
     n = settings.amplification
-    return WORKLOADS[workload].format(n=n, r=n // ROWS, q=n // 10)
+    return ALL_WORKLOADS[workload].format(n=n, r=n // ROWS, q=n // 10)
 
 
 def report_table(
@@ -235,6 +271,7 @@ def per_call(
     """Microseconds per call: median of (amplified - W1) per round / calls per transaction."""
     calls = {
         "A-cb": ("per on_commit callback (no DB)", settings.amplification),
+        "A-acb": ("per coroutine callback (no DB)", settings.amplification),
         "A-recv": ("per post_save receiver call", settings.amplification),
         "A-query": ("per callback doing one query", settings.amplification // 10),
     }
@@ -394,7 +431,7 @@ def report_targets(
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse(argv)
     rng = random.Random(42)
-    workloads = args.workload or list(WORKLOADS)
+    workloads = args.workload or list(ALL_WORKLOADS)
     print(
         f"sa_signals benchmarks: Python {sys.version.split()[0]}, SQLAlchemy {sa.__version__}",
         end="",
@@ -443,18 +480,32 @@ def _run_database(
     results: dict[str, dict[str, dict[str, Samples | None]]],
 ) -> dict[str, dict[str, float]]:
     """Measure every workload on ``db``, print its tables, return its per-call figures."""
-    if db == "postgresql":
+    if db not in ASYNC_DATABASES:
+        workloads = [workload for workload in workloads if workload not in ASYNC_WORKLOADS]
+    if db in ("postgresql", "asyncpg"):
         settings = settings._replace(clock="wall")
-    systems = make_systems(db, url, directory, settings)
-    results[db], deltas = {}, {}
-    try:
-        # Fill the files, pools and caches of every system first; not recorded.
-        measure(systems, "W1", settings._replace(rounds=1), rng)
-        for workload in workloads:
-            results[db][workload], deltas[workload] = measure(systems, workload, settings, rng)
-    finally:
-        for system in systems:
-            system.close()
+    elif db == "aiosqlite-memory":
+        settings = settings._replace(clock="process")
+    with contextlib.ExitStack() as stack:
+        runner = batch = None
+        if db in ASYNC_DATABASES:
+            # One event loop for every system; each batch runs in it as one task.
+            from benchmarks import asystems
+
+            runner = stack.enter_context(asyncio.Runner())
+            batch = asystems.batch(runner, CLOCKS[settings.clock])
+        systems = make_systems(db, url, directory, settings, runner)
+        results[db], deltas = {}, {}
+        try:
+            # Fill the files, pools and caches of every system first; not recorded.
+            measure(systems, "W1", settings._replace(rounds=1), rng, batch)
+            for workload in workloads:
+                results[db][workload], deltas[workload] = measure(
+                    systems, workload, settings, rng, batch
+                )
+        finally:
+            for system in systems:
+                system.close()
     figures = per_call(deltas, settings)
     report_table(DATABASES[db], results[db], settings)
     report_per_call(figures, settings)

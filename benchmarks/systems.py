@@ -7,6 +7,7 @@ runs one transaction of a workload per call of :meth:`SqlAlchemySystem.transacti
 from __future__ import annotations
 
 import collections.abc as c
+import functools
 import typing as t
 
 import blinker
@@ -44,7 +45,11 @@ def read_changes(sender: object, *, changes: t.Any, **kwargs: object) -> None:
 
 def sqlite_engine(url: str, wal: bool) -> sa.Engine:
     """A SQLite engine with working SAVEPOINTs (SQLAlchemy emits BEGIN itself)."""
-    engine = sa.create_engine(url)
+    return emit_begin(sa.create_engine(url), wal)
+
+
+def emit_begin(engine: sa.Engine, wal: bool = False) -> sa.Engine:
+    """Make SQLAlchemy emit BEGIN on ``engine``'s SQLite connections, so that SAVEPOINT works."""
 
     @sa_event.listens_for(engine, "connect")
     def _connect(dbapi_connection: t.Any, record: object) -> None:
@@ -87,13 +92,18 @@ class SqlAlchemySystem:
         self.engine = engine
         self.amplification = amplification
         self.Base, self.Item = make_models(f"bench_{self.prefix}")
-        self.Base.metadata.drop_all(engine)
-        self.Base.metadata.create_all(engine)
-        self.maker = sa_orm.sessionmaker(engine)
-        self.Session = sa_orm.scoped_session(self.maker)
+        self.session_class = self.open()
         self.receivers: list[c.Callable[..., None]] = []
         self.ids: list[int] = []
         self.query = sa.select(self.Item.id).limit(1)
+
+    def open(self) -> type[sa_orm.Session]:
+        """Create the tables and the session factories; return the class listeners go on."""
+        self.Base.metadata.drop_all(self.engine)
+        self.Base.metadata.create_all(self.engine)
+        self.maker = sa_orm.sessionmaker(self.engine)
+        self.Session = sa_orm.scoped_session(self.maker)
+        return self.maker.class_
 
     # Hooks each system implements.
 
@@ -129,18 +139,22 @@ class SqlAlchemySystem:
 
     def setup(self, workload: str) -> bool:
         """Prepare ``workload``; False if this system does not run it."""
-        with self.engine.begin() as connection:
-            connection.execute(self.Item.__table__.delete())
+        self.ids = self.reset(ROWS if workload == "W6" else 0)
         if workload == "W3":
             self.connect_receivers([make_receiver() for _ in range(ROWS)])
         if workload == "W6":
-            with self.maker.begin() as session:
-                items = [self.Item(name=f"r{i}", value=0) for i in range(ROWS)]
-                session.add_all(items)
-                session.flush()
-                self.ids = [item.id for item in items]
             return self.connect_diffs()
         return True
+
+    def reset(self, rows: int) -> list[int]:
+        """Empty the table, then insert ``rows`` rows; return their ids."""
+        with self.engine.begin() as connection:
+            connection.execute(self.Item.__table__.delete())
+        with self.maker.begin() as session:
+            items = [self.Item(name=f"r{i}", value=0) for i in range(rows)]
+            session.add_all(items)
+            session.flush()
+            return [item.id for item in items]
 
     def before_batch(self, workload: str) -> None:
         """Connect the receivers of an A-recv batch (its W1 batches run without them)."""
@@ -177,11 +191,7 @@ class SqlAlchemySystem:
             callbacks, callback = self.amplification // 10, self.query_callback()
         savepoints = workload == "W5"
         rollback = workload == "W4"
-
-        def run() -> None:
-            self._insert(callbacks, callback, savepoints, rollback)
-
-        return run
+        return functools.partial(self._insert, callbacks, callback, savepoints, rollback)
 
     def query_callback(self) -> c.Callable[[], None]:
         """A callback that runs one query in a session of its own."""
@@ -284,7 +294,7 @@ class HandRolled(SqlAlchemySystem):
 
     def __init__(self, engine: sa.Engine, amplification: int) -> None:
         super().__init__(engine, amplification)
-        session_class = self.maker.class_
+        session_class = self.session_class
         sa_event.listen(session_class, "after_commit", _hand_after_commit)
         sa_event.listen(session_class, "after_rollback", _hand_after_rollback)
         sa_event.listen(self.Item, "after_insert", _hand_after_insert)
@@ -304,12 +314,12 @@ class HandRolled(SqlAlchemySystem):
         self.receivers = []
 
     def connect_diffs(self) -> bool:
-        sa_event.listen(self.maker.class_, "before_flush", _hand_collect_diffs)
+        sa_event.listen(self.session_class, "before_flush", _hand_collect_diffs)
         hand_models_committed.connect(read_changes)
         return True
 
     def disconnect_diffs(self) -> None:
-        sa_event.remove(self.maker.class_, "before_flush", _hand_collect_diffs)
+        sa_event.remove(self.session_class, "before_flush", _hand_collect_diffs)
         hand_models_committed.disconnect(read_changes)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import types
 import typing as t
 
@@ -33,7 +32,6 @@ if t.TYPE_CHECKING:
     from .typing import SessionTarget
 
 _FunctionType = types.FunctionType
-_CO_FLAGS = inspect.CO_COROUTINE
 _Session = sa_orm.Session
 
 
@@ -58,19 +56,20 @@ def on_commit(
     :data:`~sa_signals.signals.on_commit_failed`; with ``robust=False`` it propagates out of
     ``commit()`` once every other callback has run. The data stays committed either way.
     """
-    # The hot path, inlined: a plain function (no coroutine flag) queued on the session
-    # on_commit() queued on last, whose innermost transaction is the same as then. The full
-    # path (_register) checks everything else, and lets this one take the next registrations
-    # (see _core.queue.last). It reads no Session attribute: _transaction comes from the
-    # session's __dict__, a cheaper lookup.
+    # The hot path, inlined: a plain function (no coroutine flag, unless the install is async)
+    # queued on the session on_commit() queued on last, whose innermost transaction is the same
+    # as then. The full path (_register) checks everything else, and lets this one take the
+    # next registrations (see _core.queue.last). It reads no Session attribute: _transaction
+    # comes from the session's __dict__, a cheaper lookup. An AsyncSession stands for its sync
+    # session.
     state = _queue.last
     if (
-        target is state.session
+        (target is state.session or target is state.public)
         and state.fields["_transaction"] is state.current
         and robust is True
         and (
             callback is state.plain
-            or (type(callback) is _FunctionType and not callback.__code__.co_flags & _CO_FLAGS)
+            or (type(callback) is _FunctionType and not callback.__code__.co_flags & state.refused)
         )
     ):
         state.queue.append(callback)
@@ -147,7 +146,7 @@ def _register(callback: Callback, session: sa_orm.Session, robust: bool) -> None
     push(state, session.get_nested_transaction(), item)
     if not is_coroutine:
         state.plain = callback
-    _queue.remember(state, session)
+    _queue.remember(state, session, aio)
 
 
 def _strict(callback: Callback, robust: object) -> Item:

@@ -321,6 +321,40 @@ class TestOnCommitAsync:
         await session.commit()
         assert seen == [1]
 
+    async def test_callbacks_registered_in_turn_run_in_order(
+        self, arunner: asyncio.Runner, AsyncScoped: AsyncScopedT
+    ) -> None:
+        """Coroutine and plain callbacks registered one after another, through the session or
+        its scoped session, each run once and are awaited, in order; a savepoint's are dropped
+        with it."""
+        seen: list[str] = []
+
+        async def first() -> None:
+            await asyncio.sleep(0)
+            seen.append("first")
+
+        async def second() -> None:
+            seen.append("second")
+
+        def plain() -> None:
+            seen.append("plain")
+
+        async def dropped() -> None:  # pragma: no cover - rolled back
+            seen.append("dropped")
+
+        session = AsyncScoped()
+        session.add(Item(name="a"))
+        for callback in (first, plain, first, second, second, plain):
+            sa_signals.on_commit(callback, session)
+        sa_signals.on_commit(second, AsyncScoped)
+        savepoint = await session.begin_nested()
+        sa_signals.on_commit(dropped, session)
+        sa_signals.on_commit(dropped, session)
+        await savepoint.rollback()
+        sa_signals.on_commit(first, session)
+        await session.commit()
+        assert seen == ["first", "plain", "first", "second", "second", "plain", "second", "first"]
+
     async def test_on_commit_async_refuses_sync_sessions(self, arunner: asyncio.Runner) -> None:
         """The awaitable form is for async sessions only."""
         with pytest.raises(TypeError, match="needs an AsyncSession"):
@@ -387,6 +421,36 @@ class TestOnCommitAsync:
             assert await acount(aengine, Audit) == 1
         finally:
             sa_signals.uninstall(maker)
+
+    async def test_other_scopefunc_reaches_the_distinct_session(
+        self, arunner: asyncio.Runner, aengine: sa_asyncio.AsyncEngine
+    ) -> None:
+        """Scoped by another function than the current task, the registry still gives each
+        callback its own session, committed after it, and gives the committed one back."""
+        scope: contextvars.ContextVar[str] = contextvars.ContextVar("scope", default="request")
+        scoped = sa_asyncio.async_scoped_session(
+            sa_asyncio.async_sessionmaker(aengine), scopefunc=scope.get
+        )
+        sa_signals.install(scoped)
+        try:
+            session = scoped()
+            seen: list[bool] = []
+
+            async def writes() -> None:
+                seen.append(scoped() is not session)
+                scoped().add(Audit(message="scoped"))
+
+            session.add(Item(name="a"))
+            sa_signals.on_commit(lambda: seen.append(False), session)
+            sa_signals.on_commit(writes, session)
+            sa_signals.on_commit(writes, session)
+            await session.commit()
+            assert seen == [False, True, True]
+            assert scoped() is session
+            assert await acount(aengine, Audit) == 2
+        finally:
+            sa_signals.uninstall(scoped)
+            await scoped.remove()
 
     async def test_failing_coroutine_rolls_back_and_reports_the_async_session(
         self,

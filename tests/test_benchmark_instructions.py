@@ -33,6 +33,20 @@ class TestWorker:
         assert capsys.readouterr().out == ""
         assert not signals.post_save.receivers
 
+    @pytest.mark.parametrize("workload", ["W5", "W6", "A-query"])
+    @pytest.mark.parametrize("system", ["bare", "hand", "layer"])
+    def test_runs_the_async_systems_natively(
+        self,
+        system: str,
+        workload: str,
+        tmp_path: pathlib.Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """On aiosqlite the worker runs the async twin's transactions in an event loop."""
+        instructions.work(system, workload, "aiosqlite-memory", 2, str(tmp_path))
+        assert capsys.readouterr().out == ""
+        assert not signals.models_committed.receivers
+
     def test_reports_a_workload_the_system_does_not_run(
         self,
         monkeypatch: pytest.MonkeyPatch,

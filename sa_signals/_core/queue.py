@@ -6,6 +6,7 @@ was the innermost one, so they are the queue's tail from its mark (``SessionStat
 
 from __future__ import annotations
 
+import inspect
 import typing as t
 
 from .state import NO_FIELDS
@@ -17,6 +18,7 @@ from .state import TRANSACTION_FIELDS_KNOWN
 if t.TYPE_CHECKING:
     import sqlalchemy.orm as sa_orm
 
+    from .aio import AsyncSupport
     from .state import Item
 
 _FIELDS_KNOWN = TRANSACTION_FIELDS_KNOWN
@@ -76,12 +78,19 @@ def take(state: SessionState) -> list[Item]:
     return queue
 
 
-def remember(state: SessionState, session: sa_orm.Session) -> None:
+def remember(
+    state: SessionState, session: sa_orm.Session, aio: AsyncSupport | None = None
+) -> None:
     """Let ``on_commit()``'s fast path append to ``state`` while the innermost transaction of
-    ``session`` (a savepoint, a flush's, or the outermost) stays the one it is now."""
+    ``session`` (a savepoint, a flush's, or the outermost) stays the one it is now; given
+    ``session`` itself, or for an async install (``aio``) its ``AsyncSession``."""
     global last  # one reference, replaced whole: a thread reads the old or the new one
     if _FIELDS_KNOWN:
         state.session = session
+        if aio is None:
+            state.public, state.refused = NOBODY, inspect.CO_COROUTINE
+        else:
+            state.public, state.refused = aio.public(session), 0
         state.fields = session.__dict__
         state.current = session._transaction
         last = state
@@ -91,7 +100,7 @@ def forget(state: SessionState) -> None:
     """End the fast path of ``state``: its transaction ended. Nothing of it is kept: neither the
     session nor, if it was the last one used, the state itself."""
     global last
-    state.session = NOBODY
+    state.session = state.public = NOBODY
     state.fields = NO_FIELDS
     state.current = NO_TRANSACTION
     if last is state:

@@ -283,9 +283,9 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
     # its __dict__ (a dict lookup costs less than the attribute read on a Session).
     origin_open = _open(origin)
     fields: _ByKey = origin.__dict__ if _FIELDS_KNOWN else _Fields(origin)
-    # A thread-local registry's storage is the same dict for the whole batch (one thread):
-    # "value" is in it once the item made a distinct session.
-    values: c.Container[str] = slot.local.__dict__ if slot.local is not None else _Made(slot)
+    # `made in values` once the item made a distinct session: looked up in the registry's
+    # storage, the same for the whole batch (one thread, one task).
+    values, made = _storage(slot)
     first_error: Exception | None = None
     item: Item | None = None
     try:
@@ -299,7 +299,7 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
                 slot.release()
                 raise
             else:
-                if result is None and fields["_transaction"] is None and "value" not in values:
+                if result is None and fields["_transaction"] is None and made not in values:
                     # The common case: nothing returned, made or left open: nothing to settle.
                     if batch.interrupted:
                         break  # the item queued a nested batch: it runs first
@@ -333,6 +333,16 @@ class _Fields:
 
     def __getitem__(self, key: str) -> object:
         return True if self.session.in_transaction() else None
+
+
+def _storage(slot: Slot) -> tuple[c.Container[object], object]:
+    """Return where the registry of ``slot`` keeps a session made by the running item, and
+    under which key."""
+    if slot.local is not None:  # a thread-local registry's
+        return slot.local.__dict__, "value"
+    if slot.by_task is not None:  # an async_scoped_session's, keyed by this task
+        return slot.by_task, slot.key
+    return _Made(slot), "value"
 
 
 class _Made:

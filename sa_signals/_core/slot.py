@@ -38,6 +38,20 @@ def _local_layout_known() -> bool:
 _LOCAL_LAYOUT_KNOWN = _local_layout_known()
 
 
+def _scoped_layout_known() -> bool:
+    # ScopedRegistry keeps its objects in a dict, under what its scopefunc returns; checked
+    # once here, so that a different layout falls back to the registry's own has().
+    probe: sa_util.ScopedRegistry[object] = sa_util.ScopedRegistry(object, lambda: "key")
+    objects = getattr(probe, "registry", None)
+    if not isinstance(objects, dict) or objects:
+        return False
+    made = probe()
+    return objects.get("key") is made and probe.has()
+
+
+_SCOPED_LAYOUT_KNOWN = _scoped_layout_known()
+
+
 def _thread_local_of(registry: object) -> threading.local | None:
     """Return the ``threading.local`` a ``scoped_session``'s thread-local registry uses.
 
@@ -51,6 +65,20 @@ def _thread_local_of(registry: object) -> threading.local | None:
     return None
 
 
+def _by_task_of(registry: object) -> dict[object, object] | None:
+    """Return the dict of an ``async_scoped_session``'s registry scoped by asyncio task.
+
+    Its key is the same for all the items of a run (one task), so looking it up in the dict
+    tells whether the registry holds a session without a call of the ``scopefunc`` per item.
+    """
+    if _SCOPED_LAYOUT_KNOWN and type(registry) is sa_util.ScopedRegistry:
+        aio = sys.modules.get("asyncio")
+        objects = getattr(registry, "registry", None)
+        if aio is not None and registry.scopefunc is aio.current_task and type(objects) is dict:
+            return objects
+    return None
+
+
 class RegistrySwap:
     """A scoped registry emptied for the items of one run and put back as it was afterwards.
 
@@ -59,11 +87,12 @@ class RegistrySwap:
     installation runs, and at the end of the run, so nothing outside the items sees it empty.
     """
 
-    __slots__ = ("active", "had_previous", "local", "previous", "registry")
+    __slots__ = ("active", "by_task", "had_previous", "local", "previous", "registry")
 
     def __init__(self, registry: t.Any) -> None:
         self.registry = registry
         self.local = _thread_local_of(registry)
+        self.by_task = None if self.local is not None else _by_task_of(registry)
         self.active = False
         self.had_previous = False
         self.previous: object = None
@@ -115,7 +144,9 @@ class Slot:
     __slots__ = (
         "aio",
         "bind",
+        "by_task",
         "installation",
+        "key",
         "local",
         "origin",
         "registry",
@@ -145,12 +176,18 @@ class Slot:
         self.scoped: t.Any = None
         self.registry: t.Any = None
         self.local: threading.local | None = None
+        self.by_task: dict[object, object] | None = None
+        self.key: object = None
+        """The key of this task in :attr:`by_task`: a slot serves the items of one run."""
         if swap is not None:
             # Pinned for the whole batch, like the swap.
             aio = self.aio
             self.scoped = installation.scoped if aio is None else aio.scoped
             self.registry = swap.registry
             self.local = swap.local
+            self.by_task = swap.by_task
+            if self.by_task is not None:
+                self.key = self.registry.scopefunc()
 
     def get(self) -> sa_orm.Session:
         """Return the distinct ``Session`` (the sync one of an ``AsyncSession``)."""
@@ -183,6 +220,9 @@ class Slot:
         local = self.local
         if local is not None:
             return local.__dict__.get("value")
+        by_task = self.by_task
+        if by_task is not None:
+            return by_task.get(self.key)
         return registry() if registry.has() else None
 
     def holds(self, session: sa_orm.Session) -> bool:
@@ -207,6 +247,10 @@ class Slot:
             if made.in_transaction():
                 if aio is None:
                     made.commit()
+                elif aio.can_await():
+                    # AsyncSession.commit() runs this in a greenlet of its own; in SQLAlchemy's
+                    # greenlet already, its I/O is awaited from here, without the switches.
+                    made.sync_session.commit()
                 else:
                     try:
                         aio.await_(made.commit())
@@ -230,12 +274,11 @@ class Slot:
     def _close(self, made: t.Any) -> None:
         # Empties the registry again for the next item; the slot serves a whole batch.
         try:
-            aio = self.aio
-            if aio is None:
+            if self.aio is None:
                 made.close()
-            elif aio.can_await():
-                aio.await_(made.close())
             else:
+                # What AsyncSession.close() runs in a greenlet of its own: in SQLAlchemy's
+                # greenlet already, its I/O is awaited from here, without the switches.
                 made.sync_session.close()
         except Exception:
             logger.exception("closing the distinct session %r failed", made)

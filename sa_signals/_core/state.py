@@ -6,6 +6,7 @@ Plain bookkeeping: nothing here runs, sends or listens.
 from __future__ import annotations
 
 import collections.abc as c
+import inspect
 import sys
 import typing as t
 
@@ -216,7 +217,9 @@ class SessionState:
         "marks",
         "origins",
         "plain",
+        "public",
         "queue",
+        "refused",
         "session",
         "watches",
     )
@@ -226,6 +229,12 @@ class SessionState:
         """The installation covering the session when the state was made."""
         self.session: object = NOBODY
         """The session, while ``on_commit()``'s fast path may append to :attr:`queue`."""
+        self.public: object = NOBODY
+        """Meanwhile, the ``AsyncSession`` of an async install's session: the fast path takes
+        it as well (its ``sync_session`` never changes)."""
+        self.refused = inspect.CO_COROUTINE
+        """Meanwhile, the code flags of the functions the fast path leaves to the full path:
+        coroutine functions, unless the session is an async install's, which awaits them."""
         self.current: object = NO_TRANSACTION
         """The session's innermost transaction (``Session._transaction``) when a callback was
         last queued by the full path: while it stays innermost, the fast path appends."""
