@@ -71,6 +71,29 @@ class TestAsyncWorker:
         finally:
             set_keep_done(ob.table, None)
 
+    def test_cancelled_returns_once_its_sessions_are_closed(
+        self, ob, AsyncScoped, aengine, arunner
+    ):
+        """A cancelled async worker returns only once each task has closed its sessions: the
+        running handler's write is rolled back, no connection is left checked out."""
+
+        async def scenario() -> int:
+            async with AsyncScoped.session_factory.begin() as session:
+                await outbox.enqueue(session, app.wait_forever, "never")
+            worker = outbox.AsyncWorker(AsyncScoped, concurrency=2, poll=3600, listen=False)
+            running = asyncio.create_task(worker.run())
+            while not app.waiting.is_set():
+                await asyncio.sleep(0.01)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            return aengine.pool.checkedout()
+
+        app.waiting.clear()
+        assert arunner.run(scenario()) == 0
+        assert ob.effects() == []
+        assert ob.states() == ["pending"]
+
     def test_rejects_a_concurrency_below_one(self, ob, AsyncScoped):
         """An async worker needs at least one task."""
         with pytest.raises(ValueError, match="concurrency of 1 or more"):
