@@ -85,17 +85,28 @@ class AsyncWorker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Run until :meth:`stop` is called; return once every task has finished."""
+        """Run until :meth:`stop` is called; return once every task has finished.
+
+        Cancelled, it cancels its tasks and still returns only once each has closed its
+        sessions, so that no connection is left to the garbage collector.
+        """
         listener = None
         bind = self.factory.kw.get("bind")
         if self.listen and bind is not None and bind.dialect.name == "postgresql":
             listener = AsyncListener(bind, channel_of(self.table), self.wake)
             await listener.start()
+        tasks = [asyncio.create_task(self._loop(i)) for i in range(self.concurrency)]
         try:
-            await asyncio.gather(*(self._loop(i) for i in range(self.concurrency)))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
+            self.stop()  # a task that outlives its cancellation ends at its next row
+            await _finish(tasks)
             if listener is not None:
                 await listener.stop()
+        for task in tasks:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
         logger.info("outbox worker stopped after %s rows", self.ran)
 
     async def _loop(self, index: int) -> None:
@@ -147,3 +158,29 @@ class AsyncWorker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), wait_seconds(due, self.poll))
         self._wake.clear()
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks still running, once each, and wait until every one has finished.
+
+    ``gather()`` gives up as soon as one task is cancelled or fails, while the others may still
+    be rolling back and closing their sessions: returning then leaves their connections checked
+    out, to the garbage collector or a closing event loop. A task cancelled already (by the end
+    of ``asyncio.run()``, say) is not cancelled again: that would interrupt its rollback, and
+    SQLAlchemy would invalidate the connection instead of returning it to the pool. A second
+    cancellation of the caller waits until they are done, as ``AsyncSession.__aexit__`` does.
+    """
+    for task in tasks:
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        if cancelling is None or not cancelling():
+            task.cancel()
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        else:
+            break
+    if cancelled is not None:
+        raise cancelled

@@ -39,6 +39,9 @@ started = threading.Event()
 failures: dict[str, int] = {}
 """Tag -> runs of :func:`flaky` still to fail (in this process)."""
 
+waiting = threading.Event()
+"""Set when :func:`wait_forever` has written and begins to wait (in this process)."""
+
 
 def _record(tag: str) -> None:
     sa_signals.current_session().execute(effects.insert().values(tag=tag, pid=os.getpid()))
@@ -98,3 +101,12 @@ async def arecord(tag: str) -> None:
     await asyncio.sleep(0)
     session = sa_signals.current_async_session()
     await session.execute(effects.insert().values(tag=tag, pid=os.getpid()))
+
+
+@outbox.handler(inline=False)
+async def wait_forever(tag: str) -> None:
+    """Write ``tag`` through the distinct ``AsyncSession``, then wait until cancelled."""
+    session = sa_signals.current_async_session()
+    await session.execute(effects.insert().values(tag=tag, pid=os.getpid()))
+    waiting.set()
+    await asyncio.Event().wait()

@@ -24,6 +24,9 @@ def ob(engine: sa.Engine) -> c.Iterator[Outbox]:
     if key not in _created:
         app.metadata.drop_all(engine)
         app.metadata.create_all(engine)
+        # A pooled SQLite connection keeps the schema it read before: one that then times out
+        # waiting for a lock reports "no such table" rather than "database is locked".
+        engine.dispose()
         _created.add(key)
     outbox_table(app.metadata)  # a test may have declared another table: use this one again
     yield Outbox(engine)
