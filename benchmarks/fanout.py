@@ -73,6 +73,15 @@ def make_transport(kind: str, name: str, args: argparse.Namespace) -> fanout.Tra
     return RedisStream(args.redis, name, maxlen=10_000)
 
 
+def drop_stream(kind: str, name: str, args: argparse.Namespace) -> None:
+    """Delete the stream a run wrote to, which would stay in Redis with its entries."""
+    if kind == "redis-stream":
+        import redis
+
+        with redis.Redis.from_url(args.redis) as client:
+            client.delete(name)
+
+
 def writer(rows: int = 100) -> sa_orm.scoped_session[sa_orm.Session]:
     """An installed scoped_session on a fresh SQLite ``:memory:`` database with ``rows`` rows."""
     engine = sa.create_engine("sqlite://", poolclass=sa_pool.StaticPool)
@@ -162,6 +171,7 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
         latencies.extend(result["latencies"])
         gaps.extend(gap for gap in result["gaps"] if gap != "subscribed")
     sa_signals.uninstall(Session)
+    drop_stream(kind, name, args)
     latencies.sort()
     return {
         "transport": kind,
@@ -190,12 +200,16 @@ class Config:
         self.receiver = receiver
         self.write = write
         self.publisher: fanout.Publisher | None = None
+        self.name = ""
+        """The channel or stream of the batch under way."""
+        self.args: argparse.Namespace | None = None
 
     def enter(self, Session: t.Any, args: argparse.Namespace) -> None:
         if self.receiver:
             signals.models_committed.connect(_nothing)
         if self.kind is not None:
-            name = f"sa-signals-bench-{uuid.uuid4().hex[:8]}"
+            self.name = name = f"sa-signals-bench-{uuid.uuid4().hex[:8]}"
+            self.args = args
             transport = make_transport(self.kind, name, args)
             self.publisher = fanout.publish(Session, transport, write=self.write)
             for n in range(20):  # connects the sender
@@ -212,6 +226,9 @@ class Config:
         if self.publisher is not None:
             self.publisher.stop()
             self.publisher = None
+            assert self.kind is not None
+            assert self.args is not None
+            drop_stream(self.kind, self.name, self.args)
 
 
 def _nothing(sender: t.Any, /, **kwargs: t.Any) -> None:
