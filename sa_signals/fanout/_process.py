@@ -21,11 +21,6 @@ def _renew() -> None:
     _counter = 0
 
 
-def process_token() -> str:
-    """Return the token of this process; every publisher id of this process starts with it."""
-    return _token
-
-
 def new_publisher_id() -> str:
     """Return an id no other publisher, in this process or any other, has."""
     global _counter  # changed under _lock
