@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pathlib
 import re
 import subprocess
@@ -46,13 +47,27 @@ def program(page: str) -> str:
     )
 
 
+SERVERS: dict[str, tuple[list[str], str]] = {
+    "docs/fanout.md": (["redis"], "redis"),
+}
+"""Pages whose program talks to a server: the packages it needs beyond its own imports (a
+transport's driver, imported by sa_signals), and the server, named by ``services(...)`` and
+handed to the program as ``REDIS_URL``."""
+
+
 def needs(page: str) -> list[pytest.MarkDecorator]:
-    """A ``requires`` mark for the packages the page's program imports."""
+    """A ``requires`` mark for the packages the page's program imports, and a ``services``
+    mark for the server it talks to."""
     try:
         imported = not_installed.top_level_imports(program(page))
     except SyntaxError:
         return []  # the run reports it
-    return [pytest.mark.requires(*sorted(imported))]
+    marks = []
+    if page in SERVERS:
+        packages, server = SERVERS[page]
+        imported.update(packages)
+        marks.append(pytest.mark.services(server))
+    return [pytest.mark.requires(*sorted(imported)), *marks]
 
 
 RUNNABLE = [page for page in PAGES if program(page)]
@@ -83,11 +98,15 @@ def test_page_examples_run(page: str, tmp_path: pathlib.Path) -> None:
     """The unmarked python blocks of the page run without error, in a fresh interpreter."""
     script = tmp_path / "example.py"
     script.write_text(program(page))
+    env = dict(os.environ)
+    if os.environ.get("SA_SIGNALS_TEST_REDIS_URL"):
+        env["REDIS_URL"] = os.environ["SA_SIGNALS_TEST_REDIS_URL"]
     result = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=env,
         check=False,
         timeout=120,
     )

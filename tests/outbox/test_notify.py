@@ -92,6 +92,7 @@ class TestNotify:
 
 
 class TestNotifier:
+    @pytest.mark.requires("psycopg")
     def test_a_failed_notify_is_logged_and_retried_on_the_next(self, caplog):
         """An unreachable server is logged; the notifier tries again at the next notify()."""
         unreachable = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
