@@ -300,4 +300,6 @@ class AsyncListener:
                     )
                     await asyncio.Event().wait()
             finally:
-                raw.invalidate()
+                # Never back to the pool (the LISTEN, the autocommit): closed in SQLAlchemy's
+                # greenlet, where psycopg's async close() can be awaited.
+                await connection.invalidate()

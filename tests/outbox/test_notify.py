@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import threading
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_asyncio
 
 from sa_signals import outbox
+from sa_signals.outbox.notify import AsyncListener
 from sa_signals.outbox.notify import close_notifiers
 from sa_signals.outbox.notify import Listener
 from sa_signals.outbox.notify import Notifier
@@ -127,3 +131,42 @@ class TestNotifier:
             assert woken.wait(10)
         finally:
             listener.stop()
+
+
+class TestAsyncListener:
+    @pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
+    def test_wakes_once_listening_and_for_each_notify(self, engine, arunner, driver):
+        """The asyncio listener wakes when its LISTEN is in place and again for a NOTIFY, on
+        asyncpg and on psycopg's async connection alike, and closes its connection when
+        stopped."""
+        aengine = sa_asyncio.create_async_engine(engine.url.set(drivername=f"postgresql+{driver}"))
+        channel = f"sa_signals_outbox_{driver}"
+
+        def notify() -> None:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(f"NOTIFY {channel}")
+                connection.commit()
+
+        async def scenario() -> int:
+            woken = asyncio.Event()
+            wakes = 0
+
+            def wake() -> None:
+                nonlocal wakes
+                wakes += 1
+                woken.set()
+
+            listener = AsyncListener(aengine, channel, wake)
+            await listener.start()
+            try:
+                await asyncio.wait_for(woken.wait(), 10)  # LISTEN is in place
+                woken.clear()
+                await asyncio.to_thread(notify)
+                await asyncio.wait_for(woken.wait(), 10)
+            finally:
+                await listener.stop()
+                await aengine.dispose()
+            return wakes
+
+        assert arunner.run(scenario()) == 2
+        gc.collect()  # a connection left open would warn now, failing this test
