@@ -537,8 +537,9 @@ class _InternalErrors(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def no_internal_error() -> c.Iterator[None]:
-    """Fail any test during which the layer logged a failure of its own."""
+def no_internal_error(request: pytest.FixtureRequest) -> c.Iterator[None]:
+    """Fail any test during which the layer logged a failure of its own, and any test marked
+    ``internal_error`` (one that breaks the layer on purpose) during which it logged none."""
     handler = _InternalErrors()
     logger = logging.getLogger("sa_signals")
     logger.addHandler(handler)
@@ -546,4 +547,7 @@ def no_internal_error() -> c.Iterator[None]:
         yield
     finally:
         logger.removeHandler(handler)
-    assert not handler.records, [handler.format(record) for record in handler.records]
+    if request.node.get_closest_marker("internal_error") is not None:
+        assert handler.records, "the test broke the layer, but the layer logged no failure"
+    else:
+        assert not handler.records, [handler.format(record) for record in handler.records]

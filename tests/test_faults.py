@@ -20,6 +20,7 @@ import sqlalchemy.pool as sa_pool
 
 import sa_signals
 from sa_signals import signals
+from sa_signals._core import bridge as _bridge
 from sa_signals._core import runner as _runner
 from sa_signals._core.state import STATE_ATTR
 from tests.conftest import async_url
@@ -339,6 +340,36 @@ class TestCommitFails:
         finally:
             second.close()
         assert names(engine_of(Session), Item.name) == ["first", "second"]
+
+
+class TestLayerFails:
+    @pytest.mark.backends("sqlite", "postgresql", "mariadb")
+    @pytest.mark.internal_error
+    def test_a_failure_of_the_layer_after_commit_is_logged_not_raised(
+        self,
+        Session: Scoped,
+        recorder: Recorder,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A bug of the layer at the end of a committed transaction is logged, naming the
+        session; commit() returns, the data stays committed, and the session commits again."""
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug of the layer")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(_bridge, "end_outermost", broken)
+            session = Session()
+            session.add(Item(name="kept"))
+            with caplog.at_level(logging.ERROR, logger="sa_signals"):
+                session.commit()
+        assert names(engine_of(Session), Item.name) == ["kept"]
+        assert "sa_signals failed at the end of a transaction of" in caplog.text
+        assert "a bug of the layer" in caplog.text
+        assert not session.in_transaction()
+        Session.remove()
+        assert_usable(Session, recorder, "again")
 
 
 class TestPoolExhausted:
