@@ -37,6 +37,17 @@ def rows(output: str, title: str) -> dict[tuple[str, str], str]:
     return found
 
 
+def assert_runs_on_server(
+    capsys: pytest.CaptureFixture[str], backend: str, db: str, workload: str
+) -> None:
+    """One quick run of ``workload`` on the server of ``backend`` as ``db`` gives a row for
+    each SQLAlchemy system."""
+    url = os.environ[URL_VARIABLES[backend]]
+    output = quick_run(capsys, "--db", db, "--postgresql", url, "--workload", workload)
+    table = rows(output, run.DATABASES[db])
+    assert set(table) == {(workload, label) for label in run.SYSTEM_LABELS[:3]}
+
+
 class TestQuickRun:
     def test_prints_every_workload_for_every_system(
         self, capsys: pytest.CaptureFixture[str]
@@ -75,10 +86,7 @@ class TestQuickRun:
     @pytest.mark.backends("postgresql")
     def test_runs_on_postgresql(self, capsys: pytest.CaptureFixture[str], backend: str) -> None:
         """With a URL, the SQLAlchemy systems run on PostgreSQL too (Django stays on SQLite)."""
-        url = os.environ[URL_VARIABLES[backend]]
-        output = quick_run(capsys, "--db", "postgresql", "--postgresql", url, "--workload", "W1")
-        table = rows(output, run.DATABASES["postgresql"])
-        assert set(table) == {("W1", label) for label in run.SYSTEM_LABELS[:3]}
+        assert_runs_on_server(capsys, backend, "postgresql", "W1")
 
 
 class TestAsyncio:
@@ -100,10 +108,7 @@ class TestAsyncio:
     @pytest.mark.backends("postgresql")
     def test_runs_on_asyncpg(self, capsys: pytest.CaptureFixture[str], backend: str) -> None:
         """With a PostgreSQL URL of any driver, the async systems run on asyncpg."""
-        url = os.environ[URL_VARIABLES[backend]]
-        output = quick_run(capsys, "--db", "asyncpg", "--postgresql", url, "--workload", "W2")
-        table = rows(output, run.DATABASES["asyncpg"])
-        assert set(table) == {("W2", label) for label in run.SYSTEM_LABELS[:3]}
+        assert_runs_on_server(capsys, backend, "asyncpg", "W2")
 
     @pytest.mark.parametrize("workload", list(run.ALL_WORKLOADS))
     def test_every_system_does_the_same_work(

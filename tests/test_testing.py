@@ -33,6 +33,14 @@ if t.TYPE_CHECKING:
 Scoped = sa_orm.scoped_session[sa_orm.Session]
 
 
+def distinct_of(flavour: Flavour) -> t.Any:
+    """The distinct session of the callback being run: an ``AsyncSession`` in the async
+    flavour."""
+    if flavour.is_async:
+        return sa_signals.current_async_session()
+    return sa_signals.current_session()
+
+
 class TestCaptureOnCommit:
     def test_collects_callbacks_registered_in_block(
         self, flavour: Flavour, any_session: t.Any, recorder: Recorder
@@ -327,22 +335,14 @@ class TestCaptureOnCommit:
 
         def branch() -> t.Any:
             recorder.done.append("branch")
-            distinct = (
-                sa_signals.current_async_session()
-                if flavour.is_async
-                else sa_signals.current_session()
-            )
+            distinct = distinct_of(flavour)
             distinct.add(Audit(message="branch"))  # committed when the callback returns
             sa_signals.on_commit(leaf, distinct)
             return asyncio.sleep(0) if flavour.is_async else None
 
         def at_once() -> None:
             recorder.done.append("at once")
-            distinct = (
-                sa_signals.current_async_session()
-                if flavour.is_async
-                else sa_signals.current_session()
-            )
+            distinct = distinct_of(flavour)
             sa_signals.on_commit(at_once_leaf, distinct)  # no transaction: waits on the test's
 
         session = maker()
@@ -380,11 +380,7 @@ class TestCaptureOnCommit:
 
         def branch() -> None:
             recorder.done.append("branch")
-            distinct = (
-                sa_signals.current_async_session()
-                if flavour.is_async
-                else sa_signals.current_session()
-            )
+            distinct = distinct_of(flavour)
             sa_signals.on_commit(failing, distinct, robust=False)
 
         session = maker()
