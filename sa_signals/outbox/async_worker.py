@@ -16,28 +16,17 @@ import typing as t
 
 import sqlalchemy as sa
 
-from .claims import claim_in
+from .claims import AsyncClaimer
 from .claims import DEFAULT_BATCH
 from .claims import DEFAULT_LEASE
-from .claims import maker_of
-from .claims import next_due_in
-from .claims import PURGE_BATCH
-from .claims import purge_done_in
-from .claims import release_in
 from .dispatch import new_token
-from .dispatch import Outcome
-from .dispatch import Run
-from .dispatch import run_claimed_async
 from .notify import AsyncListener
 from .notify import channel_of
-from .table import current_table
 from .worker import check_concurrency
 from .worker import DEFAULT_POLL
 from .worker import wait_seconds
 
 if t.TYPE_CHECKING:
-    import sqlalchemy.ext.asyncio as sa_asyncio
-
     from ..typing import AsyncSessionFactory
 
 logger = logging.getLogger("sa_signals.outbox")
@@ -62,11 +51,8 @@ class AsyncWorker:
         listen: bool = True,
         purge_every: float = 60.0,
     ) -> None:
-        self.factory: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
-        self.table = table if table is not None else current_table()
+        self.claimer = AsyncClaimer(factory, table, batch=batch, lease=lease)
         self.concurrency = check_concurrency(concurrency)
-        self.batch = batch
-        self.lease = datetime.timedelta(seconds=lease)
         self.poll = poll
         self.listen = listen
         self.purge_every = purge_every
@@ -91,9 +77,9 @@ class AsyncWorker:
         sessions, so that no connection is left to the garbage collector.
         """
         listener = None
-        bind = self.factory.kw.get("bind")
+        bind = self.claimer.factory.kw.get("bind")
         if self.listen and bind is not None and bind.dialect.name == "postgresql":
-            listener = AsyncListener(bind, channel_of(self.table), self.wake)
+            listener = AsyncListener(bind, channel_of(self.claimer.table), self.wake)
             await listener.start()
         tasks = [asyncio.create_task(self._loop(i)) for i in range(self.concurrency)]
         try:
@@ -110,49 +96,22 @@ class AsyncWorker:
         logger.info("outbox worker stopped after %s rows", self.ran)
 
     async def _loop(self, index: int) -> None:
+        claimer = self.claimer
         next_purge = time.monotonic() + self.purge_every
         while not self._stop.is_set():
             try:
                 token = new_token()
-                async with self.factory() as session, session.begin():
-                    rows = await session.run_sync(
-                        claim_in, self.table, token, limit=self.batch, lease=self.lease
-                    )
+                rows = await claimer.claim(token)
                 if rows:
-                    await self._run(rows, token)
+                    self.ran += await claimer.run(rows, token, self._stop.is_set)
                     continue
                 if index == 0 and time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + self.purge_every
-                    await self._purge()
-                async with self.factory() as session:
-                    due = await session.run_sync(next_due_in, self.table)
-                await self._wait(due)
+                    await claimer.purge_done()
+                await self._wait(await claimer.next_due())
             except Exception:
                 logger.exception("the outbox worker failed to claim; trying again")
                 await asyncio.sleep(min(self.poll, 1.0))
-
-    async def _purge(self) -> None:
-        while True:
-            async with self.factory() as session, session.begin():
-                deleted = await session.run_sync(purge_done_in, self.table)
-            if deleted < PURGE_BATCH:
-                return
-
-    async def _run(self, rows: list[t.Any], token: str) -> None:
-        for index, row in enumerate(rows):
-            if self._stop.is_set():
-                async with self.factory() as session, session.begin():
-                    await session.run_sync(release_in, self.table, rows[index:], token)
-                return
-            try:
-                outcome = await run_claimed_async(
-                    self.factory, Run(self.table, row, token, fast=False)
-                )
-            except Exception:
-                # Not even the failure could be recorded: the row runs again when its lease ends.
-                logger.exception("outbox row %s (%s) could not be settled", row.id, row.handler)
-                continue
-            self.ran += outcome is not Outcome.SKIPPED
 
     async def _wait(self, due: datetime.datetime | None) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

@@ -1,7 +1,7 @@
 """Claiming rows: lease a batch of due rows, give back what did not run, look ahead.
 
-Each function works in a sync ``Session``'s transaction, so that the async worker runs the same
-code through ``AsyncSession.run_sync()``; :class:`Claimer` binds them to a session factory.
+Each function works in a sync ``Session``'s transaction; :class:`Claimer` binds them to a
+session factory, and :class:`AsyncClaimer` to an async one, through ``AsyncSession.run_sync()``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sqlalchemy.orm as sa_orm
 from .dispatch import Outcome
 from .dispatch import Run
 from .dispatch import run_claimed
+from .dispatch import run_claimed_async
 from .sql import Row
 from .sql import statements
 from .sql import utcnow
@@ -28,6 +29,7 @@ from .table import KEEP_DONE
 if t.TYPE_CHECKING:
     import collections.abc as c
 
+    from ..typing import AsyncSessionFactory
     from ..typing import SessionFactory
 
 logger = logging.getLogger("sa_signals.outbox")
@@ -173,6 +175,75 @@ class Claimer:
         while True:
             with self.factory() as session, session.begin():
                 deleted = purge_done_in(session, self.table)
+            total += deleted
+            if deleted < PURGE_BATCH:
+                return total
+
+
+class AsyncClaimer:
+    """:class:`Claimer` for an async factory: the same steps, awaited (async workers and
+    ``drain()``)."""
+
+    def __init__(
+        self,
+        factory: AsyncSessionFactory,
+        table: sa.Table | None = None,
+        *,
+        batch: int = DEFAULT_BATCH,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        self.factory: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
+        self.table = table if table is not None else current_table()
+        self.batch = batch
+        self.lease = datetime.timedelta(seconds=lease)
+
+    async def claim(self, token: str, now: datetime.datetime | None = None) -> list[Row]:
+        """Lease up to one batch of rows due at ``now`` (default: now) to ``token``."""
+        async with self.factory() as session, session.begin():
+            rows: list[Row] = await session.run_sync(
+                claim_in, self.table, token, now=now, limit=self.batch, lease=self.lease
+            )
+            return rows
+
+    async def run(
+        self, rows: list[Row], token: str, stop: c.Callable[[], bool] | None = None
+    ) -> int:
+        """Run ``rows`` one by one; once ``stop()`` is true, release the rest. Return how many
+        ran."""
+        ran = 0
+        for index, row in enumerate(rows):
+            if stop is not None and stop():
+                await self.release(rows[index:], token)
+                break
+            try:
+                outcome = await run_claimed_async(
+                    self.factory, Run(self.table, row, token, fast=False)
+                )
+            except Exception:
+                # Not even the failure could be recorded: the row runs again when its lease ends.
+                logger.exception("outbox row %s (%s) could not be settled", row.id, row.handler)
+                continue
+            ran += outcome is not Outcome.SKIPPED
+        return ran
+
+    async def release(self, rows: c.Sequence[Row], token: str) -> None:
+        """Give back claimed rows that did not run (see :func:`release_in`)."""
+        if rows:
+            async with self.factory() as session, session.begin():
+                await session.run_sync(release_in, self.table, rows, token)
+
+    async def next_due(self) -> datetime.datetime | None:
+        """Return when the earliest pending row is due (see :func:`next_due_in`)."""
+        async with self.factory() as session:
+            due: datetime.datetime | None = await session.run_sync(next_due_in, self.table)
+            return due
+
+    async def purge_done(self) -> int:
+        """Delete done rows older than the table's retention period; return how many."""
+        total = 0
+        while True:
+            async with self.factory() as session, session.begin():
+                deleted: int = await session.run_sync(purge_done_in, self.table)
             total += deleted
             if deleted < PURGE_BATCH:
                 return total

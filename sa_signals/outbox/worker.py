@@ -16,19 +16,14 @@ import typing as t
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio as sa_asyncio
 
-from .claims import claim_in
+from .claims import AsyncClaimer
 from .claims import Claimer
 from .claims import DEFAULT_BATCH
 from .claims import DEFAULT_LEASE
-from .claims import maker_of
 from .dispatch import new_token
-from .dispatch import Outcome
-from .dispatch import Run
-from .dispatch import run_claimed_async
 from .notify import channel_of
 from .notify import Listener
 from .sql import utcnow
-from .table import current_table
 
 if t.TYPE_CHECKING:
     import collections.abc as c
@@ -92,19 +87,15 @@ def drain(
 
 
 async def _drain_async(factory: AsyncSessionFactory, table: sa.Table | None) -> int:
-    maker: sa_asyncio.async_sessionmaker[t.Any] = maker_of(factory)
-    table = table if table is not None else current_table()
+    claimer = AsyncClaimer(factory, table, batch=_DRAIN_BATCH)
     now = utcnow()
     total = 0
     while True:
         token = new_token()
-        async with maker() as session, session.begin():
-            rows = await session.run_sync(claim_in, table, token, now=now, limit=_DRAIN_BATCH)
+        rows = await claimer.claim(token, now)
         if not rows:
             return total
-        for row in rows:
-            outcome = await run_claimed_async(maker, Run(table, row, token, fast=False))
-            total += outcome is not Outcome.SKIPPED
+        total += await claimer.run(rows, token)
 
 
 class Worker:
