@@ -93,15 +93,21 @@ class AsyncSystem(systems.SqlAlchemySystem):
             return functools.partial(self._insert, self.amplification, anoop, False, False)
         return super().transaction(workload)
 
-    def query_callback(self) -> c.Callable[[], t.Any]:
-        """A coroutine callback that runs one query in a session of its own."""
+    def query_callback(self, commit: bool = False) -> c.Callable[[], t.Any]:
+        """A coroutine callback that runs one query in a session of its own, and commits it if
+        ``commit``."""
         maker, query = self.maker, self.query
 
         async def callback() -> None:
             async with maker() as session:
                 await session.scalar(query)
 
-        return callback
+        async def committing() -> None:
+            async with maker() as session:
+                await session.scalar(query)
+                await session.commit()
+
+        return committing if commit else callback
 
     async def _insert(
         self, callbacks: int, callback: c.Callable[[], t.Any], savepoints: bool, rollback: bool
@@ -176,8 +182,9 @@ def _hand_after_commit(session: sa_orm.Session) -> None:
 class Layer(AsyncSystem, systems.Layer):
     """sa_signals installed on the ``async_scoped_session`` for each batch."""
 
-    def query_callback(self) -> c.Callable[[], t.Any]:
-        """A coroutine callback that runs one query in its distinct session (the scoped one)."""
+    def query_callback(self, commit: bool = False) -> c.Callable[[], t.Any]:
+        """A coroutine callback that runs one query in its distinct session (the scoped one),
+        which the layer commits whether or not ``commit`` is asked."""
         Session, query = self.Session, self.query
 
         async def callback() -> None:

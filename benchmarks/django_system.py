@@ -198,7 +198,7 @@ class DjangoSystem:
             callbacks = ROWS
         elif workload == "A-cb":
             callbacks = self.amplification
-        elif workload == "A-query":
+        elif workload in ("A-query", "A-qc"):  # autocommit: nothing to commit after a read
             callbacks = self.amplification // 10
             query = Item.objects.using(alias)
 

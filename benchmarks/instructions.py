@@ -42,6 +42,7 @@ CALLS = {
     "A-acb": AMPLIFICATION,
     "A-recv": AMPLIFICATION,
     "A-query": AMPLIFICATION // 10,
+    "A-qc": AMPLIFICATION // 10,
 }
 """Calls per transaction of each amplified workload, for the per-call figures."""
 

@@ -41,6 +41,7 @@ WORKLOADS = {
     "A-cb": "W1 + {n} on_commit callbacks",
     "A-recv": "W1 + {r} receivers ({n} calls)",
     "A-query": "W1 + {q} callbacks doing 1 query",
+    "A-qc": "A-query, each session committed",
 }
 """Workload names and what one transaction of each does (A-* are the amplified ones)."""
 
@@ -274,6 +275,7 @@ def per_call(
         "A-acb": ("per coroutine callback (no DB)", settings.amplification),
         "A-recv": ("per post_save receiver call", settings.amplification),
         "A-query": ("per callback doing one query", settings.amplification // 10),
+        "A-qc": ("per query callback, committed", settings.amplification // 10),
     }
     figures: dict[str, dict[str, float]] = {}
     for workload, (label, count) in calls.items():

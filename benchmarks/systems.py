@@ -187,21 +187,28 @@ class SqlAlchemySystem:
             callbacks = ROWS
         elif workload == "A-cb":
             callbacks = self.amplification
-        elif workload == "A-query":
-            callbacks, callback = self.amplification // 10, self.query_callback()
+        elif workload in ("A-query", "A-qc"):
+            callbacks = self.amplification // 10
+            callback = self.query_callback(commit=workload == "A-qc")
         savepoints = workload == "W5"
         rollback = workload == "W4"
         return functools.partial(self._insert, callbacks, callback, savepoints, rollback)
 
-    def query_callback(self) -> c.Callable[[], None]:
-        """A callback that runs one query in a session of its own."""
+    def query_callback(self, commit: bool = False) -> c.Callable[[], None]:
+        """A callback that runs one query in a session of its own, and commits it if
+        ``commit`` (as a callback that writes must)."""
         maker, query = self.maker, self.query
 
         def callback() -> None:
             with maker() as session:
                 session.scalar(query)
 
-        return callback
+        def committing() -> None:
+            with maker() as session:
+                session.scalar(query)
+                session.commit()
+
+        return committing if commit else callback
 
     def _insert(
         self, callbacks: int, callback: c.Callable[[], None], savepoints: bool, rollback: bool
@@ -400,8 +407,9 @@ class Layer(SqlAlchemySystem):
         if signal is not None:
             signal.disconnect(read_changes)
 
-    def query_callback(self) -> c.Callable[[], None]:
-        """A callback that runs one query in its distinct session (the scoped session)."""
+    def query_callback(self, commit: bool = False) -> c.Callable[[], None]:
+        """A callback that runs one query in its distinct session (the scoped session), which
+        the layer commits whether or not ``commit`` is asked."""
         Session, query = self.Session, self.query
 
         def callback() -> None:
