@@ -31,6 +31,19 @@ if t.TYPE_CHECKING:
     from tests.conftest import Recorder
 
 Scoped = t.Any
+
+WRITES: dict[str, c.Callable[[sa_orm.Session], object]] = {
+    "orm": lambda session: session.add(Audit(message="written")),
+    "flushed": lambda session: (session.add(Audit(message="written")), session.flush()),
+    "orm insert": lambda session: session.execute(sa.insert(Audit).values(message="written")),
+    "connection": lambda session: session.connection().execute(
+        sa.insert(Audit.__table__).values(message="written")
+    ),
+    "driver sql": lambda session: session.connection().exec_driver_sql(
+        "INSERT INTO audits (message) VALUES ('written')"
+    ),
+}
+"""The ways a callback can write through its distinct session; the ORM sees only some."""
 """A ``scoped_session`` or an ``async_scoped_session``, by flavour."""
 
 AnySession = t.Any
@@ -596,6 +609,19 @@ class TestDistinctSession:
         """current_session() outside a callback says where it works."""
         with pytest.raises(sa_signals.OutsideCallbackError, match="only inside an on_commit"):
             sa_signals.current_session()
+
+    @pytest.mark.flavours("sync")
+    @pytest.mark.parametrize("write", list(WRITES))
+    def test_writes_made_any_way_are_committed(
+        self, write: str, engine: sa.Engine, Session: Scoped
+    ) -> None:
+        """What a callback writes through its distinct session is committed, whether the ORM
+        saw the write or not: the layer commits the session, it never guesses that a session
+        wrote nothing."""
+        Session.add(Item(name="a"))
+        sa_signals.on_commit(lambda: WRITES[write](Session()), Session)
+        Session.commit()
+        assert count(engine, Audit) == 1
 
     def test_distinct_session_created_lazily(self, flavour: Flavour, Session: Scoped) -> None:
         """A callback that never asks for a session gets none: the registry stays empty."""
