@@ -8,6 +8,7 @@ many times.
 from __future__ import annotations
 
 import asyncio
+import collections.abc as c
 import os
 import threading
 import time
@@ -67,6 +68,25 @@ def flaky(tag: str) -> None:
     if left:
         failures[tag] = left - 1
         raise RuntimeError(f"flaky {tag} failed")
+
+
+blocked_runs: list[str] = []
+"""Tags :func:`blocked` ran for (in this process)."""
+
+block: list[c.Callable[[], None]] = []
+"""What :func:`blocked` calls on its first run, before it raises (set by the test)."""
+
+
+@outbox.handler(retry=lambda attempt: 0.0)
+def blocked(tag: str) -> None:
+    """Write ``tag``; on the first run call ``block`` (which gets another transaction to wait
+    for this row's lock) and raise, so that the failure cannot be recorded at once."""
+    _record(tag)
+    blocked_runs.append(tag)
+    if len(blocked_runs) == 1:
+        for function in block:
+            function()
+        raise RuntimeError(f"blocked {tag} failed")
 
 
 @outbox.handler(max_attempts=2, retry=lambda attempt: 0.0)

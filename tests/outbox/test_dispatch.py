@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
+import typing as t
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
 
+import sa_signals
 from sa_signals import outbox
 from sa_signals import signals
 from sa_signals.outbox.claims import Claimer
@@ -17,6 +21,8 @@ from sa_signals.outbox.dispatch import Run
 from sa_signals.outbox.dispatch import run_claimed
 from sa_signals.outbox.table import set_keep_done
 from tests.outbox import app
+from tests.outbox.helpers import PATIENCE
+from tests.outbox.helpers import wait_for
 
 
 def write_row(ob, handler: str, payload: str = '[["t"],{}]') -> int:
@@ -186,3 +192,76 @@ class TestRunFailure:
         assert (after.state, after.attempts, after.locked_by) == ("pending", 1, None)
         assert "ForeignKeyViolation" in after.last_error
         assert ob.effects() == []
+
+
+LOCK_TIMEOUT = {
+    "postgresql": {"options": "-c lock_timeout=300"},
+    "mariadb": {"init_command": "SET SESSION innodb_lock_wait_timeout = 1"},
+}
+"""The worker's connections give up waiting for a row lock after 0.3 s (PostgreSQL), 1 s."""
+
+LOCK_WAITS = {
+    "postgresql": "SELECT count(*) FROM pg_locks WHERE NOT granted",
+    "mariadb": "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+}
+"""How many transactions wait for a lock on the server."""
+
+
+@pytest.mark.backends("postgresql", "mariadb")
+class TestUnsettled:
+    def test_a_run_whose_failure_cannot_be_recorded_runs_again_after_its_lease(
+        self, ob, engine, backend, caplog
+    ):
+        """A run fails while another transaction waits for its row, which that transaction
+        then holds past the worker's lock timeout: the failure cannot be recorded, and is
+        logged. The row stays leased, runs again once the lease ends, and its effect is
+        committed once: the failed run's was rolled back."""
+        worker_engine = sa.create_engine(engine.url, connect_args=LOCK_TIMEOUT[backend])
+        maker = sa_orm.sessionmaker(worker_engine)
+        sa_signals.install(maker)
+        release = threading.Event()
+        holders: list[threading.Thread] = []
+
+        def hold_the_row() -> None:
+            with engine.begin() as connection:
+                connection.execute(sa.select(ob.table.c.id).with_for_update())
+                release.wait(PATIENCE)
+
+        def block() -> None:
+            holder = threading.Thread(target=hold_the_row)
+            holder.start()
+            holders.append(holder)
+
+            def waits() -> bool:
+                with engine.connect() as connection:
+                    return bool(connection.scalar(sa.text(LOCK_WAITS[backend])))
+
+            wait_for(waits, "another transaction to wait for the row")
+
+        app.block.append(block)
+        try:
+            write_row(ob, app.blocked.name, '[["u"],{}]')
+            claimer = Claimer(maker, lease=0.5)
+            token = new_token()
+            rows = claimer.claim(token)
+            assert len(rows) == 1
+            assert claimer.run(rows, token) == 0
+            release.set()
+            holders[0].join(PATIENCE)
+            assert "could not be settled" in caplog.text
+            (row,) = ob.rows()
+            assert (row.state, row.attempts, row.locked_by) == ("pending", 1, token)
+            assert ob.effects() == []
+            again: list[t.Any] = []
+            token = new_token()
+            wait_for(lambda: bool(again.extend(claimer.claim(token)) or again), "the lease")
+            assert claimer.run(again, token) == 1
+            assert app.blocked_runs == ["u", "u"]
+            assert ob.effects() == ["u"]
+            assert ob.rows() == []
+        finally:
+            release.set()
+            app.block.clear()
+            app.blocked_runs.clear()
+            sa_signals.uninstall(maker)
+            worker_engine.dispose()
