@@ -42,7 +42,6 @@ async def on_commit_async(
     callback: Callback | AsyncCallback,
     target: sa_asyncio.AsyncSession | sa_asyncio.async_scoped_session[t.Any],
     /,
-    *,
     robust: bool = True,
 ) -> None:
     """Register ``callback`` like :func:`~sa_signals.on_commit`; with no transaction, run it now.

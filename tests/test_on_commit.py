@@ -32,12 +32,18 @@ if t.TYPE_CHECKING:
 
 Scoped = t.Any
 
+
+def _flushed(session: sa_orm.Session) -> None:
+    session.add(Audit(message="written"))
+    session.flush()
+
+
 WRITES: dict[str, c.Callable[[sa_orm.Session], object]] = {
     "orm": lambda session: session.add(Audit(message="written")),
-    "flushed": lambda session: (session.add(Audit(message="written")), session.flush()),
+    "flushed": _flushed,
     "orm insert": lambda session: session.execute(sa.insert(Audit).values(message="written")),
     "connection": lambda session: session.connection().execute(
-        sa.insert(Audit.__table__).values(message="written")
+        sa.insert(t.cast("sa.Table", Audit.__table__)).values(message="written")
     ),
     "driver sql": lambda session: session.connection().exec_driver_sql(
         "INSERT INTO audits (message) VALUES ('written')"
@@ -733,6 +739,16 @@ class TestErrors:
         session.add(Item(name="b"))
         flavour.aw(session.commit())
         assert count(engine, Item) == 2
+
+    def test_robust_by_position(
+        self, flavour: Flavour, session: AnySession, recorder: Recorder
+    ) -> None:
+        """robust may be passed by position, as with Django's on_commit(func, using, robust)."""
+        session.add(Item(name="a"))
+        sa_signals.on_commit(recorder.fail(1, ValueError("strict")), session, False)
+        with pytest.raises(ValueError, match="strict"):
+            flavour.aw(session.commit())
+        recorder.assert_done([1])
 
     def test_failing_failure_receiver_is_only_logged(
         self,
