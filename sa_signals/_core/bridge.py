@@ -134,8 +134,12 @@ _BULK_SIGNALS = {
 
 
 def _do_orm_execute(orm_state: sa_orm.ORMExecuteState) -> t.Any:
-    # Attached until uninstall once wanted (see sync_listeners): nothing to do when unwanted.
-    if not (changes.tracking() or any(signal.receivers for signal in _BULK_SIGNALS.values())):
+    # Attached until uninstall once wanted (see sync_listeners): nothing to do when unwanted,
+    # nor for a query (every lazy load and refresh included), decided before any receiver is
+    # looked at.
+    if orm_state.is_select or not (
+        changes.tracking() or any(signal.receivers for signal in _BULK_SIGNALS.values())
+    ):
         return None
     executed = bulk.execute(orm_state)
     if executed is None:
