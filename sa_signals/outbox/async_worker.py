@@ -103,7 +103,8 @@ class AsyncWorker:
                 token = new_token()
                 rows = await claimer.claim(token)
                 if rows:
-                    self.ran += await claimer.run(rows, token, self._stop.is_set)
+                    ran = await claimer.run(rows, token, self._stop.is_set)
+                    self.ran += ran  # not `+= await`: that reads self.ran before the await
                     continue
                 if index == 0 and time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + self.purge_every

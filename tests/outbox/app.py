@@ -123,6 +123,22 @@ async def arecord(tag: str) -> None:
     await session.execute(effects.insert().values(tag=tag, pid=os.getpid()))
 
 
+met: list[str] = []
+"""Tags :func:`ameet` ran for (in this process)."""
+
+
+@outbox.handler(inline=False)
+async def ameet(tag: str) -> None:
+    """Wait (up to 10 s) until two runs of this handler are under way, then write ``tag``
+    through the distinct ``AsyncSession``: two rows run at once."""
+    met.append(tag)
+    deadline = time.monotonic() + 10
+    while len(met) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    session = sa_signals.current_async_session()
+    await session.execute(effects.insert().values(tag=tag, pid=os.getpid()))
+
+
 @outbox.handler(inline=False)
 async def wait_forever(tag: str) -> None:
     """Write ``tag`` through the distinct ``AsyncSession``, then wait until cancelled."""

@@ -53,6 +53,26 @@ class TestAsyncWorker:
         assert sorted(ob.effects()) == ["a", "b"]
         assert ob.rows() == []
 
+    @pytest.mark.backends("postgresql")  # MariaDB's next-key locks keep the two runs apart
+    def test_counts_every_row_its_tasks_ran_at_once(self, ob, AsyncScoped, arunner):
+        """Rows run by two tasks at the same time are each counted in ``ran``."""
+
+        async def scenario() -> int:
+            worker = outbox.AsyncWorker(AsyncScoped, concurrency=2, batch=1, poll=0.05)
+            async with AsyncScoped.session_factory.begin() as session:
+                await outbox.enqueue(session, app.ameet, "a")
+                await outbox.enqueue(session, app.ameet, "b")
+            async with running(worker):
+                while len(await asyncio.to_thread(ob.effects)) < 2:
+                    await asyncio.sleep(0.02)
+            return worker.ran
+
+        try:
+            assert arunner.run(scenario()) == 2
+        finally:
+            app.met.clear()
+        assert sorted(ob.effects()) == ["a", "b"]
+
     @pytest.mark.backends("postgresql")
     def test_notify_wakes_the_async_worker(self, ob, AsyncScoped, arunner, factory):
         """An async worker that would poll once an hour is woken by the NOTIFY (asyncpg)."""
