@@ -9,10 +9,14 @@ try:
     import redis
     import redis.backoff
     import redis.connection
+    import redis.exceptions
     import redis.retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     msg = 'the Redis fan-out transports need redis-py: pip install "sa-signals[redis]"'
     raise ImportError(msg) from exc
+
+ResponseError = redis.exceptions.ResponseError
+NoScriptError = redis.exceptions.NoScriptError
 
 DEFAULT_MAX_BYTES: t.Final = 1 << 20
 """The default payload limit of the Redis transports (Redis itself takes up to 512 MiB)."""
@@ -78,6 +82,15 @@ def close(client: redis.Redis | None) -> None:
         client.close()
 
 
+def connected(connection: redis.connection.ConnectionInterface) -> bool:
+    """Whether ``connection`` holds an open socket (redis-py 8 tells by ``is_connected``; before,
+    its socket attribute is None once it was dropped)."""
+    is_connected = getattr(connection, "is_connected", None)
+    if is_connected is not None:
+        return bool(is_connected)
+    return getattr(connection, "_sock", None) is not None
+
+
 class Commands:
     """One connection that sends commands in batches: a pipeline without redis-py's per-call
     machinery, which costs a publisher three times the CPU of the commands themselves. Also a
@@ -102,7 +115,7 @@ class Commands:
     def write(self, commands: c.Sequence[tuple[t.Any, ...]]) -> None:
         """Write ``commands`` on the open connection without reading the answers."""
         connection = self._connection
-        if connection is None or not connection.is_connected:
+        if connection is None or not connected(connection):
             msg = "the connection is not open; send() opens it"
             raise ConnectionError(msg)
         self._write(connection, commands, check_health=False)
@@ -124,7 +137,7 @@ class Commands:
         """Read the answers that arrived, or all of them with ``wait``; raise on an error."""
         connection = self._connection
         while self.unanswered and connection is not None:
-            if not connection.is_connected:  # redis-py dropped it after an error
+            if not connected(connection):  # redis-py dropped it after an error
                 msg = "the connection was lost with answers unread"
                 raise ConnectionError(msg)
             if not wait and not connection.can_read(timeout=0):
