@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import typing as t
+import urllib.parse
 
 import pytest
 import redis
@@ -11,6 +13,7 @@ import sqlalchemy.orm as sa_orm
 from sa_signals.fanout.message import encode
 from sa_signals.fanout.message import Message
 from sa_signals.fanout.message import Record
+from sa_signals.fanout.redis_streams import POSITION_SCRIPT
 from sa_signals.fanout.transport import Missed
 from tests.fanout.conftest import Heard
 from tests.fanout.conftest import kill_connections
@@ -97,11 +100,44 @@ class TestEveryTransport:
             )
 
 
+@pytest.fixture
+def no_scripts_url() -> t.Iterator[str]:
+    """The test server's URL as a user of its own that may do anything but run scripts, as
+    some managed servers' users."""
+    user = f"sa_signals_test_{new_name()}"
+    client = redis.Redis.from_url(redis_url())
+    client.acl_setuser(
+        user,
+        enabled=True,
+        nopass=True,
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@scripting"],
+    )
+    parts = urllib.parse.urlsplit(redis_url())
+    yield parts._replace(netloc=f"{user}@{parts.netloc.rpartition('@')[2]}").geturl()
+    client.acl_deluser(user)
+    client.close()
+
+
+def with_protocol(url: str, protocol: int) -> str:
+    """``url`` with redis-py's RESP ``protocol`` version in its query."""
+    parts = urllib.parse.urlsplit(url)
+    query = "&".join(filter(None, [parts.query, f"protocol={protocol}"]))
+    return parts._replace(query=query).geturl()
+
+
 @pytest.mark.services("redis")
 class TestRedisStream:
-    @pytest.fixture
-    def stream(self) -> t.Iterator[t.Any]:
-        transport = make_transport("redis-stream", new_name(), maxlen=5)
+    @pytest.fixture(params=["RESP3", "RESP2", "no scripts"])
+    def stream(self, request: pytest.FixtureRequest) -> t.Iterator[t.Any]:
+        """A stream read with the position script in both of Redis's protocols, and read by a
+        user who may not run scripts."""
+        if request.param == "no scripts":
+            url = request.getfixturevalue("no_scripts_url")
+        else:
+            url = with_protocol(redis_url(), int(request.param[-1]))
+        transport = make_transport("redis-stream", new_name(), url, maxlen=5)
         yield transport
         client = redis.Redis.from_url(redis_url())
         client.delete(transport.stream)
@@ -135,6 +171,25 @@ class TestRedisStream:
         assert subscription.open() is False  # trimmed while closed
         subscription.close()
 
+    def test_a_failed_read_leaves_nothing_behind(self, stream: t.Any) -> None:
+        """A read the server refuses raises; opened again, the subscription reads on."""
+        subscription = stream.subscribe()
+        subscription.open()
+        send(stream, payloads("p:1:x.1", 1, 1))
+        assert subscription.read(1.0) == payloads("p:1:x.1", 1, 1)
+        client = redis.Redis.from_url(redis_url())
+        client.delete(stream.stream)
+        client.set(stream.stream, "not a stream")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            subscription.read(0.01)
+        client.delete(stream.stream)
+        client.close()
+        subscription.close()
+        assert subscription.open() is False  # the stream it read is gone
+        send(stream, payloads("p:1:x.1", 2, 2))
+        assert subscription.read(1.0) == payloads("p:1:x.1", 2, 2)
+        subscription.close()
+
     def test_a_deleted_stream_is_missed(self, stream: t.Any) -> None:
         """Entries lost with a deleted stream are reported, closed or open."""
         subscription = stream.subscribe()
@@ -152,6 +207,56 @@ class TestRedisStream:
         client.close()
         assert subscription.open() is False
         subscription.close()
+
+
+@pytest.mark.services("redis")
+def test_a_flushed_position_script_is_loaded_again() -> None:
+    """After SCRIPT FLUSH, a read still tells a trim past the position, and loads the script
+    again for the next reads."""
+    transport: t.Any = make_transport("redis-stream", new_name(), maxlen=5)
+    script = hashlib.sha1(POSITION_SCRIPT.encode()).hexdigest()
+    client = redis.Redis.from_url(redis_url())
+    subscription = transport.subscribe()
+    try:
+        subscription.open()
+        assert client.script_exists(script) == [True]
+        client.script_flush()
+        send(transport, payloads("p:1:x.1", 1, 300))
+        (missed, *_) = subscription.read(1.0)
+        assert isinstance(missed, Missed)
+        assert client.script_exists(script) == [True]
+        send(transport, payloads("p:1:x.1", 301, 1))
+        assert subscription.read(1.0) == payloads("p:1:x.1", 301, 1)
+    finally:
+        subscription.close()
+        client.delete(transport.stream)
+        client.close()
+
+
+@pytest.mark.services("redis")
+def test_a_refused_position_script_leaves_xinfo(no_scripts_url: str) -> None:
+    """A listener whose user may not run scripts asks XINFO STREAM, and reads as usual."""
+    transport: t.Any = make_transport("redis-stream", new_name(), no_scripts_url, maxlen=5)
+    subscription = transport.subscribe()
+    client = redis.Redis.from_url(redis_url())
+    before = _calls(client)
+    try:
+        subscription.open()
+        send(transport, payloads("p:1:x.1", 1, 3))
+        assert subscription.read(1.0) == payloads("p:1:x.1", 1, 3)
+    finally:
+        subscription.close()
+        client.delete(transport.stream)
+    after = _calls(client)
+    client.close()
+    assert after["xinfo|stream"] > before.get("xinfo|stream", 0)
+    assert after.get("evalsha", 0) == before.get("evalsha", 0)
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    """How often the server ran each command since it started (INFO commandstats)."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
 
 
 @pytest.mark.transports("postgresql")
