@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import json
 import os
 import random
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing as t
 import uuid
@@ -93,6 +95,11 @@ def writer(rows: int = 100) -> sa_orm.scoped_session[sa_orm.Session]:
     return Session
 
 
+_values = itertools.count()
+"""Values of the measured updates: each one differs from what its row holds, so that every
+measured transaction writes its row (an update to an equal value writes nothing)."""
+
+
 def update(Session: sa_orm.scoped_session[sa_orm.Session], row: int, value: int) -> None:
     """One transaction: load a row, change it, commit (a web request's write). The rows start
     at -1, so any ``value`` from 0 on changes them."""
@@ -119,8 +126,12 @@ def listen_process(kind: str, name: str, args: argparse.Namespace) -> None:
     with fanout.listen(make_transport(kind, name, args), models=Base) as listener:
         listener.wait_ready(10)
         print("ready", flush=True)
+        cpu = time.process_time()
         sys.stdin.read()
-    print(json.dumps({"latencies": latencies, "gaps": gaps}), flush=True)
+        cpu = time.process_time() - cpu
+        received = listener.counters.received
+    result = {"latencies": latencies, "gaps": gaps, "cpu": cpu, "received": received}
+    print(json.dumps(result), flush=True)
 
 
 def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
@@ -161,6 +172,7 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
     time.sleep(0.5)  # let the listeners take the last messages
     latencies: list[float] = []
     gaps: list[str] = []
+    cpu = received = 0.0
     for process in listeners:
         assert process.stdin is not None
         assert process.stdout is not None
@@ -170,6 +182,8 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
         process.wait()
         latencies.extend(result["latencies"])
         gaps.extend(gap for gap in result["gaps"] if gap != "subscribed")
+        cpu += result["cpu"]
+        received += result["received"]
     sa_signals.uninstall(Session)
     drop_stream(kind, name, args)
     latencies.sort()
@@ -183,6 +197,7 @@ def latency(kind: str, args: argparse.Namespace) -> dict[str, t.Any]:
         "max": latencies[-1] * 1000 if latencies else float("nan"),
         "gaps": len(gaps),
         "failed": counters.failed,
+        "cpu": cpu / received * 1e6 if received else float("nan"),
     }
 
 
@@ -266,7 +281,7 @@ def overhead(kinds: list[str], args: argparse.Namespace) -> list[dict[str, t.Any
             cpu, thread = time.process_time(), time.thread_time()
             for n in range(args.batch):
                 started = time.perf_counter()
-                update(Session, 1 + n % 99, n)
+                update(Session, 1 + n % 99, next(_values))
                 durations.append(time.perf_counter() - started)
             thread = time.thread_time() - thread
             config.settle()
@@ -305,13 +320,13 @@ def count_worker(label: str, kinds: list[str], args: argparse.Namespace) -> None
     Session = writer()
     config.enter(Session, args)
     for n in range(50):
-        update(Session, 1 + n % 99, n)
+        update(Session, 1 + n % 99, next(_values))
     config.settle()
     gc.collect()
     gc.freeze()
     subprocess.run(["vgdb", f"--pid={os.getpid()}", "instrumentation", "on"], check=True)
     for n in range(COUNTED):
-        update(Session, 1 + n % 99, n)
+        update(Session, 1 + n % 99, next(_values))
     config.settle()  # the publisher's thread is counted too: its work is the cost
     os._exit(0)
 
@@ -349,6 +364,74 @@ def instructions(kinds: list[str], args: argparse.Namespace) -> dict[str, float]
     return counts
 
 
+LISTENED = 100
+"""Messages counted per callgrind run of a listener."""
+LISTEN_WARM_UP = 20
+LISTEN_PACE = 0.02
+"""Seconds between two counted messages: the listener, slowed down by callgrind, reads each one
+on its own, as a listener keeping up with its publishers does."""
+
+
+def count_listener(kind: str, name: str, args: argparse.Namespace) -> None:
+    """``--count-listener``: listen, switch callgrind on once the warm-up's messages arrived,
+    exit at once after the counted ones."""
+    received = 0
+    warmed, counted = threading.Event(), threading.Event()
+
+    def heard(sender: t.Any, /, **kwargs: t.Any) -> None:
+        nonlocal received
+        received += 1
+        if received == LISTEN_WARM_UP:
+            warmed.set()
+        elif received == LISTEN_WARM_UP + LISTENED:
+            counted.set()
+
+    signals.remote_committed.connect(heard)
+    listener = fanout.listen(make_transport(kind, name, args), models=Base)
+    listener.wait_ready(60)
+    print("ready", flush=True)
+    warmed.wait(120)
+    gc.collect()
+    gc.freeze()
+    subprocess.run(["vgdb", f"--pid={os.getpid()}", "instrumentation", "on"], check=True)
+    print("counting", flush=True)
+    counted.wait(300)
+    os._exit(0)
+
+
+def listener_instructions(kind: str, args: argparse.Namespace) -> float:
+    """Instructions one listener process spends per message it delivers, all threads."""
+    name = f"sa-signals-bench-{uuid.uuid4().hex[:8]}"
+    command = [*VALGRIND, sys.executable, "-m", "benchmarks.fanout", "--count-listener", kind]
+    command += [name, "--postgresql", args.postgresql, "--redis", args.redis]
+    env = os.environ | {"PYTHONHASHSEED": "0"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    try:
+        if process.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the callgrind listener on {kind} did not start")
+        Session = writer()
+        with fanout.publish(Session, make_transport(kind, name, args)) as publisher:
+            for n in range(LISTEN_WARM_UP + LISTENED):
+                if n == LISTEN_WARM_UP and process.stdout.readline().strip() != "counting":
+                    raise SystemExit(f"the callgrind listener on {kind} did not count")
+                update(Session, 1 + n % 99, next(_values))
+                publisher.flush()
+                time.sleep(LISTEN_PACE)
+        sa_signals.uninstall(Session)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        drop_stream(kind, name, args)
+    found = COLLECTED.search(stderr)
+    if process.returncode or not found:
+        raise SystemExit(f"callgrind run of a listener on {kind} failed:\n{stderr[-2000:]}")
+    return int(found.group(1)) / LISTENED
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fanout", description=__doc__)
     parser.add_argument("--transport", action="append", choices=KINDS)
@@ -378,6 +461,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--listen", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--count", help=argparse.SUPPRESS)
+    parser.add_argument("--count-listener", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.transport = args.transport or list(KINDS)
     if args.quick:
@@ -393,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.count:
         count_worker(args.count, args.transport, args)
         return 0
+    if args.count_listener:
+        count_listener(*args.count_listener, args)
+        return 0
     if args.instructions and (shutil.which("valgrind") is None or shutil.which("vgdb") is None):
         raise SystemExit("valgrind and vgdb were not found on PATH: apt-get install valgrind")
     print(f"Python {sys.version.split()[0]}, SQLAlchemy {sa.__version__}, {os.cpu_count()} cores")
@@ -403,15 +490,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'transport':<14} {'commits/s':>9} {'delivered':>12} {'p50 ms':>7} {'p99 ms':>7}", end=""
     )
-    print(f" {'max ms':>7} {'gaps':>5}")
+    print(f" {'max ms':>7} {'gaps':>5} {'cpu us/msg':>10}", end="")
+    print(f" {'instr/msg':>10}" if args.instructions else "")
     for kind in args.transport:
         row = latency(kind, args)
         delivered = f"{row['delivered']}/{row['expected']}"
-        print(
-            f"{kind:<14} {row['rate']:9,.0f} {delivered:>12} {row['p50']:7.2f} {row['p99']:7.2f}"
-            f" {row['max']:7.2f} {row['gaps']:5}",
-            flush=True,
-        )
+        line = f"{kind:<14} {row['rate']:9,.0f} {delivered:>12} {row['p50']:7.2f}"
+        line += f" {row['p99']:7.2f} {row['max']:7.2f} {row['gaps']:5} {row['cpu']:10.1f}"
+        if args.instructions:
+            line += f" {listener_instructions(kind, args):10,.0f}"
+        print(line, flush=True)
     print(
         f"\n== what publishing adds to a committing transaction (one-row update, SQLite :memory:,"
         f" {args.rounds} interleaved rounds of {args.batch}; medians; + is paired per round with"

@@ -17,11 +17,14 @@ def test_quick_run_prints_both_tables(capsys: pytest.CaptureFixture[str]) -> Non
     """Every message reaches every listener; each configuration has its overhead row."""
     assert bench.main(["--quick", "--transport", "redis-pubsub", "--redis", redis_url()]) == 0
     output = capsys.readouterr().out
-    latency = re.search(r"^redis-pubsub +[\d,]+ +(\d+)/(\d+) .* (\d+)$", output, re.MULTILINE)
+    latency = re.search(
+        r"^redis-pubsub +[\d,]+ +(\d+)/(\d+) .* (\d+) +(\d+\.\d)$", output, re.MULTILINE
+    )
     assert latency is not None, output
-    delivered, expected, gaps = latency.groups()
+    delivered, expected, gaps, cpu = latency.groups()
     assert delivered == expected
     assert gaps == "0"
+    assert float(cpu) > 0  # the listeners' CPU time per message
     for label in (
         "nothing published",
         "a models_committed receiver",
