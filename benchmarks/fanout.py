@@ -16,6 +16,7 @@ each transport; the time of a batch includes waiting for the publisher to send i
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import gc
 import itertools
@@ -24,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,7 @@ import tempfile
 import threading
 import time
 import typing as t
+import urllib.parse
 import uuid
 
 import sqlalchemy as sa
@@ -250,10 +253,81 @@ def _nothing(sender: t.Any, /, **kwargs: t.Any) -> None:
     pass
 
 
+class WakeThread(Config):
+    """Reference, no fan-out: a ``models_committed`` receiver that hands each change set to a
+    thread of its own, woken by each commit, which drops it. What any publisher with a thread
+    of its own pays on this machine at least."""
+
+    def __init__(self) -> None:
+        super().__init__("ref.: thread woken per commit")
+        self._queue: collections.deque[object] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def _receive(self, sender: t.Any, /, *, changes: list[t.Any], **kwargs: t.Any) -> None:
+        self._queue.append(changes)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                self._queue.popleft()
+
+    def enter(self, Session: t.Any, args: argparse.Namespace) -> None:
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        signals.models_committed.connect(self._receive)
+
+    def exit(self) -> None:
+        signals.models_committed.disconnect(self._receive)
+        self._stop = True
+        self._wake.set()
+        assert self._thread is not None
+        self._thread.join()
+
+
+class RawSend(Config):
+    """Reference, no fan-out: a ``models_committed`` receiver that writes a 200-byte
+    ``PUBLISH`` to Redis on a non-blocking socket, from the committing thread, and reads
+    whatever answers arrived. What any publisher that sends each commit as it happens pays on
+    this machine at least."""
+
+    COMMAND = b"*3\r\n$7\r\nPUBLISH\r\n$12\r\nsa-signals-x\r\n$200\r\n" + b"x" * 200 + b"\r\n"
+
+    def __init__(self) -> None:
+        super().__init__("ref.: raw send per commit")
+        self._socket: socket.socket | None = None
+
+    def _receive(self, sender: t.Any, /, **kwargs: t.Any) -> None:
+        assert self._socket is not None
+        self._socket.send(self.COMMAND)
+        with contextlib.suppress(BlockingIOError):
+            while self._socket.recv(65536):
+                pass
+
+    def enter(self, Session: t.Any, args: argparse.Namespace) -> None:
+        url = urllib.parse.urlsplit(args.redis)
+        self._socket = socket.create_connection((url.hostname, url.port or 6379))
+        self._socket.setblocking(False)
+        signals.models_committed.connect(self._receive)
+
+    def exit(self) -> None:
+        signals.models_committed.disconnect(self._receive)
+        assert self._socket is not None
+        self._socket.close()
+
+
 def configs(kinds: list[str]) -> list[Config]:
+    redis = any(kind.startswith("redis") for kind in kinds)
     return [
         Config("nothing published"),
         Config("a models_committed receiver"),
+        WakeThread(),
+        *([RawSend()] if redis else []),
         *(Config(f"publishing to {kind}", kind) for kind in kinds),
         *(
             Config(f"{kind}, write=True", kind, write=True)

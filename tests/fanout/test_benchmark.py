@@ -28,7 +28,9 @@ def test_quick_run_prints_both_tables(capsys: pytest.CaptureFixture[str]) -> Non
     for label in (
         "nothing published",
         "a models_committed receiver",
+        "ref.: thread woken per commit",
+        "ref.: raw send per commit",
         "publishing to redis-pubsub",
     ):
-        assert re.search(rf"^{label} +-?\d+\.\d", output, re.MULTILINE), output
+        assert re.search(rf"^{re.escape(label)} +-?\d+\.\d", output, re.MULTILINE), output
     assert not signals.models_committed.receivers
