@@ -7,10 +7,13 @@ Usage: ``python -m benchmarks.fanout [--transport KIND ...] [--postgresql URL] [
 Latency: ``N`` listener processes (default 4) listen on each transport while this process
 commits one-row updates at ``R`` commits per second (default 1,000) for ``S`` seconds; each
 listener records, for every message, its receive time minus the commit time the message carries
-(both ``time.time()`` on this machine). Overhead: one-row update transactions on SQLite
-``:memory:``, in interleaved rounds, with nothing published, with a ``models_committed`` receiver
-that does nothing (the change sets the core builds for any such receiver), and publishing to
-each transport; the time of a batch includes waiting for the publisher to send it all.
+(both ``time.time()`` on this machine), and reports its CPU time per message (with
+``--instructions`` also a listener's instructions per message, under callgrind). Overhead:
+one-row update transactions on SQLite ``:memory:``, in interleaved rounds, with nothing
+published, with a ``models_committed`` receiver that does nothing (the change sets the core
+builds for any such receiver), with two references that show what the machine charges any
+publisher (a thread woken per commit, a raw send to Redis per commit), and publishing to each
+transport; the time of a batch includes waiting for the publisher to send it all.
 """
 
 from __future__ import annotations
