@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import queue
 import threading
 import time
 import typing as t
@@ -20,6 +21,7 @@ from .. import signals
 from ..exceptions import CoroutineMisuseError
 from .gaps import Gap
 from .gaps import Tracker
+from .message import construct
 from .message import Identity
 from .message import Message
 from .message import Operation
@@ -141,12 +143,17 @@ class _Listening:
         for name, records in out.models.items():
             model = resolver.resolve(name)
             changes = [
-                RemoteChange(
-                    record.operation,
-                    model,
-                    name,
-                    None if record.identity is None else resolver.identity(model, record.identity),
-                    record.fields,
+                construct(
+                    RemoteChange,
+                    operation=record.operation,
+                    model=model,
+                    name=name,
+                    identity=(
+                        None
+                        if record.identity is None
+                        else resolver.identity(model, record.identity)
+                    ),
+                    fields=record.fields,
                 )
                 for record in records
             ]
@@ -174,7 +181,9 @@ class Listener(_Listening):
         self, transport: Transport, models: Models, name: Namer, own: bool, max_queued: int
     ) -> None:
         super().__init__(transport, models, name, own, max_queued)
-        self._wake = threading.Condition()
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        """Wakes the dispatcher: the reader puts into it while the dispatcher waits, or may."""
+        self._waiting = False
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="sa_signals fan-out dispatcher", daemon=True
         )
@@ -195,20 +204,27 @@ class Listener(_Listening):
         """Close the subscription and stop delivering, waiting at most ``timeout`` seconds."""
         self._reader.stop(timeout)
         self._stopping = True
-        with self._wake:
-            self._wake.notify()
+        self._wake.put(None)
         if threading.current_thread() is not self._dispatcher:
             self._dispatcher.join(timeout)
 
     def _notify(self) -> None:
-        with self._wake:
-            self._wake.notify()
+        # After the reader filled the inbox. A busy dispatcher looks at the inbox again before
+        # it waits, so it needs no wake-up call.
+        if self._waiting:
+            self._wake.put(None)
 
     def _dispatch(self) -> None:
-        inbox = self._reader.inbox
+        inbox, wake = self._reader.inbox, self._wake
         while not self._stopping:
-            with self._wake:
-                self._wake.wait_for(lambda: inbox or self._stopping, EXPIRY_CHECK)
+            # The flag goes up before the last look at the inbox: items pushed before the look
+            # are taken now, those pushed after it see the flag and wake this thread. A wake-up
+            # left over from an earlier wait costs one empty turn.
+            self._waiting = True
+            if not inbox and not self._stopping:
+                with contextlib.suppress(queue.Empty):
+                    wake.get(timeout=EXPIRY_CHECK)
+            self._waiting = False
             for signal, sender, kwargs in self._take():
                 self._send(signal, sender, kwargs)
 

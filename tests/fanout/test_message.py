@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import json
@@ -98,7 +99,11 @@ class TestEncoding:
         )
         payload, degraded = encode(original, 8000)
         assert not degraded
-        assert decode(payload) == original
+        decoded = decode(payload)
+        assert decoded == original
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            decoded.sequence = 2  # type: ignore[misc]
+        assert decode(payload.decode()) == original  # also from text
 
     def test_payload_is_compact_ascii_json(self) -> None:
         """The payload is one JSON object with short keys and one-letter operations."""
@@ -185,6 +190,7 @@ class TestDecoding:
             b"[1]",
             b'{"v": 1}',
             b'{"v": 1, "p": "x", "s": 1, "m": {"t": [["x", null, []]]}}',
+            b'{"v": 1, "p": "\xff", "s": 1, "m": {}}',
         ],
     )
     def test_garbage_is_refused(self, payload: bytes) -> None:
