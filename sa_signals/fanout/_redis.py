@@ -82,6 +82,31 @@ def close(client: redis.Redis | None) -> None:
         client.close()
 
 
+Argument: t.TypeAlias = "bytes | str | int"
+
+
+def pack(commands: c.Sequence[tuple[Argument, ...]]) -> list[bytes]:
+    """Return ``commands`` in Redis's protocol, in one buffer, as ``send_packed_command()``
+    takes them: what redis-py's ``pack_commands()`` writes for such arguments (strings in
+    UTF-8), for a fraction of its work."""
+    return [b"".join(_head(command, len(command)) for command in commands)]
+
+
+def _head(arguments: tuple[Argument, ...], count: int) -> bytes:
+    """Return the start of a command of ``count`` arguments in Redis's protocol: the first of
+    them, ``arguments``."""
+    parts = [b"*%d\r\n" % count]
+    for argument in arguments:
+        if isinstance(argument, str):
+            value = argument.encode()
+        elif isinstance(argument, bytes):
+            value = argument
+        else:
+            value = b"%d" % argument
+        parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+    return b"".join(parts)
+
+
 def connected(connection: redis.connection.ConnectionInterface) -> bool:
     """Whether ``connection`` holds an open socket (redis-py 8 tells by ``is_connected``; before,
     its socket attribute is None once it was dropped)."""
@@ -103,35 +128,36 @@ class Commands:
         self.unanswered = 0
         """Commands written whose answer was not read yet."""
 
-    def run(self, commands: c.Sequence[tuple[t.Any, ...]]) -> None:
-        """Send ``commands`` in one write and read every answer; raise on the first error."""
+    def run(self, packed: list[bytes], count: int) -> None:
+        """Send ``count`` commands, ``packed`` in Redis's protocol, in one write and read every
+        answer; raise on the first error."""
         connection = self._connection
         if connection is None:
             connection = self._connection = self._pool.get_connection()
         self.drain(wait=True)
-        self._write(connection, commands, check_health=True)
+        self._write(connection, packed, count, check_health=True)
         self.drain(wait=True)
 
-    def write(self, commands: c.Sequence[tuple[t.Any, ...]]) -> None:
-        """Write ``commands`` on the open connection without reading the answers."""
+    def write(self, packed: list[bytes], count: int) -> None:
+        """Write ``count`` packed commands on the open connection without reading the answers."""
         connection = self._connection
         if connection is None or not connected(connection):
             msg = "the connection is not open; send() opens it"
             raise ConnectionError(msg)
-        self._write(connection, commands, check_health=False)
+        self._write(connection, packed, count, check_health=False)
 
     def _write(
         self,
         connection: redis.connection.ConnectionInterface,
-        commands: c.Sequence[tuple[t.Any, ...]],
+        packed: list[bytes],
+        count: int,
         *,
         check_health: bool,
     ) -> None:
-        packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
         connection.send_packed_command(  # type: ignore[no-untyped-call]
             packed, check_health=check_health
         )
-        self.unanswered += len(commands)
+        self.unanswered += count
 
     def drain(self, *, wait: bool) -> None:
         """Read the answers that arrived, or all of them with ``wait``; raise on an error."""
@@ -155,14 +181,21 @@ class Commands:
 
 class CommandSender:
     """A :class:`~sa_signals.fanout.transport.Writer` that sends one command per payload, each
-    batch in one write: one round trip. Subclasses say which command."""
+    batch in one write: one round trip. Subclasses say which command, packed once."""
 
     def __init__(self, server: Server) -> None:
         self._commands = server.commands("publisher")
+        arguments = self.arguments()
+        self._head = _head(arguments, len(arguments) + 1)
 
-    def command(self, payload: bytes) -> tuple[t.Any, ...]:
-        """Return the command that carries ``payload``."""
+    def arguments(self) -> tuple[Argument, ...]:
+        """Return the arguments of the command that carries a payload, before the payload (its
+        last argument)."""
         raise NotImplementedError
+
+    def _packed(self, payloads: c.Sequence[bytes]) -> list[bytes]:
+        head = self._head
+        return [b"".join(b"%s$%d\r\n%s\r\n" % (head, len(p), p) for p in payloads)]
 
     @property
     def unanswered(self) -> int:
@@ -171,11 +204,11 @@ class CommandSender:
 
     def send(self, payloads: c.Sequence[bytes], /) -> None:
         """Send ``payloads`` in order and read the answers."""
-        self._commands.run([self.command(payload) for payload in payloads])
+        self._commands.run(self._packed(payloads), len(payloads))
 
     def write(self, payloads: c.Sequence[bytes], /) -> None:
         """Write ``payloads`` on the open connection, leaving the answers for :meth:`drain`."""
-        self._commands.write([self.command(payload) for payload in payloads])
+        self._commands.write(self._packed(payloads), len(payloads))
 
     def drain(self, *, wait: bool) -> None:
         """Read the answers that arrived (all of them if ``wait``)."""

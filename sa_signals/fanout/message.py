@@ -170,8 +170,12 @@ def _plain_identity(identity: tuple[t.Any, ...]) -> list[t.Any] | None:
     return values
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+"""One encoder for every payload: ``json.dumps()`` with separators makes a new one per call."""
+
+
 def _dump(body: t.Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _ENCODER.encode(body).encode("ascii")
 
 
 def construct(cls: type[_T], /, **fields: t.Any) -> _T:

@@ -28,6 +28,7 @@ import sqlalchemy.orm as sa_orm
 
 from .. import signals
 from . import _process
+from .message import construct
 from .message import encode
 from .message import Message
 from .message import records_of
@@ -372,13 +373,15 @@ class Publisher:
         for at, changes in batch or [(time.time(), None)]:
             self._sequence += 1
             messages.append(
-                Message(
+                construct(
+                    Message,
                     publisher=self.id,
                     sequence=self._sequence,
                     lost=lost,
                     at=at,
                     heartbeat=self._heartbeat,
                     models={} if changes is None else records_of(changes, self._name),
+                    end=False,
                 )
             )
             lost = 0

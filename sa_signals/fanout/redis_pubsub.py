@@ -48,12 +48,12 @@ class PublishSender(_redis.CommandSender):
     """Publishes each payload on the channel."""
 
     def __init__(self, transport: RedisPubSub) -> None:
-        super().__init__(transport)
         self._channel = transport.channel
+        super().__init__(transport)
 
-    def command(self, payload: bytes) -> tuple[t.Any, ...]:
-        """Return ``PUBLISH`` of ``payload`` on the channel."""
-        return ("PUBLISH", self._channel, payload)
+    def arguments(self) -> tuple[_redis.Argument, ...]:
+        """Return ``PUBLISH`` on the channel."""
+        return ("PUBLISH", self._channel)
 
 
 class PubSubSubscription:

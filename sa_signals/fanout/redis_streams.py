@@ -81,12 +81,13 @@ class StreamSender(_redis.CommandSender):
     """Appends each payload to the stream, trimming it."""
 
     def __init__(self, transport: RedisStream) -> None:
+        self._transport = transport
         super().__init__(transport)
-        self._command = ("XADD", transport.stream, "MAXLEN", "~", transport.maxlen, "*", FIELD)
 
-    def command(self, payload: bytes) -> tuple[t.Any, ...]:
-        """Return ``XADD`` of ``payload``."""
-        return (*self._command, payload)
+    def arguments(self) -> tuple[_redis.Argument, ...]:
+        """Return ``XADD`` to the stream, trimmed, of an entry whose one field is ``FIELD``."""
+        transport = self._transport
+        return ("XADD", transport.stream, "MAXLEN", "~", transport.maxlen, "*", FIELD)
 
 
 class StreamSubscription:
@@ -157,6 +158,8 @@ class StreamSubscription:
         their answers read as the server sent them (redis-py's pipeline and its parsing of
         the answers cost a listener a quarter of its work per message)."""
         assert self._client is not None
+        assert self._script is not None
+        assert self.position is not None
         connection = self._connection
         if connection is None:
             connection = self._connection = self._client.connection_pool.get_connection()
@@ -165,8 +168,7 @@ class StreamSubscription:
             ("EVALSHA", self._script, 1, stream),
         ]
         try:
-            packed = connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-            connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            connection.send_packed_command(_redis.pack(commands))  # type: ignore[no-untyped-call]
             reply = connection.read_response()
             try:
                 answer = connection.read_response()
