@@ -41,8 +41,11 @@ class Server:
         return self._max_bytes
 
     def client_name(self, role: str) -> str:
-        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<key>``."""
-        return f"sa_signals-fanout-{role}-{self._key}".replace(" ", "_")
+        """Return the name of ``role``'s connections: ``sa_signals-fanout-<role>-<key>``, each
+        character Redis refuses in a client name (a space, anything beyond printable ASCII)
+        replaced by ``_``."""
+        name = f"sa_signals-fanout-{role}-{self._key}"
+        return "".join(char if "!" <= char <= "~" else "_" for char in name)
 
     def client(self, role: str, extra_timeout: float = 0.0) -> redis.Redis:
         """Return a client whose connections are named for ``role``."""

@@ -58,6 +58,22 @@ class TestEveryTransport:
         assert heard.identities() == [(n,) for n in range(1, 301)]
         assert heard.gaps == ["subscribed"]
 
+    def test_a_channel_named_beyond_ascii_carries_messages(
+        self, transport_kind: str, heard: Heard
+    ) -> None:
+        """A channel or stream whose name is not ASCII (sent in UTF-8) works both ways."""
+        transport = make_transport(transport_kind, f"{new_name()}-prix-é")
+        try:
+            with listening(transport):
+                send(transport, payloads("elsewhere:1:x.1", 1, 2))
+                assert heard.wait_for(lambda: len(heard.changes) == 2)
+        finally:
+            if transport_kind == "redis-stream":
+                client = redis.Redis.from_url(redis_url())
+                assert client.delete(transport.stream) == 1  # type: ignore[attr-defined]
+                client.close()
+        assert heard.identities() == [(1,), (2,)]
+
     def test_the_largest_payload_it_announces_passes(self, transport: t.Any, heard: Heard) -> None:
         """A payload of exactly max_bytes is carried (for NOTIFY: 7999 bytes)."""
         limit = min(transport.max_bytes, 100_000)
