@@ -262,6 +262,8 @@ class AsyncListener(_Listening):
         super().__init__(transport, models, name, own, max_queued)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._waiting = False
+        self._tick: asyncio.TimerHandle | None = None
         self._task = self._loop.create_task(self._dispatch(), name="sa_signals fan-out listener")
         self._reader.start()
 
@@ -280,20 +282,39 @@ class AsyncListener(_Listening):
         await asyncio.to_thread(self._reader.stop, timeout)
         self._stopping = True
         self._wake.set()
+        if self._tick is not None:
+            self._tick.cancel()
         if asyncio.current_task() is not self._task:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
 
     def _notify(self) -> None:
+        # After the reader filled the inbox. A busy dispatcher looks at the inbox again before
+        # it waits, so it needs no wake-up call (each one writes to the loop's self-pipe).
         try:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            if self._waiting:
+                self._loop.call_soon_threadsafe(self._wake.set)
+                return
         except RuntimeError:  # the loop was closed without stop(): nothing left to deliver to
             self._reader.stop(0)
+            return
+        if self._loop.is_closed():
+            self._reader.stop(0)
+
+    def _expiry_check(self) -> None:
+        """Wake the dispatcher every :data:`EXPIRY_CHECK` seconds, for silent publishers."""
+        self._wake.set()
+        self._tick = self._loop.call_later(EXPIRY_CHECK, self._expiry_check)
 
     async def _dispatch(self) -> None:
+        inbox, wake = self._reader.inbox, self._wake
+        self._tick = self._loop.call_later(EXPIRY_CHECK, self._expiry_check)
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), EXPIRY_CHECK)
-            self._wake.clear()
+            # As the threaded dispatcher: the flag goes up before the last look at the inbox.
+            self._waiting = True
+            if not inbox and not self._stopping:
+                await wake.wait()
+            self._waiting = False
+            wake.clear()
             for signal, sender, kwargs in self._take():
                 await self._send(signal, sender, kwargs)
 

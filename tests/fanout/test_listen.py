@@ -315,6 +315,57 @@ class TestDelivery:
         assert "AsyncListener" in repr(listener)
 
 
+SILENT = "elsewhere:1:x.1"
+"""A publisher that sends one message, with heartbeats due every 0.05 s, then falls silent."""
+
+
+def send_then_fall_silent(transport: t.Any) -> None:
+    message = Message(
+        publisher=SILENT,
+        sequence=1,
+        heartbeat=0.05,
+        models={"items": (Record("update", (1,), frozenset({"name"})),)},
+    )
+    sender = transport.sender()
+    try:
+        sender.send([encode(message, 8000)[0]])
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize("dispatcher", ["thread", "asyncio"])
+def test_a_publisher_fallen_silent_is_a_gap_while_nothing_arrives(
+    dispatcher: str, transport: t.Any, connect: Connector
+) -> None:
+    """With no message coming, either listener still notices a publisher that stopped
+    without saying goodbye: its dispatcher wakes on its own to look."""
+    heard = Heard()
+    connect(signals.remote_committed, heard.committed)
+    connect(signals.remote_gap, heard.gap)
+    silent = f"publisher {SILENT} fell silent"
+
+    if dispatcher == "thread":
+        with fanout.listen(transport, models=Base) as listener:
+            assert listener.wait_ready(WAIT)
+            send_then_fall_silent(transport)
+            assert heard.wait_for(lambda: silent in heard.gaps)
+    else:
+
+        async def scenario() -> bool:
+            async with fanout.listen_async(transport, models=Base) as listener:
+                assert await listener.wait_ready(WAIT)
+                await asyncio.to_thread(send_then_fall_silent, transport)
+                for _ in range(int(WAIT * 100)):
+                    if silent in heard.gaps:
+                        return True  # before stop(), which looks once more
+                    await asyncio.sleep(0.01)
+            return False
+
+        assert asyncio.run(scenario())
+    assert heard.gaps == ["subscribed", silent]
+    assert heard.identities() == [(1,)]
+
+
 def commit(Session: Scoped, n: int) -> None:
     with Session.begin():
         Session.add(Item(id=n, name=str(n)))
