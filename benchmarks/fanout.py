@@ -19,6 +19,7 @@ transport; the time of a batch includes waiting for the publisher to send it all
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
 import gc
@@ -450,8 +451,8 @@ on its own, as a listener keeping up with its publishers does."""
 
 
 def count_listener(kind: str, name: str, args: argparse.Namespace) -> None:
-    """``--count-listener``: listen, switch callgrind on once the warm-up's messages arrived,
-    exit at once after the counted ones."""
+    """``--count-listener``: listen (``listen_async()`` with ``--count-async``), switch callgrind
+    on once the warm-up's messages arrived, exit at once after the counted ones."""
     received = 0
     warmed, counted = threading.Event(), threading.Event()
 
@@ -463,24 +464,38 @@ def count_listener(kind: str, name: str, args: argparse.Namespace) -> None:
         elif received == LISTEN_WARM_UP + LISTENED:
             counted.set()
 
+    def count() -> t.NoReturn:
+        gc.collect()
+        gc.freeze()
+        subprocess.run(["vgdb", f"--pid={os.getpid()}", "instrumentation", "on"], check=True)
+        print("counting", flush=True)
+        counted.wait(300)
+        os._exit(0)
+
     signals.remote_committed.connect(heard)
-    listener = fanout.listen(make_transport(kind, name, args), models=Base)
-    listener.wait_ready(60)
-    print("ready", flush=True)
-    warmed.wait(120)
-    gc.collect()
-    gc.freeze()
-    subprocess.run(["vgdb", f"--pid={os.getpid()}", "instrumentation", "on"], check=True)
-    print("counting", flush=True)
-    counted.wait(300)
-    os._exit(0)
+    transport = make_transport(kind, name, args)
+    if not args.count_async:
+        fanout.listen(transport, models=Base).wait_ready(60)
+        print("ready", flush=True)
+        warmed.wait(120)
+        count()
+
+    async def in_a_loop() -> None:
+        await fanout.listen_async(transport, models=Base).wait_ready(60)
+        print("ready", flush=True)
+        await asyncio.to_thread(warmed.wait, 120)
+        await asyncio.to_thread(count)  # the loop goes on delivering meanwhile
+
+    asyncio.run(in_a_loop())
 
 
-def listener_instructions(kind: str, args: argparse.Namespace) -> float:
-    """Instructions one listener process spends per message it delivers, all threads."""
+def listener_instructions(kind: str, args: argparse.Namespace, aio: bool = False) -> float:
+    """Instructions one listener process (``listen_async()`` if ``aio``) spends per message it
+    delivers, all threads."""
     name = f"sa-signals-bench-{uuid.uuid4().hex[:8]}"
     command = [*VALGRIND, sys.executable, "-m", "benchmarks.fanout", "--count-listener", kind]
     command += [name, "--postgresql", args.postgresql, "--redis", args.redis]
+    command += ["--count-async"] if aio else []
     env = os.environ | {"PYTHONHASHSEED": "0"}
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -539,6 +554,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--count", help=argparse.SUPPRESS)
     parser.add_argument("--count-listener", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--count-async", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.transport = args.transport or list(KINDS)
     if args.quick:
@@ -568,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'transport':<14} {'commits/s':>9} {'delivered':>12} {'p50 ms':>7} {'p99 ms':>7}", end=""
     )
     print(f" {'max ms':>7} {'gaps':>5} {'cpu us/msg':>10}", end="")
-    print(f" {'instr/msg':>10}" if args.instructions else "")
+    print(f" {'instr/msg':>10} {'asyncio':>10}" if args.instructions else "")
     for kind in args.transport:
         row = latency(kind, args)
         delivered = f"{row['delivered']}/{row['expected']}"
@@ -576,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         line += f" {row['p99']:7.2f} {row['max']:7.2f} {row['gaps']:5} {row['cpu']:10.1f}"
         if args.instructions:
             line += f" {listener_instructions(kind, args):10,.0f}"
+            line += f" {listener_instructions(kind, args, aio=True):10,.0f}"
         print(line, flush=True)
     print(
         f"\n== what publishing adds to a committing transaction (one-row update, SQLite :memory:,"
