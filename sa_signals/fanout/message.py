@@ -37,11 +37,12 @@ Identity: t.TypeAlias = "tuple[t.Any, ...] | None"
 """A primary key as a tuple; None when the rows are unknown."""
 
 _CODES: dict[str, Operation] = {"i": "insert", "u": "update", "d": "delete"}
+_OPERATION_CODES: dict[str, str] = {name: code for code, name in _CODES.items()}
+
 _DECODER = json.JSONDecoder()
 """Decodes the text of a payload: ``json.loads()`` of bytes first guesses their encoding."""
 
 _T = t.TypeVar("_T")
-_OPERATION_CODES: dict[str, str] = {name: code for code, name in _CODES.items()}
 
 
 class MessageError(SaSignalsError, ValueError):
