@@ -184,17 +184,12 @@ class Commands:
 
 class CommandSender:
     """A :class:`~sa_signals.fanout.transport.Writer` that sends one command per payload, each
-    batch in one write: one round trip. Subclasses say which command, packed once."""
+    batch in one write: one round trip. The command is ``arguments`` followed by the payload,
+    packed once."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, arguments: tuple[Argument, ...]) -> None:
         self._commands = server.commands("publisher")
-        arguments = self.arguments()
         self._head = _head(arguments, len(arguments) + 1)
-
-    def arguments(self) -> tuple[Argument, ...]:
-        """Return the arguments of the command that carries a payload, before the payload (its
-        last argument)."""
-        raise NotImplementedError
 
     def _packed(self, payloads: c.Sequence[bytes]) -> list[bytes]:
         head = self._head

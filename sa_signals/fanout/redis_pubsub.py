@@ -48,12 +48,7 @@ class PublishSender(_redis.CommandSender):
     """Publishes each payload on the channel."""
 
     def __init__(self, transport: RedisPubSub) -> None:
-        self._channel = transport.channel
-        super().__init__(transport)
-
-    def arguments(self) -> tuple[_redis.Argument, ...]:
-        """Return ``PUBLISH`` on the channel."""
-        return ("PUBLISH", self._channel)
+        super().__init__(transport, ("PUBLISH", transport.channel))
 
 
 class PubSubSubscription:

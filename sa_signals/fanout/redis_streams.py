@@ -78,16 +78,11 @@ class RedisStream(_redis.Server):
 
 
 class StreamSender(_redis.CommandSender):
-    """Appends each payload to the stream, trimming it."""
+    """Appends each payload to the stream, trimmed, as an entry whose one field is ``FIELD``."""
 
     def __init__(self, transport: RedisStream) -> None:
-        self._transport = transport
-        super().__init__(transport)
-
-    def arguments(self) -> tuple[_redis.Argument, ...]:
-        """Return ``XADD`` to the stream, trimmed, of an entry whose one field is ``FIELD``."""
-        transport = self._transport
-        return ("XADD", transport.stream, "MAXLEN", "~", transport.maxlen, "*", FIELD)
+        stream, maxlen = transport.stream, transport.maxlen
+        super().__init__(transport, ("XADD", stream, "MAXLEN", "~", maxlen, "*", FIELD))
 
 
 class StreamSubscription:
