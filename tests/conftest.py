@@ -38,6 +38,8 @@ from tests.models import Base
 from tests.models import deferred_metadata
 from tests.models import Item
 
+pytest_plugins = ["tests.leaks"]
+
 # CI must not fail on an example that no earlier run saw: there, every run draws the same ones.
 hypothesis.settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
