@@ -24,9 +24,11 @@ T = t.TypeVar("T")
 MISSING: t.Any = object()
 """``AsyncSupport.previous`` when the factory had no ``sync_session_class`` of its own."""
 
-_await: c.Callable[[c.Awaitable[t.Any]], t.Any] = getattr(
+AWAIT: c.Callable[[c.Awaitable[t.Any]], t.Any] = getattr(
     sa_concurrency, "await_", None
 ) or getattr(sa_concurrency, "await_only")  # noqa: B009 - the SQLAlchemy 2.0 name
+"""SQLAlchemy's function that awaits from inside its greenlet: the runner calls it directly for
+every coroutine callback."""
 
 
 class AsyncSupport:
@@ -71,7 +73,7 @@ class AsyncSupport:
     @staticmethod
     def await_(awaitable: c.Awaitable[T]) -> T:
         """Await ``awaitable`` from inside SQLAlchemy's greenlet."""
-        result: T = _await(awaitable)
+        result: T = AWAIT(awaitable)
         return result
 
     @staticmethod

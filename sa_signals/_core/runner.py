@@ -25,10 +25,12 @@ from .._log import describe
 from .._log import logger
 from ..exceptions import ChangeLoopError
 from ..exceptions import OutsideCallbackError
+from .aio import AWAIT
 from .failures import close_quietly
 from .failures import is_closed_context_error
 from .failures import left_open_error
 from .failures import report
+from .failures import returned_coroutine_error
 from .slot import RegistrySwap
 from .slot import Slot
 from .state import TRANSACTION_FIELDS_KNOWN
@@ -286,12 +288,18 @@ def _run_items(state: Run, batch: _Batch, slot: Slot) -> Exception | None:
     # `made in values` once the item made a distinct session: looked up in the registry's
     # storage, the same for the whole batch (one thread, one task).
     values, made = _storage(slot)
+    # An async install awaits a coroutine an item returned right here, in the same try as the
+    # call: its failure is the item's. A sync install leaves it to _settle(), which refuses it.
+    await_ = None if slot.aio is None else AWAIT
     first_error: Exception | None = None
     item: Item | None = None
     try:
         for item in batch.items:
             try:
                 result = item()
+                if result is not None and await_ is not None and type(result) is _CoroutineType:
+                    await_(result)
+                    result = None
             except Exception as exc:
                 error = _failed(state, item, slot, exc, origin_open)
                 origin_open = _open(origin)
@@ -382,16 +390,12 @@ def _failed(
 def _settle(
     state: Run, item: Item, slot: Slot, result: object, was_open: bool
 ) -> Exception | None:
-    """Finish an item that returned: await what it returned if that is a coroutine, commit its
-    distinct session, check what it left behind."""
+    """Finish an item that returned: refuse a coroutine it returned where nothing awaits it
+    (one of an async install was awaited already), commit its distinct session, check what it
+    left behind."""
     if type(result) is _CoroutineType:
-        try:
-            slot.await_result(result, item)
-        except Exception as exc:
-            return _failed(state, item, slot, exc, was_open)
-        except BaseException:
-            slot.release()
-            raise
+        result.close()  # never awaited: close it rather than leak a RuntimeWarning
+        return _failed(state, item, slot, returned_coroutine_error(func_of(item)), was_open)
     origin = slot.origin
     try:
         made = slot.created()

@@ -6,7 +6,6 @@ import collections.abc as c
 import contextlib
 import sys
 import threading
-import types
 import typing as t
 
 import sqlalchemy as sa
@@ -16,12 +15,9 @@ import sqlalchemy.util as sa_util
 
 from .._log import logger
 from ..exceptions import CoroutineMisuseError
-from .failures import returned_coroutine_error
-from .work import func_of
 
 if t.TYPE_CHECKING:
     from .state import Installation
-    from .state import Item
 
 
 def _local_layout_known() -> bool:
@@ -231,14 +227,6 @@ class Slot:
         if made is None:
             return False
         return (made if self.aio is None else made.sync_session) is session
-
-    def await_result(self, result: types.CoroutineType[t.Any, t.Any, t.Any], item: Item) -> object:
-        """Await the coroutine an item returned; close it unawaited where nothing can await."""
-        aio = self.aio
-        if aio is None:
-            result.close()  # never awaited: close it rather than leak a RuntimeWarning
-            raise returned_coroutine_error(func_of(item))
-        return aio.await_(result)
 
     def finish(self, made: t.Any) -> None:
         """Commit ``made``, the distinct session the item made, then close it."""
