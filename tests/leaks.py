@@ -37,18 +37,16 @@ def pytest_warning_recorded(
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail a run that leaked aiosqlite connections, even if every test passed."""
-    leaks = _leaks
-    if not leaks:
+    if not _leaks:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [
-        f"{len(leaks)} aiosqlite connection(s) were collected unclosed: the test named (or"
-        " one before it) left an AsyncEngine undisposed or a connection open"
-    ]
-    lines.extend(f"  {leak}" for leak in leaks)
     if reporter is not None:
         reporter.write_sep("=", "unclosed aiosqlite connections", red=True)
-        for line in lines:
-            reporter.write_line(line)
+        reporter.write_line(
+            f"{len(_leaks)} aiosqlite connection(s) were collected unclosed: the test named (or"
+            " one before it) left an AsyncEngine undisposed or a connection open"
+        )
+        for leak in _leaks:
+            reporter.write_line(f"  {leak}")
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

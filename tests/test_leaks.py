@@ -33,17 +33,14 @@ def test_passes():
 
 
 @pytest.mark.requires("aiosqlite")
-def test_an_unclosed_connection_fails_the_run_and_it_exits(pytester: pytest.Pytester) -> None:
-    """The run fails and names the test, instead of passing or hanging at exit."""
+def test_an_unclosed_connection_fails_the_run_and_it_exits(
+    pytester: pytest.Pytester, pytestconfig: pytest.Config
+) -> None:
+    """With the suite's own warning filters, the run fails and names the test, instead of
+    passing or hanging at exit."""
     shutil.copy(ROOT / "tests" / "leaks.py", pytester.path / "leaks.py")
-    pytester.makeini(
-        """
-        [pytest]
-        filterwarnings =
-            error
-            always::ResourceWarning:aiosqlite.core
-        """
-    )
+    filters = "".join(f"\n    {each}" for each in pytestconfig.getini("filterwarnings"))
+    pytester.makeini(f"[pytest]\nfilterwarnings ={filters}\n")
     pytester.makepyfile(test_leaking=LEAKING_TEST)
     result = pytester.runpytest_subprocess(
         "-p", "leaks", "-p", "no:cacheprovider", "-p", "no:asyncio", timeout=60

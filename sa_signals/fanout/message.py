@@ -39,6 +39,9 @@ Identity: t.TypeAlias = "tuple[t.Any, ...] | None"
 _CODES: dict[str, Operation] = {"i": "insert", "u": "update", "d": "delete"}
 _OPERATION_CODES: dict[str, str] = {name: code for code, name in _CODES.items()}
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+"""One encoder for every payload: ``json.dumps()`` with separators makes a new one per call."""
+
 _DECODER = json.JSONDecoder()
 """Decodes the text of a payload: ``json.loads()`` of bytes first guesses their encoding."""
 
@@ -169,10 +172,6 @@ def _plain_identity(identity: tuple[t.Any, ...]) -> list[t.Any] | None:
         else:
             return None
     return values
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
-"""One encoder for every payload: ``json.dumps()`` with separators makes a new one per call."""
 
 
 def _dump(body: t.Any) -> bytes:
